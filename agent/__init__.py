@@ -1,0 +1,1 @@
+"""The persona-token agent: action grammar, policies, models, training and generation."""

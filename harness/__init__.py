@@ -1,0 +1,1 @@
+"""Browser orchestration, observations, simulation, reports and the `simpersona` command line."""
