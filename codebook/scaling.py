@@ -56,7 +56,7 @@ class FeatureScaler:
 
 
 def _transformed(frame: pd.DataFrame, columns: list[FeatureColumn]) -> np.ndarray:
-    values = frame[[c.name for c in columns]].to_numpy(dtype=np.float64, na_value=np.nan)
+    values = frame[[c.name for c in columns]].to_numpy(dtype=np.float64, na_value=np.nan, copy=True)
     for j, column in enumerate(columns):
         if column.transform == "log1p":
             values[:, j] = np.log1p(np.clip(values[:, j], 0, None))

@@ -1,1 +1,12 @@
-"""The mock store web app built from a catalog, its layout variants and its order log."""
+"""The mock store web app built from a catalog, its layout variants and its order log.
+
+    catalog.py       one shop's products (synthetic prices and readable titles where data lacks them)
+    variants.py      the Variant dataclass; built-in variants are JSON files in variants/
+    checkout.py      the checkout steps a variant strings together, as data
+    presentation.py  placeholder images, product copy, pagination
+    app.py           the Starlette app: routes, sessions, templates/ rendering
+    orderlog.py      the SQLite log of every view, cart change and order (ground truth for conversion)
+    faults.py        optional fault injection (errors, delays, dropped connections)
+    server.py        serve_store(): uvicorn in a background thread, started and stopped cleanly
+    fixtures.py      demo_catalog() and save_fixtures() for tests/fixtures/store
+"""

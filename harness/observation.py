@@ -1,0 +1,489 @@
+"""DOM -> observation text, shared by the browser driver and the http driver.
+
+Both drivers walk the page (stamp.js in the live page, the http driver over BeautifulSoup) and
+produce the same raw record per visible interactive element (`RawElement`). Everything that
+decides what the agent reads happens here, once, in Python: the role, the accessible name, the
+extras (input type and value, checked state, select options), the nearby product text, the cart
+line, the dialog note and the cut to a token budget. The rules that the page walk itself needs
+(which tags are interactive, which regexes find icons and card fields) are also defined here and
+handed to stamp.js as one JSON object, so the two walkers cannot drift apart.
+
+The observation text looks like:
+
+    URL: http://127.0.0.1:8000/c/shoes
+    Title: Shoes - Demo Store
+    Heading: Shoes
+    Cart: 2 items, €31.98
+    Error: no element [99] on this page; use an id from the list below
+    Elements:
+    [1] link "Home"
+    [7] link "Trail Runner" — €59.90
+    [8] button "Add to cart" — Trail Runner €59.90
+    [9] combobox "Sort by" selected="Price" options: "Price" | "Name"
+    … 23 more elements below (scroll down)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+# How much of a page the agent reads at once: observation text is estimated at 4 characters per
+# token and cut at this budget; the rest is reachable with `scroll down`.
+DEFAULT_TOKEN_BUDGET = 1000
+CHARS_PER_TOKEN = 4
+# After a navigation or an action: wait for `load`, then network idle (capped), then this settle
+# time, so pages that fade content in after a short timer are not read empty.
+DEFAULT_SETTLE_MS = 250
+NETWORK_IDLE_TIMEOUT_MS = 3000
+
+NAME_MAX_CHARS = 80
+CONTEXT_MAX_CHARS = 100
+VALUE_MAX_CHARS = 60
+MAX_OPTIONS_SHOWN = 15
+MAX_ALERTS = 3
+
+# Tags the walkers never look into (their text is not page text).
+SKIP_TAGS = ("script", "style", "template", "noscript", "head", "title", "meta", "link", "iframe", "object")
+# Tags that separate words: their text is joined to neighbours with a space (decided by tag, not
+# by computed CSS, so the http driver gets the same text as the browser).
+BLOCK_TAGS = (
+    "address", "article", "aside", "blockquote", "br", "dd", "details", "dialog", "div", "dl", "dt",
+    "fieldset", "figcaption", "figure", "footer", "form", "h1", "h2", "h3", "h4", "h5", "h6",
+    "header", "hr", "label", "legend", "li", "main", "nav", "ol", "p", "pre", "section", "summary",
+    "table", "tbody", "td", "tfoot", "th", "thead", "tr", "ul", "img", "button", "input", "select",
+    "textarea", "option",
+)
+INTERACTIVE_TAGS = ("a", "button", "input", "select", "textarea", "summary")
+INTERACTIVE_ROLES = (
+    "button", "link", "checkbox", "radio", "switch", "tab", "menuitem", "menuitemcheckbox",
+    "menuitemradio", "option", "combobox", "textbox", "searchbox", "slider", "spinbutton",
+)
+# Controls (and field labels) whose text names themselves, never context for a neighbour.
+CONTROL_TEXT_TAGS = ("button", "select", "textarea", "input", "option", "summary", "label")
+# Context search: climb at most this many ancestors; give up on a container holding more than
+# this many controls (it is a page section, not one product) or this much raw text.
+CONTEXT_MAX_DEPTH = 6
+CONTEXT_MAX_CONTROLS = 8
+CONTEXT_SCAN_CHARS = 4000
+
+# Icon class names: "icon-cart", "fa-shopping-cart", "bi-bag", "glyphicon-search", "ti-heart".
+ICON_CLASS_PATTERN = r"^(?:icon|icons|fa|fas|far|fal|fab|bi|glyphicon|ti|la|las|mdi|ion|ionicons|feather|lni|ri|bx|bxs|gg|octicon)[-_]([a-z0-9][a-z0-9_-]*)$"
+ICON_STOP_WORDS = (
+    "lg", "sm", "xs", "xl", "2x", "3x", "4x", "5x", "fw", "spin", "pulse", "solid", "regular",
+    "light", "thin", "duotone", "brands", "inverse", "border", "pull-left", "pull-right", "large",
+    "small", "medium", "white", "black", "primary", "secondary", "wrapper", "container", "button",
+    "btn", "only", "left", "right",
+)
+# Card fields of a payment form (name / id / autocomplete / placeholder).
+CARD_FIELD_PATTERN = r"cc-number|cc-csc|cc-exp|card[\s_-]*num|cardnumber|credit[\s_-]*card|\bcvc\b|\bcvv2?\b|\bcsc\b|security[\s_-]*code|card[\s_-]*code"
+# Names of controls that pay or place an order; on a store that is not ours a click on one of
+# them is intercepted (harness/safety.py).
+PAY_CONTROL_PATTERN = re.compile(
+    r"\b(pay|pay now|place (my )?order|buy now|complete (purchase|order|payment)|submit order|"
+    r"confirm (order|purchase|payment)|purchase now|order now|checkout now)\b",
+    re.IGNORECASE,
+)
+CART_HREF_PATTERN = re.compile(r"/(cart|basket|bag|warenkorb|panier|carrito|carrello)\b", re.IGNORECASE)
+CART_NAME_PATTERN = re.compile(r"^(view |my |your |shopping )?(cart|basket|bag)\b", re.IGNORECASE)
+_SUFFIX_CURRENCY = r"(?:€|EUR|USD|GBP|CHF|zł|kr)(?!\s?\d)"
+MONEY_PATTERN = re.compile(
+    r"[€$£¥]\s?\d(?:[\d.,]*\d)?|\d(?:[\d.,]*\d)?\s?" + _SUFFIX_CURRENCY
+)
+_COUNT_PATTERNS = (
+    re.compile(r"(\d+)\s*(?:items?|articles?|products?|pcs|stück|artikel)\b", re.IGNORECASE),
+    re.compile(r"\((\d+)\)"),
+    re.compile(r"(?<![\d.,€$£¥])(\d{1,3})(?![\d.,])(?!\s?" + _SUFFIX_CURRENCY + ")"),
+)
+_WHITESPACE = re.compile(r"[\s\ufeff]+")
+
+
+def stamp_rules() -> dict:
+    """The walking rules stamp.js needs (the browser driver passes them as one JSON string)."""
+    return {
+        "skipTags": list(SKIP_TAGS),
+        "blockTags": list(BLOCK_TAGS),
+        "interactiveTags": list(INTERACTIVE_TAGS),
+        "interactiveRoles": list(INTERACTIVE_ROLES),
+        "controlTextTags": list(CONTROL_TEXT_TAGS),
+        "contextMaxDepth": CONTEXT_MAX_DEPTH,
+        "contextMaxControls": CONTEXT_MAX_CONTROLS,
+        "contextScanChars": CONTEXT_SCAN_CHARS,
+        "iconClassPattern": ICON_CLASS_PATTERN,
+        "iconStopWords": list(ICON_STOP_WORDS),
+        "cardFieldPattern": CARD_FIELD_PATTERN,
+        "maxAlerts": MAX_ALERTS,
+    }
+
+
+@dataclass
+class RawElement:
+    """One visible interactive element as a walker found it, before any naming decision."""
+
+    id: int
+    tag: str
+    role_attr: str = ""
+    input_type: str = ""
+    labelledby_text: str = ""
+    description: str = ""      # aria-describedby: field hints and validation errors
+    aria_label: str = ""
+    label_text: str = ""
+    value_attr: str = ""
+    value: str = ""
+    text: str = ""
+    title: str = ""
+    placeholder: str = ""
+    alt: str = ""
+    icon: str = ""
+    name_attr: str = ""
+    href: str = ""
+    checked: bool = False
+    disabled: bool = False
+    multiple: bool = False
+    options: list[str] = field(default_factory=list)
+    selected: list[str] = field(default_factory=list)
+    context: str = ""
+    in_modal: bool = False
+    in_card_form: bool = False
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RawElement":
+        known = {name: data[name] for name in cls.__dataclass_fields__ if name in data}
+        return cls(**known)
+
+
+@dataclass
+class PageSnapshot:
+    """What one walk over a page found; both drivers build this, then `render` makes the text."""
+
+    url: str
+    title: str
+    elements: list[RawElement]
+    heading: str = ""
+    order_id: str = ""
+    modal_open: bool = False
+    modal_name: str = ""
+    alerts: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PageSnapshot":
+        return cls(
+            url=data["url"],
+            title=data.get("title", ""),
+            elements=[RawElement.from_dict(raw) for raw in data.get("elements", [])],
+            heading=data.get("heading", ""),
+            order_id=data.get("orderId", ""),
+            modal_open=bool(data.get("modalOpen")),
+            modal_name=data.get("modalName", ""),
+            alerts=list(data.get("alerts", [])),
+        )
+
+
+@dataclass(frozen=True)
+class Element:
+    """An element as the agent reads it."""
+
+    id: int
+    role: str
+    name: str
+    extras: str
+    context: str
+    raw: RawElement
+
+    def line(self) -> str:
+        parts = [f"[{self.id}] {self.role} {quote(self.name)}"]
+        if self.extras:
+            parts.append(self.extras)
+        if self.context:
+            parts.append(f"— {self.context}")
+        return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class Rendered:
+    text: str
+    shown_ids: list[int]
+    first_index: int   # index (into the listed elements) of the first one shown
+    next_index: int    # index of the first one not shown (== len when all shown)
+    total: int
+
+
+def collapse(text: str) -> str:
+    return _WHITESPACE.sub(" ", text).strip()
+
+
+def truncate(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def quote(text: str) -> str:
+    return '"' + text.replace('"', "'") + '"'
+
+
+def humanize_token(token: str) -> str:
+    """'shopping-cart' / 'shopping_cart' / 'shoppingCart' -> 'shopping cart'."""
+    token = re.sub(r"([a-z])([A-Z])", r"\1 \2", token)
+    return collapse(re.sub(r"[-_]+", " ", token)).lower()
+
+
+def element_role(raw: RawElement) -> str:
+    if raw.role_attr:
+        return raw.role_attr
+    if raw.tag == "a":
+        return "link"
+    if raw.tag in ("button", "summary"):
+        return "button"
+    if raw.tag == "select":
+        return "listbox" if raw.multiple else "combobox"
+    if raw.tag == "textarea":
+        return "textbox"
+    if raw.tag == "input":
+        return {
+            "button": "button", "submit": "button", "reset": "button", "image": "button",
+            "checkbox": "checkbox", "radio": "radio", "range": "slider", "number": "spinbutton",
+            "search": "searchbox", "file": "button",
+        }.get(raw.input_type, "textbox")
+    return "button" if raw.tag != "label" else "label"
+
+
+def is_form_field(raw: RawElement) -> bool:
+    return raw.tag in ("select", "textarea") or (
+        raw.tag == "input" and raw.input_type not in ("button", "submit", "reset", "image")
+    )
+
+
+def accessible_name(raw: RawElement) -> str:
+    """A simplified accessible-name computation, with icon names as the last resort."""
+    text = collapse(raw.text)
+    icon = humanize_token(raw.icon) if raw.icon else ""
+    if raw.tag == "input" and raw.input_type in ("submit", "reset", "button", "image"):
+        own = raw.value_attr or raw.alt or {"submit": "Submit", "reset": "Reset"}.get(raw.input_type, "")
+    elif is_form_field(raw):
+        own = raw.label_text
+    else:
+        own = text
+        if own and icon and not re.search(r"[^\W\d_]", own):   # "2" next to a cart icon
+            own = f"{icon} {own}"
+    for candidate in (raw.labelledby_text, raw.aria_label, own, raw.title, raw.placeholder, icon,
+                      raw.alt, humanize_token(raw.name_attr) if raw.name_attr else ""):
+        candidate = collapse(candidate)
+        if candidate:
+            if "_" in candidate and " " not in candidate:   # material icons: "shopping_cart"
+                candidate = humanize_token(candidate)
+            return truncate(candidate, NAME_MAX_CHARS)
+    return ""
+
+
+def element_extras(raw: RawElement, role: str, name: str) -> str:
+    extras: list[str] = []
+    if raw.tag == "input" and raw.input_type in ("checkbox", "radio"):
+        extras.append("checked" if raw.checked else "unchecked")
+    elif raw.tag == "select":
+        if raw.selected:
+            extras.append("selected=" + " | ".join(quote(s) for s in raw.selected))
+        shown = [quote(truncate(collapse(o), NAME_MAX_CHARS)) for o in raw.options[:MAX_OPTIONS_SHOWN]]
+        more = len(raw.options) - len(shown)
+        extras.append("options: " + " | ".join(shown) + (f" | … {more} more" if more > 0 else ""))
+    elif is_form_field(raw):
+        if raw.input_type not in ("", "text", "search") and raw.tag == "input":
+            extras.append(f"type={raw.input_type}")
+        value = collapse(raw.value)
+        if value and raw.input_type != "password":
+            extras.append(f"value={quote(truncate(value, VALUE_MAX_CHARS))}")
+        elif value:
+            extras.append('value="••••"')
+    if raw.disabled:
+        extras.append("disabled")
+    return " ".join(extras)
+
+
+def element_context(raw: RawElement, name: str) -> str:
+    # A field is named by its label; what it needs beside that is its hint or error message.
+    context = collapse(raw.description) or collapse(raw.context)
+    if not context or context == name:
+        return ""
+    return truncate(context, CONTEXT_MAX_CHARS)
+
+
+def describe(raw: RawElement) -> Element:
+    role = element_role(raw)
+    name = accessible_name(raw)
+    return Element(raw.id, role, name, element_extras(raw, role, name), element_context(raw, name), raw)
+
+
+def cart_state(elements: list[Element]) -> str | None:
+    """'Cart: 2 items, €31.98' from the page's cart link or badge; None when none shows a count."""
+    by_href = [e for e in elements if e.raw.href and CART_HREF_PATTERN.search(e.raw.href.split("?")[0])]
+    by_name = [e for e in elements if CART_NAME_PATTERN.search(e.name) and e.role in ("link", "button")]
+    candidates = by_href or by_name
+    if not candidates:
+        return None
+    for cart in candidates:
+        for text in (cart.name, cart.context):
+            count = _cart_count(text)
+            money = MONEY_PATTERN.search(text)
+            if count is None and not money:
+                continue
+            if count == 0:
+                return "Cart: empty"
+            parts = []
+            if count is not None:
+                parts.append(f"{count} item" + ("" if count == 1 else "s"))
+            if money:
+                parts.append(money.group(0).strip())
+            return "Cart: " + ", ".join(parts)
+    return None
+
+
+def _cart_count(text: str) -> int | None:
+    for pattern in _COUNT_PATTERNS:
+        match = pattern.search(text)
+        if match:
+            return int(match.group(1))
+    return None
+
+
+def render(snapshot: PageSnapshot, *, start: int = 0, error: str | None = None,
+           token_budget: int = DEFAULT_TOKEN_BUDGET) -> Rendered:
+    """The observation text: header lines, then elements from `start` while the budget lasts."""
+    all_elements = [describe(raw) for raw in snapshot.elements]
+    listed = [e for e in all_elements if e.raw.in_modal] if snapshot.modal_open else all_elements
+    header = [f"URL: {snapshot.url}", f"Title: {truncate(collapse(snapshot.title), NAME_MAX_CHARS)}"]
+    if snapshot.heading:
+        header.append(f"Heading: {truncate(collapse(snapshot.heading), NAME_MAX_CHARS)}")
+    cart = cart_state(all_elements)
+    if cart:
+        header.append(cart)
+    for alert in snapshot.alerts[:MAX_ALERTS]:
+        header.append(f"Notice: {truncate(collapse(alert), CONTEXT_MAX_CHARS * 2)}")
+    if error:
+        header.append(f"Error: {collapse(error)}")
+    if snapshot.modal_open:
+        label = f" ({quote(snapshot.modal_name)})" if snapshot.modal_name else ""
+        header.append(f"Note: a dialog{label} is open; only its content is listed.")
+    header.append("Elements:" if listed else "Elements: none")
+
+    start = max(0, min(start, len(listed)))
+    lines = list(header)
+    if start:
+        lines.append(f"… {start} more elements above (scroll up)")
+    budget_chars = token_budget * CHARS_PER_TOKEN
+    used = sum(len(line) + 1 for line in lines)
+    index = start
+    while index < len(listed):
+        line = listed[index].line()
+        # Always show at least one element, so a tiny budget cannot stall the agent.
+        if index > start and used + len(line) + 1 > budget_chars:
+            break
+        lines.append(line)
+        used += len(line) + 1
+        index += 1
+    if index < len(listed):
+        lines.append(f"… {len(listed) - index} more elements below (scroll down)")
+    return Rendered("\n".join(lines), [e.id for e in listed[start:index]], start, index, len(listed))
+
+
+def previous_start(snapshot: PageSnapshot, start: int, token_budget: int = DEFAULT_TOKEN_BUDGET) -> int:
+    """Where `scroll up` starts: the earliest index whose window still reaches `start`.
+
+    Windows that start past the top all carry the "above" line, so their ends only grow with
+    their starts and a binary search finds it; the top window is checked on its own.
+    """
+    if start <= 0 or render(snapshot, start=0, token_budget=token_budget).next_index >= start:
+        return 0
+    low, high = 1, start - 1
+    while low < high:
+        middle = (low + high) // 2
+        if render(snapshot, start=middle, token_budget=token_budget).next_index >= start:
+            high = middle
+        else:
+            low = middle + 1
+    return low
+
+
+def is_pay_control(raw: RawElement, name: str) -> bool:
+    """A control that pays or places an order (generic, for stores that are not ours)."""
+    is_submit_like = raw.tag in ("button", "summary") or raw.role_attr == "button" or (
+        raw.tag == "input" and raw.input_type in ("submit", "button", "image")
+    ) or raw.tag == "a"
+    if not is_submit_like:
+        return False
+    if PAY_CONTROL_PATTERN.search(name):
+        return True
+    # A submit button of a form that asks for card details pays, whatever it is called.
+    return raw.in_card_form and raw.tag != "a" and raw.input_type not in ("button", "reset")
+
+
+def read_total(text: str) -> str | None:
+    """The order total on a checkout page: the amount after 'total', else the largest amount."""
+    match = re.search(r"total[^€$£¥\d]{0,30}(" + MONEY_PATTERN.pattern + ")", text, re.IGNORECASE)
+    if match:
+        return match.group(1).strip()
+    amounts = [m.group(0).strip() for m in MONEY_PATTERN.finditer(text)]
+    if not amounts:
+        return None
+    return max(amounts, key=_money_value)
+
+
+def _money_value(amount: str) -> float:
+    digits = re.sub(r"[^\d.,]", "", amount)
+    if "," in digits and (digits.rfind(",") > digits.rfind(".")):
+        digits = digits.replace(".", "").replace(",", ".")
+    else:
+        digits = digits.replace(",", "")
+    try:
+        return float(digits)
+    except ValueError:
+        return 0.0
+
+
+# A confirmation page that is not our store's (which says so with <meta name="sp-order-id">).
+CONFIRMATION_URL_PATTERN = re.compile(
+    r"order[-_/]?(received|confirm(ed|ation)?|complete(d)?|success)|thank[-_]?you|checkout/success",
+    re.IGNORECASE,
+)
+# Where a checkout page names what is being bought (for the interception report), best first.
+PRODUCT_NAME_SELECTORS = (
+    "[class*=product-name]", "[class*=product-title]", "[class*=product__title]", "[class*=item-name]",
+    "[class*=line-item] [class*=title]", "[class*=cart-item] [class*=name]", "h1",
+)
+PAGE_TEXT_MAX_CHARS = 20000
+
+
+def stale_id_error(element_id: int) -> str:
+    return f"no element [{element_id}] on this page (stale or unknown id); use an id from the current list"
+
+
+def find_element(snapshot: PageSnapshot, element_id: int) -> RawElement | None:
+    return next((raw for raw in snapshot.elements if raw.id == element_id), None)
+
+
+def listed_elements(snapshot: PageSnapshot) -> list[RawElement]:
+    """The elements an action may target now (a modal dialog hides the page behind it)."""
+    return [raw for raw in snapshot.elements if raw.in_modal] if snapshot.modal_open else snapshot.elements
+
+
+def match_option(options: list[str], wanted: str) -> int | None:
+    """Index of the option the agent meant: exact label, then case- and space-insensitive."""
+    if wanted in options:
+        return options.index(wanted)
+    folded = collapse(wanted).casefold()
+    for index, option in enumerate(options):
+        if collapse(option).casefold() == folded:
+            return index
+    return None
+
+
+def no_option_error(element_id: int, options: list[str], wanted: str) -> str:
+    shown = " | ".join(quote(o) for o in options[:MAX_OPTIONS_SHOWN])
+    return f"[{element_id}] has no option {quote(wanted)}; options: {shown}"
+
+
+def interception_detail(control: str, url: str, page_text: str, product: str) -> dict:
+    return {
+        "intercepted": True,
+        "control": control,
+        "url": url,
+        "product": truncate(collapse(product), NAME_MAX_CHARS) if product else None,
+        "price": read_total(page_text),
+    }

@@ -1,0 +1,142 @@
+"""Run the mock store under uvicorn in a background thread: `with serve_store(...) as store:`.
+
+The context manager binds 127.0.0.1 on a free port (or the one asked for), waits until uvicorn
+accepts connections, yields a RunningStore, and on exit stops the server, joins its thread,
+closes the listening socket and the order log. Several stores (say, two layout variants of one
+catalog) can run side by side in one process, each on its own port and thread.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pandas as pd
+import uvicorn
+from starlette.applications import Starlette
+
+from storefronts.app import create_app
+from storefronts.catalog import StoreCatalog
+from storefronts.faults import Faults, HideDropMessages
+from storefronts.orderlog import OrderLog
+from storefronts.variants import Variant, load_variant, variant_to_dict
+
+STARTUP_TIMEOUT_S = 20.0
+SHUTDOWN_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class RunningStore:
+    url: str  # e.g. "http://127.0.0.1:54321/"
+    host: str
+    port: int
+    db_path: Path  # the SQLite order log of this run
+    variant: Variant
+    shop_id: str
+    app: Starlette  # app.state.prices_synthetic etc.
+
+    @property
+    def prices_synthetic(self) -> frozenset[str]:
+        return self.app.state.prices_synthetic
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """Bind the listening socket here, so a busy port fails in the caller with a clear error."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP explicitly: asyncio only sets TCP_NODELAY on sockets that say so, and without
+    # it every response waits 40 ms for a delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    # Lets a store restart on a port whose old connections are still in TIME_WAIT.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise OSError(error.errno, f"cannot bind the store to {host}:{port}: {error.strerror}") from None
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+@contextmanager
+def serve_store(
+    catalog: str | Path | pd.DataFrame | StoreCatalog,
+    shop_id: str,
+    variant: str | Path | Variant = "default",
+    db_path: str | Path | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    faults: Faults | None = None,
+    log_level: str = "warning",
+) -> Iterator[RunningStore]:
+    """Serve one shop's catalog as a store until the block exits.
+
+    catalog: catalog.parquet path, a DataFrame with CATALOG_SCHEMA columns, or a loaded StoreCatalog.
+    variant: built-in name ("default", "list", "worse"), a variant JSON path, or a Variant.
+    db_path: where the SQLite order log goes; None makes a temporary one that is deleted on exit
+        (read it inside the block, or pass a path to keep it).
+    port: 0 picks a free port.
+    faults: optional fault injection (errors, delays, dropped connections); off by default.
+    """
+    chosen = load_variant(variant)
+    store_catalog = catalog if isinstance(catalog, StoreCatalog) else StoreCatalog.load(catalog, shop_id)
+    temp_dir = None if db_path else Path(tempfile.mkdtemp(prefix="simpersona-store-"))
+    db_file = Path(db_path) if db_path else temp_dir / "store.sqlite"
+    log = OrderLog(db_file, meta={
+        "shop_id": store_catalog.shop_id,
+        "variant": json.dumps(variant_to_dict(chosen)),
+        "catalog": "DataFrame" if isinstance(catalog, (pd.DataFrame, StoreCatalog)) else str(catalog),
+        "products": str(len(store_catalog.products)),
+        "prices_synthetic": str(len(store_catalog.prices_synthetic)),
+    })
+    sock = None
+    try:
+        app = create_app(store_catalog, shop_id, log=log, variant=chosen, faults=faults)
+        sock = _bind(host, port)
+        bound_port = sock.getsockname()[1]
+        config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="off",
+                                timeout_graceful_shutdown=5)
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},
+                                  name=f"store-{shop_id}-{chosen.name}-{bound_port}", daemon=True)
+        drop_filter = HideDropMessages()
+        logging.getLogger("uvicorn.error").addFilter(drop_filter)
+        thread.start()
+        try:
+            _wait_started(server, thread)
+            url_host = f"[{host}]" if ":" in host else host
+            yield RunningStore(url=f"http://{url_host}:{bound_port}/", host=host, port=bound_port,
+                               db_path=db_file, variant=chosen, shop_id=store_catalog.shop_id, app=app)
+        finally:
+            server.should_exit = True
+            thread.join(SHUTDOWN_TIMEOUT_S)
+            if thread.is_alive():  # a request that will not finish: stop waiting for it
+                server.force_exit = True
+                thread.join(SHUTDOWN_TIMEOUT_S)
+            logging.getLogger("uvicorn.error").removeFilter(drop_filter)
+    finally:
+        if sock is not None:
+            sock.close()
+        log.close()
+        if temp_dir is not None:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _wait_started(server: uvicorn.Server, thread: threading.Thread) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError("the store's server thread stopped during startup (see the log above)")
+        if time.monotonic() > deadline:
+            server.should_exit = True
+            raise RuntimeError(f"the store did not start within {STARTUP_TIMEOUT_S:.0f} s")
+        time.sleep(0.01)

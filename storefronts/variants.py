@@ -1,0 +1,195 @@
+"""Layout variants of the mock store: every option is a named, defaulted field of `Variant`.
+
+A variant is data. The built-in ones live as JSON files beside this module
+(storefronts/variants/<name>.json); an A/B run may also point at any JSON file of its own.
+A JSON file holds a subset of the fields below; every field it leaves out keeps its default.
+Unknown keys and wrongly typed values are errors that name the file and the key, because a
+misspelt option silently falling back to its default would make an A/B comparison meaningless.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+from storefronts.checkout import STEPS
+
+VARIANTS_DIR = Path(__file__).with_name("variants")
+
+LAYOUTS = ("grid", "list")
+SORTS = ("popularity", "price_asc", "price_desc", "newest")
+SORT_LABELS = {
+    "popularity": "Most popular",
+    "price_asc": "Price: low to high",
+    "price_desc": "Price: high to low",
+    "newest": "Newest first",
+}
+BUY_BUTTON_POSITIONS = ("top", "below_description")
+PRICE_DISPLAYS = ("symbol", "code")  # "€12.99" or "12.99 EUR"
+CURRENCY_SYMBOLS = {"EUR": "€", "USD": "$", "GBP": "£", "CNY": "¥", "JPY": "¥"}
+
+
+class VariantError(ValueError):
+    """A variant that cannot be loaded; the message names the file and the offending key."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """How the store looks and how long its funnel is. Every field has a sensible default."""
+
+    name: str = "default"
+    description: str = "Product grid, four-step checkout."
+    store_name: str = "SimPersona Shop"
+    # Listing pages (category and search results).
+    layout: str = "grid"  # grid | list
+    items_per_page: int = 12
+    default_sort: str = "popularity"  # popularity | price_asc | price_desc | newest
+    # Home page and header.
+    featured_count: int = 8
+    nav_categories: int = 8  # the header links to this many of the largest categories
+    home_categories: int = 24  # the home page lists this many of the largest categories
+    # Product page.
+    show_recommendations: bool = True  # a "Customers also viewed" block
+    recommendations_count: int = 4
+    add_to_cart_label: str = "Add to cart"
+    buy_button_position: str = "top"  # top | below_description
+    long_description: bool = False  # several paragraphs of text on every product page
+    # Prices and promotions.
+    sale_badges: bool = False  # a "Sale" badge and a struck-through former price on some products
+    free_shipping_banner: bool = False
+    currency: str = "EUR"
+    price_display: str = "symbol"  # symbol: "€12.99" | code: "12.99 EUR"
+    express_delivery_price: float = 4.99
+    # Checkout: the step names, in order (see storefronts/checkout.py for what each asks).
+    checkout_steps: tuple[str, ...] = ("address", "delivery", "payment", "review")
+
+    def __post_init__(self) -> None:
+        _check_choice("layout", self.layout, LAYOUTS)
+        _check_choice("default_sort", self.default_sort, SORTS)
+        _check_choice("buy_button_position", self.buy_button_position, BUY_BUTTON_POSITIONS)
+        _check_choice("price_display", self.price_display, PRICE_DISPLAYS)
+        for key in ("items_per_page", "featured_count", "nav_categories", "home_categories", "recommendations_count"):
+            if getattr(self, key) < 1:
+                raise VariantError(f"{key} must be at least 1, got {getattr(self, key)}")
+        if self.express_delivery_price < 0:
+            raise VariantError(f"express_delivery_price must be >= 0, got {self.express_delivery_price}")
+        # Lists from JSON become tuples so the variant stays hashable and immutable.
+        object.__setattr__(self, "checkout_steps", tuple(self.checkout_steps))
+        _check_checkout_steps(self.checkout_steps)
+
+    def format_price(self, amount: float) -> str:
+        """The price as this variant shows it, e.g. "€12.99" or "12.99 EUR"."""
+        if self.price_display == "code":
+            return f"{amount:,.2f} {self.currency}"
+        symbol = CURRENCY_SYMBOLS.get(self.currency, self.currency + " ")
+        return f"{symbol}{amount:,.2f}"
+
+
+def _check_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise VariantError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _check_checkout_steps(steps: tuple[str, ...]) -> None:
+    unknown = [step for step in steps if step not in STEPS]
+    if unknown:
+        raise VariantError(f"checkout_steps: unknown step {unknown[0]!r}; known steps: {', '.join(STEPS)}")
+    if len(set(steps)) != len(steps):
+        raise VariantError(f"checkout_steps: a step appears twice in {list(steps)}")
+    # Every order needs somewhere to ship to and a last look before it is placed.
+    for required in ("address", "review"):
+        if required not in steps:
+            raise VariantError(f"checkout_steps: must include {required!r}, got {list(steps)}")
+    if steps[-1] != "review":
+        raise VariantError(f"checkout_steps: 'review' must be the last step, got {list(steps)}")
+
+
+def builtin_variants() -> list[str]:
+    """Names of the variants shipped in storefronts/variants/."""
+    return sorted(path.stem for path in VARIANTS_DIR.glob("*.json"))
+
+
+def load_variant(spec: str | Path | Variant) -> Variant:
+    """A Variant from a built-in name ("default", "list", "worse"), a JSON file path, or as is."""
+    if isinstance(spec, Variant):
+        return spec
+    builtin = VARIANTS_DIR / f"{spec}.json"
+    if isinstance(spec, str) and "/" not in spec and builtin.is_file():
+        return variant_from_file(builtin)
+    path = Path(spec)
+    if path.is_file():
+        return variant_from_file(path)
+    raise VariantError(
+        f"variant {str(spec)!r} is neither a built-in variant ({', '.join(builtin_variants())}) "
+        "nor an existing JSON file"
+    )
+
+
+def variant_from_file(path: Path) -> Variant:
+    """Read one variant JSON file; the variant's name defaults to the file's stem."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise VariantError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise VariantError(f"{path}: expected a JSON object of variant options, got {type(data).__name__}")
+    data.setdefault("name", path.stem)
+    return variant_from_dict(data, source=str(path))
+
+
+def variant_from_dict(data: dict, source: str = "<dict>") -> Variant:
+    """Build a Variant from plain data, checking every key and value type."""
+    fields = {f.name: f for f in dataclasses.fields(Variant)}
+    hints = typing.get_type_hints(Variant)
+    for key, value in data.items():
+        if key not in fields:
+            raise VariantError(f"{source}: unknown key {key!r}; known keys: {', '.join(fields)}")
+        if not _has_type(value, hints[key]):
+            raise VariantError(f"{source}: key {key!r} expects {_type_name(hints[key])}, got {value!r}")
+    try:
+        return Variant(**data)
+    except VariantError as error:
+        raise VariantError(f"{source}: {error}") from None
+
+
+def _has_type(value: object, hint: object) -> bool:
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    # tuple[str, ...]: JSON writes it as a list of strings.
+    return isinstance(value, (list, tuple)) and all(isinstance(item, str) for item in value)
+
+
+def _type_name(hint: object) -> str:
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(
+        hint, "a list of strings"
+    )
+
+
+def variant_to_dict(variant: Variant) -> dict:
+    """Plain data for manifests and JSON files (the inverse of variant_from_dict)."""
+    data = dataclasses.asdict(variant)
+    data["checkout_steps"] = list(variant.checkout_steps)
+    return data
+
+
+__all__ = [
+    "Variant",
+    "VariantError",
+    "builtin_variants",
+    "load_variant",
+    "variant_from_dict",
+    "variant_from_file",
+    "variant_to_dict",
+    "SORTS",
+    "SORT_LABELS",
+    "LAYOUTS",
+]

@@ -1,0 +1,262 @@
+"""Action execution in both drivers, and browser vs http equality on the mock store.
+
+A real HTTP server on 127.0.0.1 serves the edge fixtures plus a few dynamic routes (a search
+results page, an order confirmation with the sp-order-id meta) and records every request, so the
+tests see what really reached the server.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import re
+import threading
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import psutil
+import pytest
+
+from agent.actions import parse_action
+from harness.browser import BrowserPool
+from harness.driver import BUYER_HEADER
+from harness.http_driver import HttpPool
+from harness.safety import SiteGuard
+
+EDGE = Path(__file__).resolve().parent / "fixtures" / "edge"
+DRIVERS = ("browser", "http")
+pytestmark = pytest.mark.anyio
+
+
+class _ShopHandler(http.server.SimpleHTTPRequestHandler):
+    """Static edge fixtures plus /search and /order/<id>; every request is recorded."""
+
+    seen: list[dict]
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def _record(self, body: str = "") -> None:
+        self.seen.append({"method": self.command, "path": self.path, "buyer": self.headers.get(BUYER_HEADER), "body": body})
+
+    def _html(self, html: str, status: int = 200) -> None:
+        data = html.encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        self._record()
+        parts = urlsplit(self.path)
+        if parts.path == "/search":
+            query = parse_qs(parts.query)
+            shown = ", ".join(f"{k}={v[0]}" for k, v in sorted(query.items()))
+            self._html(f"<!doctype html><title>Results</title><h1>Results for {shown}</h1><a href='/forms.html'>Back to forms</a>")
+        elif parts.path.startswith("/order/"):
+            order_id = parts.path.rsplit("/", 1)[-1]
+            self._html(f"<!doctype html><head><meta name='sp-order-id' content='{order_id}'><title>Thanks</title></head>"
+                       f"<h1>Order {order_id} placed</h1>")
+        elif parts.path == "/robots.txt":
+            self._html("", status=404)
+        else:
+            super().do_GET()
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        self._record(self.rfile.read(length).decode("utf-8", "replace"))
+        self._html("<!doctype html><title>Posted</title><h1>Posted</h1>")
+
+
+@pytest.fixture(scope="module")
+def server():
+    seen: list[dict] = []
+    handler = type("Handler", (_ShopHandler,), {"seen": seen})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(EDGE)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}/"
+    httpd.seen = seen
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+async def pools(anyio_backend):
+    async with BrowserPool(settle_ms=100) as browser_pool, HttpPool() as http_pool:
+        yield {"browser": browser_pool, "http": http_pool}
+
+
+@pytest.fixture(params=DRIVERS)
+async def buyer(request, pools, server):
+    guard = SiteGuard.for_url(server.url, rate_limit_per_s=None)
+    async with pools[request.param].session(f"test-{request.param}", guard) as session:
+        yield session
+
+
+def line_of(text: str, pattern: str) -> str:
+    found = [line for line in text.splitlines() if re.search(pattern, line)]
+    assert found, f"no line matching {pattern!r} in:\n{text}"
+    return found[0]
+
+
+def id_of(text: str, pattern: str) -> int:
+    return int(re.match(r"\[(\d+)\]", line_of(text, pattern)).group(1))
+
+
+def click(text: str, pattern: str) -> str:
+    return f"click [{id_of(text, pattern)}]"
+
+
+async def test_click_navigates(buyer, server):
+    await buyer.goto(server.url + "forms.html")
+    text = (await buyer.observe()).text
+    outcome = await buyer.act(parse_action(click(text, 'link "Bestsellers"')))
+    assert outcome.error is None and not outcome.done
+    after = await buyer.observe()
+    assert after.url == server.url + "duplicates.html"
+    assert after.element_ids[0] == 1   # a new document: ids start again
+
+
+async def test_type_fills_and_submits(buyer, server):
+    await buyer.goto(server.url + "forms.html")
+    text = (await buyer.observe()).text
+    await buyer.act(parse_action(f'type [{id_of(text, "searchbox")}] "red mug"'))
+    after = await buyer.observe()
+    assert urlsplit(after.url).path == "/search" and parse_qs(urlsplit(after.url).query) == {"q": ["red mug"]}
+    assert "Heading: Results for q=red mug" in after.text
+
+
+async def test_select_and_checkbox_change_the_form_that_is_then_submitted(buyer, server):
+    await buyer.goto(server.url + "forms.html")
+    text = (await buyer.observe()).text
+    sort_id, check_id = id_of(text, 'combobox "Sort by"'), id_of(text, 'checkbox "In stock only"')
+    assert (await buyer.act(parse_action(f'select [{sort_id}] "price: LOW to high"'))).error is None
+    assert (await buyer.act(parse_action(f"click [{check_id}]"))).error is None
+    text = (await buyer.observe()).text
+    assert 'selected="Price: low to high"' in line_of(text, 'combobox "Sort by"')
+    assert line_of(text, 'checkbox "In stock only"').endswith("checked") and "unchecked" not in text
+    await buyer.act(parse_action(click(text, 'button "Apply"')))
+    after = await buyer.observe()
+    assert "Heading: Results for email=ada@example.com, in_stock=yes, sort=price" in after.text
+
+
+async def test_stale_malformed_and_wrong_actions_become_errors(buyer, server):
+    await buyer.goto(server.url + "forms.html")
+    stale = await buyer.act(parse_action("click [99]"))
+    assert stale.error.startswith("no element [99] on this page") and not stale.done
+    assert f"Error: {stale.error}" in (await buyer.observe()).text
+    malformed = await buyer.act("click 5")
+    assert "malformed 'click' action" in malformed.error
+    assert "unknown action 'dance'" in (await buyer.act("dance wildly")).error
+    text = (await buyer.observe()).text
+    assert "Error: unknown action 'dance'" in text
+    button = id_of(text, 'button "Search"')
+    assert "cannot type into" in (await buyer.act(parse_action(f'type [{button}] "x"'))).error
+    sort_id = id_of(text, 'combobox "Sort by"')
+    wrong = await buyer.act(parse_action(f'select [{sort_id}] "Cheapest"'))
+    assert wrong.error == f'[{sort_id}] has no option "Cheapest"; options: "Most popular" | "Price: low to high"'
+    ok = await buyer.act(parse_action("scroll down"))
+    assert ok.error == "already at the bottom of the page"
+    assert "Error:" not in (await buyer.observe()).text.replace("Error: already", "")
+
+
+async def test_back_stop_and_conversion(buyer, server):
+    assert (await buyer.act(parse_action("back"))).error == "there is no previous page"
+    await buyer.goto(server.url + "forms.html")
+    await buyer.goto(server.url + "duplicates.html")
+    assert (await buyer.act(parse_action("back"))).error is None
+    assert (await buyer.observe()).url == server.url + "forms.html"
+    stop = await buyer.act(parse_action("stop"))
+    assert stop.done and not stop.converted
+    confirmed = await buyer.goto(server.url + "order/SP-123")
+    assert confirmed.converted and confirmed.done and confirmed.detail["order_id"] == "SP-123"
+
+
+async def test_every_request_carries_the_buyer_tag(pools, server):
+    for driver in DRIVERS:
+        guard = SiteGuard.for_url(server.url, rate_limit_per_s=None)
+        async with pools[driver].session(f"tag-{driver}", guard) as session:
+            await session.goto(server.url + "duplicates.html?tagged")
+        tagged = [r for r in server.seen if r["path"] == "/duplicates.html?tagged" and r["buyer"] == f"tag-{driver}"]
+        assert tagged, driver
+
+
+# -- browser vs http on the mock store ----------------------------------------------------------
+
+FIELD_ANSWERS = {
+    "Email address": "ada@example.com", "Full name": "Ada Lovelace", "Street and house number": "12 Analytical Row",
+    "City": "London", "Postcode": "N1 9GU", "Name on card": "Ada Lovelace", "Expiry date": "12/29",
+}
+SELECT_ANSWERS = {"Country": "United Kingdom", "Sort by": "Price: low to high"}
+
+
+def scripted_action(text: str) -> str:
+    """A fixed shopper: kitchen -> sort -> kettle -> quantity 2 -> cart -> checkout forms."""
+    url = line_of(text, r"^URL: ")
+    if "/checkout/" in url or "/c/kitchen" in url and "sort=" not in url:
+        for name, answer in SELECT_ANSWERS.items():
+            line = next((l for l in text.splitlines() if f'combobox "{name}"' in l), None)
+            if line and answer not in line.split("options:")[0]:
+                return f'select [{id_of(line, ".")}] "{answer}"'
+        if "/c/kitchen" in url:
+            return click(text, 'button "Sort"')
+        for name, answer in FIELD_ANSWERS.items():
+            line = next((l for l in text.splitlines() if f'textbox "{name}"' in l), None)
+            if line and "value=" not in line:
+                return f'type [{id_of(line, ".")}] "{answer}"'
+        return click(text, 'button "(Continue to|Place order)')
+    for page, pattern in (("/cart", 'link "Proceed to checkout"'), ("/p/", "spinbutton"),
+                          ("/c/kitchen", 'link "Stainless Steel Kettle'), ("", 'link "Kitchen"')):
+        if page in url:
+            if pattern == "spinbutton":
+                return f'type [{id_of(text, pattern)}] "2"'
+            return f"click [{id_of(text, pattern)}]"
+    raise AssertionError(text)
+
+
+async def test_browser_and_http_drivers_see_the_same_mock_store(pools):
+    store_server = pytest.importorskip("storefronts.server")
+    fixtures = pytest.importorskip("storefronts.fixtures")
+    with store_server.serve_store(fixtures.demo_catalog(), "demo") as store:
+        sessions = {}
+        guard = SiteGuard.for_url(store.url, our_store=True, rate_limit_per_s=None)
+        async with pools["browser"].session("same-browser", guard) as sessions["browser"], \
+                pools["http"].session("same-http", guard) as sessions["http"]:
+            for session in sessions.values():
+                await session.goto(store.url)
+            urls = []
+            for _ in range(16):
+                texts = {driver: (await s.observe()).text for driver, s in sessions.items()}
+                assert texts["browser"] == texts["http"]
+                urls.append(line_of(texts["browser"], "^URL: "))
+                action = parse_action(scripted_action(texts["browser"]))
+                outcomes = {driver: await s.act(action) for driver, s in sessions.items()}
+                assert outcomes["browser"].error == outcomes["http"].error
+        paths = {urlsplit(u.split(" ", 1)[1]).path for u in urls}
+        # The walk really went through the funnel: listing, product, cart, checkout steps.
+        assert {"/", "/c/kitchen", "/p/1001", "/cart", "/checkout/address"} <= paths, paths
+        assert any(p.startswith("/checkout/") and p != "/checkout/address" for p in paths), paths
+
+
+# -- resources ---------------------------------------------------------------------------------
+
+def _chromium_children() -> set[int]:
+    return {p.pid for p in psutil.Process().children(recursive=True) if "chrom" in p.name().lower()}
+
+
+async def test_no_orphaned_chromium_after_the_pool_closes(server):
+    before = _chromium_children()
+    async with BrowserPool() as pool:
+        async with pool.session("orphans", SiteGuard.for_url(server.url, rate_limit_per_s=None)) as session:
+            await session.goto(server.url + "forms.html")
+            during = _chromium_children() - before
+    assert during, "the pool should have started Chromium processes"
+    gone, alive = psutil.wait_procs([psutil.Process(pid) for pid in during if psutil.pid_exists(pid)], timeout=10)
+    assert not alive, f"Chromium processes left running: {[p.pid for p in alive]}"
