@@ -1,0 +1,526 @@
+"""Baseline policies: a random clicker and a buyer-type funnel profile.
+
+Both speak the action grammar (agent.actions) and implement agent.policy.Policy, so the harness
+runs them exactly like the LLM agent. Both are deterministic given each buyer's seed.
+
+RandomPolicy clicks uniformly among the ids of the observation, or scrolls, goes back or stops.
+
+TypeProfilePolicy acts out the funnel of the buyer's type as measured on real buyers. From the
+codebook artifact's types.json it reads, per code:
+
+    conversion_rate         (required) share of the type's real buyers who purchased
+    cart_rate               (optional) share who added anything to a cart; when absent it is
+                            conversion_rate / assumed_cart_conversion (capped to [conversion_rate, 1])
+    median_product_views    (optional) product views per buyer; falls back to median_events
+                            (product views dominate the public logs), then to default_views
+    top_categories          (optional) category names (or {"category": ...} objects) the type
+                            browses most; category links with these names are preferred
+
+At the start of an episode the buyer draws its plan from its seed: how many products it views
+before deciding (1 + Poisson(median views - 1), capped at max_views), whether it adds the last
+viewed product to the cart (probability cart_rate), and whether it then checks out (probability
+conversion_rate / cart_rate). The two draws multiply to the type's real conversion rate.
+
+The policy reads the observation text generically: element lines `[id] role "name" ...`, with
+links, buttons and form fields told apart by role and by words in their accessible names (add to
+cart, checkout, continue, place order, field labels such as email or postcode), never by a store's
+own ids, so it works on every layout variant of the mock store and on other stores alike.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from agent.policy import BuyerTurn
+
+TYPES_FILE = "types.json"
+
+# ---------------------------------------------------------------------------------------------
+# Reading observations
+
+
+@dataclass(frozen=True)
+class Element:
+    """One interactive element line of an observation: `[id] role "name" extra`."""
+
+    element_id: int
+    role: str
+    name: str
+    extra: str = ""
+
+
+_ELEMENT_LINE = re.compile(r'^\s*\[(\d+)\]\s+([A-Za-z][\w-]*)\s*(?:"((?:[^"\\]|\\.)*)")?\s*(.*)$')
+_URL_LINE = re.compile(r"^\s*url\s*:\s*(\S+)", re.IGNORECASE)
+
+
+def parse_elements(observation: str) -> list[Element]:
+    """Every interactive element listed in an observation, in page order."""
+    elements = []
+    for line in observation.splitlines():
+        match = _ELEMENT_LINE.match(line)
+        if match:
+            element_id, role, name, extra = match.groups()
+            name = re.sub(r"\\(.)", r"\1", name or "")
+            elements.append(Element(int(element_id), role.lower(), name.strip(), extra.strip()))
+    return elements
+
+
+def observation_url(observation: str) -> str:
+    for line in observation.splitlines()[:6]:
+        match = _URL_LINE.match(line)
+        if match:
+            return match.group(1)
+    return ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Random baseline
+
+
+@dataclass
+class RandomPolicy:
+    """Uniform over `click [id]` for every id on the page, scroll up/down, back and stop.
+
+    Text fields get `type [id] "<word>"` instead of a click, with a word from a small list.
+    The choice at step t depends only on (buyer seed, t, observation).
+    """
+
+    words: tuple[str, ...] = ("shoes", "phone", "gift", "blue", "sale")
+    name: str = "random"
+
+    def act(self, turns: list[BuyerTurn]) -> list[str]:
+        return [self._act_one(turn) for turn in turns]
+
+    def _act_one(self, turn: BuyerTurn) -> str:
+        rng = np.random.default_rng([turn.seed, len(turn.history)])
+        choices = [_random_action_for(element, rng, self.words) for element in parse_elements(turn.observation)]
+        choices += ["scroll down", "scroll up", "back", "stop"]
+        return choices[int(rng.integers(len(choices)))]
+
+
+def _random_action_for(element: Element, rng: np.random.Generator, words: tuple[str, ...]) -> str:
+    if element.role in _TEXT_ROLES:
+        return f'type [{element.element_id}] "{words[int(rng.integers(len(words)))]}"'
+    return f"click [{element.element_id}]"
+
+
+# ---------------------------------------------------------------------------------------------
+# Type profiles (from the codebook artifact)
+
+
+@dataclass(frozen=True)
+class TypeProfile:
+    """The funnel statistics of one buyer type that TypeProfilePolicy acts out."""
+
+    code: int
+    conversion_rate: float
+    cart_rate: float
+    median_product_views: float
+    top_categories: tuple[str, ...] = ()
+
+    @property
+    def purchase_given_cart(self) -> float:
+        return 0.0 if self.cart_rate <= 0 else min(1.0, self.conversion_rate / self.cart_rate)
+
+
+class TypeProfileError(ValueError):
+    """types.json is missing or lacks what a type profile needs."""
+
+
+def load_type_profiles(
+    codebook_dir: str | Path, assumed_cart_conversion: float = 0.5, default_views: float = 3.0
+) -> dict[int, TypeProfile]:
+    """Read every code's funnel statistics from types.json (fields listed in the module docstring)."""
+    path = Path(codebook_dir) / TYPES_FILE
+    if not path.is_file():
+        raise TypeProfileError(f"{path}: not found; expected a codebook artifact directory with {TYPES_FILE}")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise TypeProfileError(f"{path}: not valid JSON ({exc})") from exc
+    if isinstance(raw, dict) and isinstance(raw.get("types"), (dict, list)):
+        raw = raw["types"]
+    entries = raw.items() if isinstance(raw, dict) else ((entry.get("code"), entry) for entry in raw)
+    profiles = {}
+    for code, entry in entries:
+        where = f"{path}: code {code!r}"
+        if not isinstance(entry, dict):
+            raise TypeProfileError(f"{where}: expected an object, got {type(entry).__name__}")
+        try:
+            code = int(code)
+        except (TypeError, ValueError) as exc:
+            raise TypeProfileError(f"{where}: the code must be an integer") from exc
+        if entry.get("conversion_rate", entry.get("real_conversion_rate")) is None:
+            continue  # an unused code (no buyers), or a log without purchases: nothing to act out
+        profiles[code] = _profile_from_entry(code, entry, where, assumed_cart_conversion, default_views)
+    if not profiles:
+        raise TypeProfileError(f"{path}: no buyer type with a conversion_rate; the policy needs real conversion rates")
+    return profiles
+
+
+def _profile_from_entry(code, entry, where, assumed_cart_conversion, default_views) -> TypeProfile:
+    conversion = _rate(entry, ("conversion_rate", "real_conversion_rate"), where, required=True)
+    cart = _rate(entry, ("cart_rate", "add_to_cart_rate"), where, required=False)
+    if cart is None:
+        cart = conversion / assumed_cart_conversion
+    cart = min(1.0, max(cart, conversion))
+    views = _number(entry, ("median_product_views", "median_events"), where)
+    categories = []
+    for item in entry.get("top_categories") or []:
+        name = item.get("category") if isinstance(item, dict) else item
+        if name:
+            categories.append(str(name))
+    return TypeProfile(code, conversion, cart, views if views is not None else default_views, tuple(categories))
+
+
+def _rate(entry: dict, keys: tuple[str, ...], where: str, required: bool) -> float | None:
+    value = _number(entry, keys, where)
+    if value is None:
+        if required:
+            raise TypeProfileError(f"{where}: missing {keys[0]!r} (share of the type's buyers who purchased)")
+        return None
+    if not 0.0 <= value <= 1.0:
+        raise TypeProfileError(f"{where}: {keys[0]!r} must lie in [0, 1], got {value}")
+    return value
+
+
+def _number(entry: dict, keys: tuple[str, ...], where: str) -> float | None:
+    for key in keys:
+        if entry.get(key) is not None:
+            try:
+                value = float(entry[key])
+            except (TypeError, ValueError) as exc:
+                raise TypeProfileError(f"{where}: {key!r} must be a number, got {entry[key]!r}") from exc
+            if not math.isfinite(value):
+                raise TypeProfileError(f"{where}: {key!r} must be finite, got {value}")
+            return value
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Generic reading of a shop page, by roles and accessible names
+
+_TEXT_ROLES = {"textbox", "searchbox", "input", "textarea", "spinbutton", "email", "tel"}
+_SELECT_ROLES = {"combobox", "listbox", "select"}
+_CLICKABLE_ROLES = {"link", "button", "menuitem", "tab", "option"}
+
+_ADD_TO_CART = re.compile(r"\badd\b.*\b(cart|bag|basket|trolley)\b|\bbuy now\b|^add$", re.IGNORECASE)
+_CHECKOUT = re.compile(r"check\s*-?\s*out|proceed to|go to payment", re.IGNORECASE)
+_PLACE_ORDER = re.compile(r"place (my )?order|\bpay\b|pay now|complete (order|purchase)|confirm (order|purchase)|submit order|buy$", re.IGNORECASE)
+_CONTINUE = re.compile(r"\b(continue|next|review|proceed|save)\b", re.IGNORECASE)
+# "Cart, 2 items", "Basket", "Shopping bag", "View my basket" (but not a product called "Laptop bag").
+_CART_LINK = re.compile(r"\bcart\b|^(bag|basket|trolley)\b|\b(shopping|my|your|view) (bag|basket|trolley)\b", re.IGNORECASE)
+_OPTIONAL = re.compile(r"\boptional\b", re.IGNORECASE)
+_NOT_A_FORM_SELECT = re.compile(r"sort|order by|quantity|qty|per page|language|currency", re.IGNORECASE)
+_REMOVE = re.compile(r"\b(remove|delete|clear|empty)\b", re.IGNORECASE)
+_PRICE = re.compile(r"[$€£¥]\s?\d|\d[\d,]*[.,]\d\d\b")
+_NAVIGATION = re.compile(
+    r"^(home|search|sort|filter|next|previous|prev|page \d+|\d+|back|menu|account|sign in|log ?in|help|"
+    r"about|contact|privacy|terms|all|shop|store|categories)\b",
+    re.IGNORECASE,
+)
+
+# Fake test data for checkout forms, chosen by the field's label. Order matters: first match wins.
+_FAKE_FIELDS: tuple[tuple[re.Pattern, str], ...] = tuple(
+    (re.compile(pattern, re.IGNORECASE), value)
+    for pattern, value in (
+        (r"e-?mail", "test.buyer@example.com"),
+        (r"phone|mobile|tel", "5550100"),
+        (r"name on card|card ?holder", "Test Buyer"),
+        (r"card.*(number|no)|card$|\bpan\b", "4242424242424242"),
+        (r"expir|exp\b|mm\s*/\s*yy", "12/30"),
+        (r"cvc|cvv|security code", "123"),
+        (r"(post|zip)\s*code|postal|\bzip\b", "10115"),
+        (r"city|town", "Testville"),
+        (r"country", "Testland"),
+        (r"state|province|region|county", "Test State"),
+        (r"address|street|line 1", "1 Test Street"),
+        (r"first name|given", "Test"),
+        (r"last name|surname|family", "Buyer"),
+        (r"name|holder", "Test Buyer"),
+        (r"coupon|voucher|promo|discount|gift", ""),
+        (r"search|find|query", ""),
+        (r"quantity|qty", ""),
+    )
+)
+_DEFAULT_FIELD_VALUE = "test"
+
+
+def fake_value_for(label: str) -> str | None:
+    """The test value to type into a field labelled `label`; None to leave it alone."""
+    for pattern, value in _FAKE_FIELDS:
+        if pattern.search(label):
+            return value or None
+    return _DEFAULT_FIELD_VALUE
+
+
+@dataclass
+class ShopPage:
+    """What TypeProfilePolicy needs to know about one observation."""
+
+    url: str
+    elements: list[Element]
+    more_below: bool = False  # the observation was cut; `scroll down` shows the rest
+
+    @classmethod
+    def read(cls, observation: str) -> "ShopPage":
+        more = bool(re.search(r"more elements below", observation))
+        return cls(observation_url(observation), parse_elements(observation), more)
+
+    def buttons(self, pattern: re.Pattern) -> list[Element]:
+        return [e for e in self.elements if e.role in _CLICKABLE_ROLES and pattern.search(e.name)]
+
+    @property
+    def add_to_cart(self) -> list[Element]:
+        return [e for e in self.buttons(_ADD_TO_CART) if not _REMOVE.search(e.name)]
+
+    @property
+    def checkout(self) -> list[Element]:
+        return self.buttons(_CHECKOUT)
+
+    @property
+    def place_order(self) -> list[Element]:
+        return [e for e in self.buttons(_PLACE_ORDER) if not _ADD_TO_CART.search(e.name)]
+
+    @property
+    def continue_buttons(self) -> list[Element]:
+        return [e for e in self.elements if e.role == "button" and _CONTINUE.search(e.name)]
+
+    @property
+    def cart_links(self) -> list[Element]:
+        return [
+            e
+            for e in self.elements
+            if e.role == "link" and _CART_LINK.search(e.name) and not _ADD_TO_CART.search(e.name)
+        ]
+
+    def fields_to_fill(self) -> list[Element]:
+        """Empty required-looking form fields, in page order: text fields without a value,
+        drop-downs still on their placeholder, and a radio group with nothing checked.
+        Search, sort, quantity and "(optional)" fields are left alone."""
+        fields = []
+        radios = [e for e in self.elements if e.role == "radio"]
+        if radios and not any(_is_checked(e) for e in radios):
+            fields.append(radios[0])
+        for element in self.elements:
+            if element.role == "searchbox" or _OPTIONAL.search(element.name) or "disabled" in element.extra:
+                continue
+            if element.role in _TEXT_ROLES:
+                if "value=" not in element.extra and fake_value_for(element.name) is not None:
+                    fields.append(element)
+            elif element.role in _SELECT_ROLES and not _NOT_A_FORM_SELECT.search(element.name):
+                if _is_placeholder(_selected(element)) and _first_option(element):
+                    fields.append(element)
+        return fields
+
+    @property
+    def product_links(self) -> list[Element]:
+        """Links that look like products: a price in the name or beside it, else non-navigation links."""
+        links = [e for e in self.elements if e.role == "link" and e.name and not _CART_LINK.search(e.name)]
+        priced = [e for e in links if _PRICE.search(e.name) or _PRICE.search(e.extra)]
+        if priced:
+            return priced
+        return [e for e in links if not _NAVIGATION.search(e.name) and len(e.name) > 12]
+
+    def category_links(self, categories: tuple[str, ...] | None = None) -> list[Element]:
+        """Links to listings: those naming one of `categories`, or with None every link that is
+        neither a product nor the cart nor the first (logo) link."""
+        products = {e.element_id for e in self.product_links}
+        links = [e for e in self.elements if e.role == "link" and e.element_id not in products]
+        links = [e for e in links[1:] if e.name and not _CART_LINK.search(e.name)]
+        if categories is None:
+            return links
+        wanted = [c.lower().replace("_", " ") for c in categories if c]
+        return [e for e in links if any(w in e.name.lower() or e.name.lower() in w for w in wanted)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Type-profile baseline
+
+
+@dataclass
+class FunnelPlan:
+    """What one buyer will do, drawn once from its seed at the start of the episode."""
+
+    views_before_decision: int
+    adds_to_cart: bool
+    buys: bool
+
+
+@dataclass
+class _Episode:
+    rng: np.random.Generator
+    plan: FunnelPlan
+    product_views: int = 0
+    in_cart: bool = False
+    last_url: str = ""
+    last_product_url: str = ""  # the product page last counted as a view
+    expects_product: bool = False  # the last action clicked a product link
+    visited_category: bool = False
+    fill_attempts: Counter = field(default_factory=Counter)  # (url, field label) -> times typed
+    steps_on_url: int = 0
+
+
+@dataclass
+class TypeProfilePolicy:
+    """Acts out each buyer type's real funnel statistics (see the module docstring).
+
+    profiles: code -> TypeProfile, usually load_type_profiles(codebook_dir).
+    max_views: cap on product views before the cart decision, so a buyer that plans to buy has
+        steps left for the checkout within the run's max_steps.
+    scroll_probability: chance of scrolling a listing instead of clicking when it has products.
+    category_probability: chance that a buyer first opens a listing of one of its type's top
+        categories (when the page links one) instead of a product shown on the page.
+    stuck_after: steps on one URL without progress after which the buyer goes back (or leaves).
+    max_fill_attempts: how often one form field is filled in before the buyer stops retrying it.
+
+    Per-buyer state (views so far, cart, filled fields) lives in the policy, keyed by buyer index,
+    and starts afresh whenever a turn arrives with an empty history.
+    """
+
+    profiles: dict[int, TypeProfile]
+    max_views: int = 6
+    scroll_probability: float = 0.1
+    category_probability: float = 0.5
+    stuck_after: int = 8
+    max_fill_attempts: int = 2
+    name: str = "type-profile"
+    _episodes: dict[tuple[int, int], _Episode] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_codebook(cls, codebook_dir: str | Path, **options) -> "TypeProfilePolicy":
+        return cls(load_type_profiles(codebook_dir), **options)
+
+    def act(self, turns: list[BuyerTurn]) -> list[str]:
+        return [self._act_one(turn) for turn in turns]
+
+    def plan_for(self, code: int, seed: int) -> FunnelPlan:
+        """The funnel plan a buyer of type `code` with seed `seed` follows."""
+        return self._start_episode(code, seed).plan
+
+    def forget(self, buyer_index: int) -> None:
+        """Drop a finished buyer's state (the harness calls this when an episode ends)."""
+        for key in [k for k in self._episodes if k[0] == buyer_index]:
+            del self._episodes[key]
+
+    def _profile(self, code: int) -> TypeProfile:
+        if code not in self.profiles:
+            raise TypeProfileError(
+                f"buyer type {code} has no profile with a conversion_rate in types.json (profiled: {sorted(self.profiles)})"
+            )
+        return self.profiles[code]
+
+    def _start_episode(self, code: int, seed: int) -> _Episode:
+        profile = self._profile(code)
+        rng = np.random.default_rng([seed, 7])
+        extra_views = rng.poisson(max(profile.median_product_views - 1.0, 0.0))
+        views = int(min(self.max_views, 1 + extra_views))
+        adds = bool(rng.random() < profile.cart_rate)
+        buys = adds and bool(rng.random() < profile.purchase_given_cart)
+        return _Episode(rng=rng, plan=FunnelPlan(views, adds, buys))
+
+    def _act_one(self, turn: BuyerTurn) -> str:
+        key = (turn.buyer_index, turn.seed)
+        if not turn.history or key not in self._episodes:
+            self._episodes[key] = self._start_episode(turn.code, turn.seed)
+        episode = self._episodes[key]
+        page = ShopPage.read(turn.observation)
+        self._note_page(episode, page)
+        return self._decide(episode, page, self._profile(turn.code))
+
+    def _note_page(self, episode: _Episode, page: ShopPage) -> None:
+        episode.steps_on_url = episode.steps_on_url + 1 if page.url == episode.last_url else 0
+        episode.last_url = page.url
+        # A product page is counted once per visit, when its add-to-cart control is in view.
+        if page.add_to_cart and page.url != episode.last_product_url:
+            episode.product_views += 1
+            episode.last_product_url = page.url
+            episode.expects_product = False
+
+    def _decide(self, episode: _Episode, page: ShopPage, profile: TypeProfile) -> str:
+        plan = episode.plan
+        if episode.steps_on_url >= self.stuck_after:
+            return "stop" if episode.steps_on_url >= self.stuck_after + 2 else "back"
+        if episode.in_cart:
+            return self._checkout_step(episode, page) if plan.buys else "stop"
+        if episode.expects_product and not page.add_to_cart and page.more_below and episode.steps_on_url < 3:
+            return "scroll down"  # a product page whose buy button is further down
+        episode.expects_product = False
+        decided = episode.product_views >= plan.views_before_decision
+        if decided and not plan.adds_to_cart:
+            return "stop"
+        if decided and page.add_to_cart:
+            episode.in_cart = True
+            return f"click [{page.add_to_cart[0].element_id}]"
+        return self._browse_step(episode, page, profile)
+
+    def _browse_step(self, episode: _Episode, page: ShopPage, profile: TypeProfile) -> str:
+        rng = episode.rng
+        favourites = page.category_links(profile.top_categories)
+        if favourites and not episode.visited_category and rng.random() < self.category_probability:
+            episode.visited_category = True
+            return f"click [{favourites[int(rng.integers(len(favourites)))].element_id}]"
+        products = page.product_links
+        scrolls = page.more_below and episode.steps_on_url == 0 and rng.random() < self.scroll_probability
+        if products and not scrolls:
+            episode.expects_product = True
+            return f"click [{products[int(rng.integers(len(products)))].element_id}]"
+        categories = favourites or page.category_links()
+        if categories and episode.steps_on_url >= 1:
+            return f"click [{categories[int(rng.integers(len(categories)))].element_id}]"
+        if page.more_below and episode.steps_on_url < 2:
+            return "scroll down"
+        return "back"
+
+    def _checkout_step(self, episode: _Episode, page: ShopPage) -> str:
+        """Move a buyer with a full cart towards the order: fill the form, continue, place the order."""
+        for element in page.fields_to_fill():
+            attempt = (page.url, element.name)
+            if episode.fill_attempts[attempt] >= self.max_fill_attempts:
+                continue  # the store keeps rejecting or forgetting this field: try the button
+            episode.fill_attempts[attempt] += 1
+            if element.role in _SELECT_ROLES:
+                return f'select [{element.element_id}] "{_first_option(element)}"'
+            if element.role == "radio":
+                return f"click [{element.element_id}]"
+            return f'type [{element.element_id}] "{fake_value_for(element.name)}"'
+        for candidates in (page.place_order, page.checkout, page.continue_buttons, page.cart_links):
+            if candidates:
+                return f"click [{candidates[0].element_id}]"
+        return "scroll down" if page.more_below else "back"
+
+
+def _quoted(text: str) -> list[str]:
+    return re.findall(r'"([^"]*)"', text)
+
+
+def _selected(element: Element) -> str:
+    """The chosen option of a drop-down line (`selected="X" options: ...`), "" when none."""
+    match = re.search(r'selected=((?:"[^"]*"\s*\|?\s*)+)', element.extra)
+    return _quoted(match.group(1))[0] if match else ""
+
+
+def _first_option(element: Element) -> str | None:
+    """The first real option of a drop-down line (`options: "Choose…" | "Germany" | ...`)."""
+    match = re.search(r"options?\s*:\s*(.+)", element.extra, re.IGNORECASE)
+    if not match:
+        return None
+    for option in _quoted(match.group(1)):
+        if not _is_placeholder(option):
+            return option
+    return None
+
+
+def _is_placeholder(option: str) -> bool:
+    return not option.strip() or bool(re.match(r"^\W*(select|choose|please|--|none\b)", option.strip(), re.IGNORECASE))
+
+
+def _is_checked(element: Element) -> bool:
+    return bool(re.search(r"(?<!un)checked", element.extra))

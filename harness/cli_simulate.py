@@ -1,0 +1,145 @@
+"""`simpersona simulate`: run a population of synthetic buyers against a store.
+
+Either point it at a running store (--store URL), or give it a catalog (--catalog PATH) and it
+serves our mock store itself for the run, so the store's own order log can confirm every
+conversion buyer by buyer (summary.json, "store_counted").
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from enum import Enum
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from harness.cli_app import app
+from harness.rundir import RunDirError
+
+STORE_DB_FILE = "store.sqlite"
+
+
+class PolicyName(str, Enum):
+    random = "random"
+    type_profile = "type-profile"
+
+
+class DriverName(str, Enum):
+    browser = "browser"
+    http = "http"
+
+
+def make_policy(name: PolicyName, codebook_dir: Path):
+    """A baseline policy by its command-line name."""
+    from agent.baselines import RandomPolicy, TypeProfilePolicy
+
+    if name is PolicyName.random:
+        return RandomPolicy()
+    return TypeProfilePolicy.from_codebook(codebook_dir)
+
+
+@app.command()
+def simulate(
+    shop: str = typer.Option(..., "--shop", help="Shop id whose buyer-type mix is sampled (a key of shop_mix.json)."),
+    codebook: Path = typer.Option(..., "--codebook", exists=True, file_okay=False, help="Codebook artifact directory."),
+    store: str = typer.Option(None, "--store", help="URL of the store to shop at."),
+    catalog: Path = typer.Option(
+        None, "--catalog", exists=True, dir_okay=False, help="Serve our mock store from this catalog.parquet instead of --store."
+    ),
+    catalog_shop: str = typer.Option(None, "--catalog-shop", help="Shop id of the products to serve from --catalog (default: --shop)."),
+    variant: str = typer.Option(None, "--variant", help="Layout variant of the mock store (with --catalog), or a label for --store."),
+    policy: PolicyName = typer.Option(PolicyName.type_profile, "--policy", help="Which policy drives the buyers."),
+    buyers: int = typer.Option(20, "--buyers", min=1, help="Number of synthetic buyers."),
+    concurrency: int = typer.Option(4, "--concurrency", min=1, help="Buyers shopping at the same time."),
+    driver: DriverName = typer.Option(DriverName.browser, "--driver", help="browser: headless Chromium; http: plain HTTP, no JavaScript."),
+    max_steps: int = typer.Option(40, "--max-steps", min=1, help="Actions per buyer before the episode is cut."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the population (codes and per-buyer seeds)."),
+    out: Path = typer.Option(Path("runs"), "--out", help="Directory that holds run directories."),
+    run_id: str = typer.Option(None, "--run-id", help="Name of the run directory (default: time and shop)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out/--run-id, running only missing buyers."),
+    allow_host: list[str] = typer.Option([], "--allow-host", help="Another host buyers may visit (repeatable)."),
+    rate_limit: float = typer.Option(None, "--rate-limit", help="Requests per second per host on a live store."),
+    ignore_robots: bool = typer.Option(False, "--ignore-robots", help="Do not honour robots.txt (only for stores you own)."),
+) -> None:
+    """Simulate a population of a shop's buyer types shopping at a store."""
+    from harness.simulate import default_run_id
+
+    if (store is None) == (catalog is None):
+        raise typer.BadParameter("give exactly one of --store URL or --catalog PATH", param_hint="--store/--catalog")
+    if resume and run_id is None:
+        raise typer.BadParameter("--resume needs the --run-id of the run to continue", param_hint="--run-id")
+    console = Console()
+    try:
+        _run(
+            console,
+            make_policy(policy, codebook),
+            store=store,
+            catalog=catalog,
+            catalog_shop=catalog_shop or shop,
+            variant=variant,
+            shop=shop,
+            codebook=codebook,
+            out_dir=out,
+            run_id=run_id or default_run_id(shop),
+            buyers=buyers,
+            concurrency=concurrency,
+            driver=driver.value,
+            max_steps=max_steps,
+            seed=seed,
+            resume=resume,
+            allow_hosts=tuple(allow_host),
+            rate_limit_per_s=rate_limit,
+            respect_robots=not ignore_robots,
+        )
+    except (ValueError, RunDirError) as error:  # bad input: say which file or option, no traceback
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(1) from None
+
+
+def _run(console, policy, *, store, catalog, catalog_shop, variant, shop, codebook, out_dir, run_id, **options) -> None:
+    """Serve the mock store if asked, run the simulation, print the summary."""
+    from harness.simulate import simulate
+
+    serving = _serve_mock_store(catalog, catalog_shop, variant, out_dir, run_id) if catalog else nullcontext(None)
+    with serving as mock_store:
+        if mock_store is not None:
+            store = mock_store.url
+            options.update(store_db=mock_store.db_path, our_store=True, variant=mock_store.variant.name)
+        elif variant:
+            options["variant"] = variant
+        result = simulate(store, shop, codebook, policy, out_dir=out_dir, run_id=run_id, **options)
+    _print_summary(console, result.run_dir, result.summary)
+
+
+def _serve_mock_store(catalog: Path, shop: str, variant: str | None, out: Path, run_id: str):
+    """Our mock store for this run; its order log lives in the run directory, so a resumed run
+    keeps counting into the same log."""
+    from storefronts.server import serve_store
+
+    db_path = out / run_id / STORE_DB_FILE
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    return serve_store(catalog, shop, variant=variant or "default", db_path=db_path)
+
+
+def _print_summary(console: Console, run_dir: Path, summary: dict) -> None:
+    rate = summary["conversion_rate"]
+    real = summary["real_conversion_rate"]
+    console.print(f"[bold]run[/bold] {run_dir}")
+    console.print(
+        f"buyers {summary['completed']}/{summary['buyers']}  converted {summary['converted']}"
+        + (f"  rate {rate:.1%}" if rate is not None else "")
+        + (f"  real {real:.1%}" if real is not None else "")
+    )
+    for code, row in summary["per_type"].items():
+        real_type = row["real_conversion_rate"]
+        console.print(
+            f"  type {code:>3}: {row['converted']}/{row['buyers']} = {row['conversion_rate']:.1%}"
+            + (f"  (real {real_type:.1%})" if real_type is not None else "")
+        )
+    store_counted = summary.get("store_counted")
+    if store_counted:
+        console.print(
+            f"store-counted orders {store_counted['orders']}, agreement with trajectories "
+            f"{store_counted['agreement']:.1%}"
+        )

@@ -1,0 +1,506 @@
+"""Population simulation: N synthetic buyers of a shop's type mix shop at a store, C at a time.
+
+One process drives every buyer with asyncio. Each buyer gets its own isolated session (a browser
+context, or an HTTP client with its own cookies), and every request it sends carries the header
+X-SimPersona-Buyer: <run_id>:<buyer_index>, so a store of ours counts orders per synthetic buyer.
+
+Deciding is batched: a buyer whose observation is ready hands its turn to the PolicyBatcher and
+waits. The batcher calls policy.act once for every buyer then waiting, as soon as all buyers in
+flight are waiting or `max_batch_wait_ms` after the first one started waiting (so a lone buyer is
+never stuck behind slow pages). A model policy thus runs one batched forward pass per round.
+
+Each finished buyer is appended to runs/<run_id>/trajectories.jsonl at once (harness.rundir), so
+a crash loses only the buyers in flight and `resume=True` runs exactly the missing ones.
+
+Line shape of trajectories.jsonl (one JSON object per synthetic buyer):
+
+    {"run_id": str, "buyer_index": int, "buyer_tag": "<run_id>:<buyer_index>", "code": int,
+     "seed": int, "outcome": "converted" | "left" | "max_steps" | "error",
+     "terminate_reason": str, "detail": {...},  # e.g. the order id the store confirmed
+     "n_steps": int, "duration_s": float,
+     "steps": [{"step": int, "url": str, "obs_sha1": str, "action": str,
+                "latency_ms": float, "policy_ms": float, "error": str | null}, ...]}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections import Counter
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from urllib.parse import urlparse
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from agent.actions import ActionError, parse_action
+from agent.policy import BuyerTurn, Policy
+from harness.population import SyntheticBuyer, load_shop_mix, sample_population
+from harness.rundir import RunDir, command_line, git_revision, package_versions
+
+DRIVERS = ("browser", "http")
+OUTCOMES = ("converted", "left", "max_steps", "error")
+
+
+@dataclass
+class SimulationConfig:
+    """Everything a simulation run needs besides the policy; stored in manifest.json."""
+
+    store_url: str
+    shop: str
+    codebook_dir: Path
+    policy: str = ""  # the policy's name, filled in by run_simulation
+    buyers: int = 20
+    concurrency: int = 4
+    driver: str = "browser"  # browser | http
+    max_steps: int = 40
+    seed: int = 0
+    out_dir: Path = Path("runs")
+    run_id: str | None = None  # default: UTC time and shop
+    resume: bool = False
+    max_batch_wait_ms: float = 25.0
+    store_db: Path | None = None  # the store's SQLite order log, when the store is ours
+    variant: str | None = None  # the store's layout variant, when known
+    allow_hosts: tuple[str, ...] = ()  # hosts besides the store's own that buyers may visit
+    rate_limit_per_s: float | None = None  # requests per second per host; None: the guard's default
+    respect_robots: bool = True
+    our_store: bool = False  # True for our mock store: orders are placed, not intercepted
+    settle_ms: int | None = None  # browser: wait after each page load; None: the driver's default
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.codebook_dir = Path(self.codebook_dir)
+        self.out_dir = Path(self.out_dir)
+        self.store_db = Path(self.store_db) if self.store_db else None
+        if self.driver not in DRIVERS:
+            raise ValueError(f"driver must be one of {', '.join(DRIVERS)}; got {self.driver!r}")
+        for key in ("buyers", "concurrency", "max_steps"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be at least 1, got {getattr(self, key)}")
+        if urlparse(self.store_url).scheme not in ("http", "https"):
+            raise ValueError(f"store URL must start with http:// or https://, got {self.store_url!r}")
+        if self.run_id is None:
+            self.run_id = default_run_id(self.shop)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.out_dir / str(self.run_id)
+
+
+def default_run_id(shop: str) -> str:
+    return f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{shop}"
+
+
+@dataclass
+class SimulationResult:
+    run_dir: Path
+    summary: dict
+    trajectories: list[dict] = field(repr=False, default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------
+# Batched deciding
+
+
+class PolicyBatcher:
+    """Collects the turns of waiting buyers and answers them with one policy.act call per round."""
+
+    def __init__(self, policy: Policy, max_wait_s: float):
+        self.policy = policy
+        self.max_wait_s = max_wait_s
+        self.batch_sizes: list[int] = []
+        self._waiting: list[tuple[BuyerTurn, asyncio.Future]] = []
+        self._in_flight = 0
+        self._changed = asyncio.Event()
+
+    def buyer_started(self) -> None:
+        self._in_flight += 1
+
+    def buyer_finished(self) -> None:
+        self._in_flight -= 1
+        self._changed.set()  # the round may now be complete without this buyer
+
+    async def decide(self, turn: BuyerTurn) -> str:
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.append((turn, future))
+        self._changed.set()
+        return await future
+
+    async def run(self) -> None:
+        """Serve rounds until cancelled."""
+        while True:
+            await self._changed.wait()
+            self._changed.clear()
+            if not self._waiting:
+                continue
+            deadline = time.monotonic() + self.max_wait_s
+            while len(self._waiting) < self._in_flight and (left := deadline - time.monotonic()) > 0:
+                try:
+                    await asyncio.wait_for(self._changed.wait(), left)
+                except asyncio.TimeoutError:
+                    break
+                self._changed.clear()
+            batch, self._waiting = self._waiting, []
+            await self._answer(batch)
+
+    async def _answer(self, batch: list[tuple[BuyerTurn, asyncio.Future]]) -> None:
+        turns = [turn for turn, _ in batch]
+        self.batch_sizes.append(len(turns))
+        try:
+            # In a worker thread: a model's forward pass must not freeze the pages in flight.
+            lines = await asyncio.to_thread(self.policy.act, turns)
+            if len(lines) != len(turns):
+                raise RuntimeError(f"policy {self.policy.name!r} returned {len(lines)} actions for {len(turns)} turns")
+        except Exception as exc:  # every waiting buyer ends with this error; the run goes on
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, future), line in zip(batch, lines):
+            if not future.done():
+                future.set_result(line)
+
+
+# ---------------------------------------------------------------------------------------------
+# One buyer
+
+
+def observation_hash(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+async def run_buyer(session, buyer: SyntheticBuyer, batcher: PolicyBatcher, config: SimulationConfig, episode: dict) -> None:
+    """Drive one buyer in its open session until it converts, leaves or runs out of steps.
+
+    Fills `episode` as it goes (steps, then outcome), so a crash mid-episode keeps the steps taken.
+    """
+    steps, history = episode["steps"], []
+    await session.goto(config.store_url)
+    for step_index in range(config.max_steps):
+        observation = await session.observe()
+        asked = time.perf_counter()
+        turn = BuyerTurn(buyer.buyer_index, buyer.code, observation.text, list(history), buyer.seed)
+        line = await batcher.decide(turn)
+        started = time.perf_counter()
+        result = await _execute(session, line)
+        finished = time.perf_counter()
+        steps.append(
+            {
+                "step": step_index,
+                "url": observation.url,
+                "obs_sha1": observation_hash(observation.text),
+                "action": line,
+                "latency_ms": round((finished - started) * 1000, 2),  # executing the action, page load included
+                "policy_ms": round((started - asked) * 1000, 2),  # waiting for the batch and deciding
+                "error": result.error,
+            }
+        )
+        history.append(line)
+        if result.converted:
+            episode.update(outcome="converted", terminate_reason="order confirmed", detail=dict(result.detail or {}))
+            return
+        if result.done:
+            episode.update(outcome="left", terminate_reason=_leave_reason(line, result), detail=dict(result.detail or {}))
+            return
+    episode.update(outcome="max_steps", terminate_reason=f"reached max_steps={config.max_steps}")
+
+
+async def _execute(session, line: str):
+    """Run one action line. A malformed line goes to the driver as text: it answers with an error
+    outcome and shows the error in the next observation, so a bad action never ends the buyer."""
+    try:
+        action = parse_action(line)
+    except ActionError:
+        return await session.act(line)
+    return await session.act(action)
+
+
+def _leave_reason(line: str, result) -> str:
+    if line.strip().lower() == "stop":
+        return "buyer stopped"
+    return (result.detail or {}).get("reason") or result.error or "session ended"
+
+
+async def _drive_buyer(pool, guard, buyer, batcher, config) -> dict:
+    tag = f"{config.run_id}:{buyer.buyer_index}"
+    started = time.perf_counter()
+    episode = {"outcome": "error", "terminate_reason": "", "detail": {}, "steps": []}
+    batcher.buyer_started()
+    try:
+        async with pool.session(tag, guard) as session:
+            await run_buyer(session, buyer, batcher, config, episode)
+    except Exception as exc:  # one broken buyer must not end the run; its record says why
+        episode.update(outcome="error", terminate_reason=f"{type(exc).__name__}: {exc}")
+    finally:
+        batcher.buyer_finished()
+        forget = getattr(batcher.policy, "forget", None)
+        if forget is not None:
+            forget(buyer.buyer_index)
+    return {
+        "run_id": config.run_id,
+        "buyer_index": buyer.buyer_index,
+        "buyer_tag": tag,
+        "code": buyer.code,
+        "seed": buyer.seed,
+        "outcome": episode["outcome"],
+        "terminate_reason": episode["terminate_reason"],
+        "detail": episode["detail"],
+        "n_steps": len(episode["steps"]),
+        "duration_s": round(time.perf_counter() - started, 3),
+        "steps": episode["steps"],
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+
+def make_pool(config: SimulationConfig):
+    """The driver pool for config.driver (imported lazily: the HTTP driver needs no Playwright)."""
+    if config.driver == "browser":
+        from harness.browser import BrowserPool
+
+        options = {} if config.settle_ms is None else {"settle_ms": config.settle_ms}
+        return BrowserPool(headless=True, max_concurrency=config.concurrency, **options)
+    from harness.http_driver import HttpPool
+
+    return HttpPool(max_concurrency=config.concurrency)
+
+
+def make_guard(config: SimulationConfig):
+    from harness.safety import SiteGuard
+
+    store_host = urlparse(config.store_url).netloc
+    options = {"respect_robots": config.respect_robots, "our_store": config.our_store}
+    if config.rate_limit_per_s is not None:
+        options["rate_limit_per_s"] = config.rate_limit_per_s
+    elif config.our_store:
+        options["rate_limit_per_s"] = None  # our own store on localhost: no need to be polite
+    return SiteGuard(allow_hosts=[store_host, *config.allow_hosts], **options)
+
+
+async def run_simulation(config: SimulationConfig, policy: Policy, pool=None) -> SimulationResult:
+    """Run (or resume) a simulation; returns the run directory and its summary.
+
+    pool: an already open DriverPool to use instead of opening make_pool(config) for this run
+        (benchmarks share one browser between runs); the caller closes it.
+    """
+    config.policy = getattr(policy, "name", type(policy).__name__)
+    population = sample_population(config.codebook_dir, config.shop, config.buyers, config.seed)
+    run = RunDir.open(config.run_dir, build_manifest(config, population), resume=config.resume)
+    finished_before = run.read_trajectories() if config.resume else []
+    done = {record["buyer_index"] for record in finished_before}
+    todo = [buyer for buyer in population if buyer.buyer_index not in done]
+
+    batcher = PolicyBatcher(policy, config.max_batch_wait_ms / 1000)
+    queue: asyncio.Queue[SyntheticBuyer] = asyncio.Queue()
+    for buyer in todo:
+        queue.put_nowait(buyer)
+    counts = Counter(converted=sum(record["outcome"] == "converted" for record in finished_before))
+    started = time.perf_counter()
+
+    with _progress_bar(config.progress) as progress:
+        task = progress.add_task(
+            "buyers", total=len(population), completed=len(done), converted=counts["converted"], rate=0.0
+        )
+
+        async def worker(pool, guard) -> None:
+            while not queue.empty():
+                buyer = queue.get_nowait()
+                record = await _drive_buyer(pool, guard, buyer, batcher, config)
+                run.append_trajectory(record)
+                counts["steps"] += record["n_steps"]
+                counts["converted"] += record["outcome"] == "converted"
+                rate = counts["steps"] / max(time.perf_counter() - started, 1e-9)
+                progress.update(task, advance=1, converted=counts["converted"], rate=rate)
+
+        serving = asyncio.create_task(batcher.run())
+        try:
+            if todo:
+                async with (nullcontext(pool) if pool is not None else make_pool(config)) as open_pool:
+                    guard = make_guard(config)
+                    await asyncio.gather(*(worker(open_pool, guard) for _ in range(min(config.concurrency, len(todo)))))
+        finally:
+            serving.cancel()
+            await asyncio.gather(serving, return_exceptions=True)
+
+    elapsed = time.perf_counter() - started
+    trajectories = run.read_trajectories()
+    summary = summarize(trajectories, config, population, elapsed, counts["steps"], len(todo), batcher.batch_sizes)
+    run.write_summary(summary)
+    return SimulationResult(run.path, summary, trajectories)
+
+
+def simulate(
+    store_url: str,
+    shop: str,
+    codebook_dir: str | Path,
+    policy: Policy,
+    *,
+    buyers: int = 20,
+    concurrency: int = 4,
+    driver: str = "browser",
+    max_steps: int = 40,
+    seed: int = 0,
+    out_dir: str | Path = "runs",
+    run_id: str | None = None,
+    resume: bool = False,
+    **options,
+) -> SimulationResult:
+    """Synchronous entry point; `options` are the other SimulationConfig fields."""
+    config = SimulationConfig(
+        store_url=store_url,
+        shop=shop,
+        codebook_dir=Path(codebook_dir),
+        buyers=buyers,
+        concurrency=concurrency,
+        driver=driver,
+        max_steps=max_steps,
+        seed=seed,
+        out_dir=Path(out_dir),
+        run_id=run_id,
+        resume=resume,
+        **options,
+    )
+    return asyncio.run(run_simulation(config, policy))
+
+
+def _progress_bar(enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]simulate"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("buyers  {task.fields[converted]} converted  {task.fields[rate]:.1f} steps/s"),
+        TimeElapsedColumn(),
+        disable=not enabled,
+        transient=False,
+    )
+
+
+def build_manifest(config: SimulationConfig, population: list[SyntheticBuyer]) -> dict:
+    return {
+        "run_id": config.run_id,
+        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": command_line(),
+        "config": {key: _plain(value) for key, value in asdict(config).items()},
+        "seeds": {
+            "run_seed": config.seed,
+            "buyers": [{"buyer_index": b.buyer_index, "code": b.code, "seed": b.seed} for b in population],
+        },
+        "versions": package_versions(),
+        "store": {"url": config.store_url, "variant": config.variant, "ours": config.our_store},
+        "git_revision": git_revision(),
+    }
+
+
+def _plain(value):
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Summary
+
+
+def summarize(
+    trajectories: list[dict],
+    config: SimulationConfig,
+    population: list[SyntheticBuyer],
+    elapsed_s: float,
+    steps_this_session: int,
+    buyers_this_session: int,
+    batch_sizes: list[int],
+) -> dict:
+    """summary.json: conversion overall and per type, against the real rates, plus throughput."""
+    completed = len(trajectories)
+    outcomes = Counter(record["outcome"] for record in trajectories)
+    real_rates = real_conversion_rates(config.codebook_dir)
+    per_type: dict[str, dict] = {}
+    for code in sorted({record["code"] for record in trajectories}):
+        members = [record for record in trajectories if record["code"] == code]
+        converted = sum(record["outcome"] == "converted" for record in members)
+        per_type[str(code)] = {
+            "buyers": len(members),
+            "converted": converted,
+            "conversion_rate": converted / len(members),
+            "real_conversion_rate": real_rates.get(code),
+        }
+    mix = load_shop_mix(config.codebook_dir, config.shop)
+    known = {code: p for code, p in mix.items() if code in real_rates}
+    real_overall = (
+        sum(p * real_rates[code] for code, p in known.items()) / sum(known.values()) if known else None
+    )
+    simulated = outcomes["converted"] / completed if completed else None
+    return {
+        "run_id": config.run_id,
+        "shop": config.shop,
+        "policy": config.policy,
+        "driver": config.driver,
+        "store_url": config.store_url,
+        "variant": config.variant,
+        "buyers": config.buyers,
+        "completed": completed,
+        "converted": outcomes["converted"],
+        "conversion_rate": simulated,
+        "real_conversion_rate": real_overall,
+        "conversion_gap": None if simulated is None or real_overall is None else simulated - real_overall,
+        "outcomes": {name: outcomes[name] for name in OUTCOMES},
+        "step_errors": sum(step["error"] is not None for record in trajectories for step in record["steps"]),
+        "per_type": per_type,
+        "throughput": {
+            "buyers_this_session": buyers_this_session,
+            "steps_this_session": steps_this_session,
+            "wall_s": round(elapsed_s, 3),
+            "steps_per_s": steps_this_session / elapsed_s if elapsed_s > 0 else None,
+            "buyers_per_min": 60 * buyers_this_session / elapsed_s if elapsed_s > 0 else None,
+            "policy_calls": len(batch_sizes),
+            "mean_batch_size": sum(batch_sizes) / len(batch_sizes) if batch_sizes else None,
+            "max_batch_size": max(batch_sizes, default=None),
+            "concurrency": config.concurrency,
+        },
+        "store_counted": store_counted_conversions(config.store_db, config.run_id, trajectories)
+        if config.store_db
+        else None,
+    }
+
+
+def real_conversion_rates(codebook_dir: Path) -> dict[int, float]:
+    """Real conversion rate per code from types.json ({} when the artifact has none)."""
+    from agent.baselines import TypeProfileError, load_type_profiles
+
+    try:
+        return {code: profile.conversion_rate for code, profile in load_type_profiles(codebook_dir).items()}
+    except TypeProfileError:
+        return {}
+
+
+def store_counted_conversions(db_path: Path, run_id: str, trajectories: list[dict]) -> dict:
+    """Orders the store itself logged per buyer tag of this run, and their agreement with the trajectories."""
+    from storefronts.orderlog import read_orders
+
+    prefix = f"{run_id}:"
+    orders_by_buyer: Counter = Counter()
+    for order in read_orders(db_path):
+        tag = order.get("buyer_tag") or ""
+        if tag.startswith(prefix) and tag[len(prefix):].isdigit():
+            orders_by_buyer[int(tag[len(prefix):])] += 1
+    converted = {record["buyer_index"] for record in trajectories if record["outcome"] == "converted"}
+    recorded = {record["buyer_index"] for record in trajectories}
+    ordered = set(orders_by_buyer)
+    disagreeing = sorted((converted ^ ordered) & recorded)
+    return {
+        "db_path": str(db_path),
+        "orders": sum(orders_by_buyer.values()),
+        "buyers_with_orders": len(ordered & recorded),
+        "agreeing_buyers": len(recorded) - len(disagreeing),
+        "agreement": (len(recorded) - len(disagreeing)) / len(recorded) if recorded else None,
+        "disagreeing_buyer_indices": disagreeing,
+        "buyers_with_several_orders": sorted(i for i, n in orders_by_buyer.items() if n > 1),
+        "orders_without_trajectory": sorted(ordered - recorded),
+    }
