@@ -98,14 +98,18 @@ def types_json(
     feature_groups: dict[str, str],
     top_n_categories: int = 3,
 ) -> dict:
-    """types.json: per code its share, real conversion rate, median events, top categories, a
-    feature profile (effect sizes) and a one-line summary. Info columns that the frame lacks
+    """types.json: per code its share, real conversion rate, median events, cart rate (share who
+    added to a cart), median product views, top categories, a feature profile (effect sizes) and
+    a one-line summary. Info columns that the frame lacks
     (converted, n_events, top_category) are reported as null."""
     codes = np.asarray(codes)
     population_mean = scaled.mean(0)
     population_std = np.where(scaled.std(0) > 1e-9, scaled.std(0), 1.0)
     converted = frame["converted"].to_numpy(dtype=np.float64) if "converted" in frame else None
     n_events = frame["n_events"].to_numpy(dtype=np.float64) if "n_events" in frame else None
+    # Raw funnel counts, so policies can act out a type's real funnel (agent/baselines.py).
+    carts = frame["count_add_to_cart"].to_numpy(dtype=np.float64) if "count_add_to_cart" in frame else None
+    views = frame["count_product_view"].to_numpy(dtype=np.float64) if "count_product_view" in frame else None
     # Logs without categories (tmall brand log) leave top_category null: no top categories then.
     categories = frame["top_category"].astype("string").to_numpy(na_value=None) if "top_category" in frame else None
     overall_rate = float(converted.mean()) if converted is not None and len(converted) else None
@@ -116,7 +120,8 @@ def types_json(
         n = int(members.sum())
         entry: dict = {"code": code, "n_buyers": n, "share": n / max(len(codes), 1)}
         if n == 0:
-            entry.update(conversion_rate=None, median_events=None, top_categories=[], profile={}, summary="unused")
+            entry.update(conversion_rate=None, median_events=None, cart_rate=None, median_product_views=None,
+                         top_categories=[], profile={}, summary="unused")
             types.append(entry)
             continue
         effects = (scaled[members].mean(0) - population_mean) / population_std
@@ -124,6 +129,8 @@ def types_json(
         rate = float(converted[members].mean()) if converted is not None else None
         entry["conversion_rate"] = rate
         entry["median_events"] = float(np.median(n_events[members])) if n_events is not None else None
+        entry["cart_rate"] = float((carts[members] > 0).mean()) if carts is not None else None
+        entry["median_product_views"] = float(np.median(views[members])) if views is not None else None
         entry["top_categories"] = _top_categories(categories[members], top_n_categories) if categories is not None else []
         entry["profile"] = profile
         entry["summary"] = summarize_type(profile, rate, overall_rate, feature_groups)
