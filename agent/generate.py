@@ -1,0 +1,142 @@
+"""Batched action generation with a local transformers model.
+
+Every waiting buyer's prompt goes into one `generate` call: left padding (so every row's answer
+starts at the same position), KV cache, a short `max_new_tokens`. Decoding is greedy or sampled;
+sampling is done row by row with the Gumbel-max trick from a generator seeded per buyer, so a
+buyer's draw does not depend on which other buyers share its batch.
+
+`ChoiceConstraint` restricts a row's output to one of a list of strings (a token trie), which is
+how the policy's constrained retry keeps the model to the grammar's verbs and the page's ids.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    max_new_tokens: int = 32  # the longest action line ("type [12] \"…\"") fits
+    temperature: float = 0.0  # 0 means greedy
+    seed: int = 0  # mixed with each row's own seed when sampling
+
+
+@dataclass
+class GenerationResult:
+    """One batch: the decoded answer per row and what the harness logs about the call."""
+
+    texts: list[str]
+    prompt_tokens: list[int]
+    completion_tokens: list[int]
+    latency_s: float  # wall time of the whole batched call
+    errors: list[str | None] = field(default_factory=list)  # per row, for remote backends
+
+
+class ChoiceConstraint(LogitsProcessor):
+    """Allow, per row, only continuations that spell one of that row's choices, then end of turn."""
+
+    def __init__(self, tokenizer, choices_per_row: list[list[str] | None], prompt_length: int):
+        self.prompt_length = prompt_length
+        self.end_id = tokenizer.eos_token_id
+        self.tries = [None if choices is None else self._trie(tokenizer, choices) for choices in choices_per_row]
+
+    def _trie(self, tokenizer, choices: list[str]) -> dict:
+        root: dict = {}
+        for choice in choices:
+            node = root
+            for token_id in tokenizer(choice, add_special_tokens=False).input_ids + [self.end_id]:
+                node = node.setdefault(token_id, {})
+        return root
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        for row, trie in enumerate(self.tries):
+            if trie is None:
+                continue
+            node = trie
+            for token_id in input_ids[row, self.prompt_length :].tolist():
+                node = node.get(token_id, {})
+            allowed = list(node) or [self.end_id]  # a finished row only pads with end of turn
+            mask = torch.full_like(scores[row], float("-inf"))
+            mask[allowed] = 0.0
+            scores[row] = scores[row] + mask
+        return scores
+
+
+class SeededSampling(LogitsProcessor):
+    """Turn greedy decoding into sampling at `temperature` with one random stream per row.
+
+    argmax(logits / T + Gumbel noise) is a draw from softmax(logits / T); generating the noise from
+    a per-row generator makes each row's draw independent of its batch neighbours.
+    """
+
+    def __init__(self, temperature: float, row_seeds: list[int]):
+        self.temperature = temperature
+        self.generators = [torch.Generator().manual_seed(int(seed)) for seed in row_seeds]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        noisy = scores.float() / self.temperature
+        for row, generator in enumerate(self.generators):
+            uniform = torch.rand(scores.shape[1], generator=generator).clamp_(1e-10, 1.0)
+            noisy[row] = noisy[row] - torch.log(-torch.log(uniform)).to(noisy.device)
+        return noisy
+
+
+@torch.inference_mode()
+def generate_batch(
+    model,
+    tokenizer,
+    prompts: list[str],
+    settings: GenerationSettings = GenerationSettings(),
+    row_seeds: list[int] | None = None,
+    choices: list[list[str] | None] | None = None,
+    extra_processors: list[LogitsProcessor] = (),
+) -> GenerationResult:
+    """Generate one answer per prompt in a single left-padded batch."""
+    started = time.perf_counter()
+    tokenizer.padding_side = "left"
+    batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    prompt_length = batch.input_ids.shape[1]
+    processors = LogitsProcessorList(list(extra_processors))
+    if choices is not None:
+        processors.append(ChoiceConstraint(tokenizer, choices, prompt_length))
+    if settings.temperature > 0:
+        seeds = row_seeds if row_seeds is not None else list(range(len(prompts)))
+        processors.append(SeededSampling(settings.temperature, [settings.seed * 1_000_003 + seed for seed in seeds]))
+    output = model.generate(
+        **batch,
+        do_sample=False,  # sampling, when asked, is SeededSampling's Gumbel noise + argmax
+        max_new_tokens=settings.max_new_tokens,
+        logits_processor=processors,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        use_cache=True,
+        top_k=None,
+        top_p=None,
+        temperature=None,
+    )
+    answers = output[:, prompt_length:]
+    texts, completion_tokens = [], []
+    for row in answers.tolist():
+        length = row.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in row else len(row)
+        completion_tokens.append(length)
+        texts.append(tokenizer.decode(row[:length], skip_special_tokens=True).strip())
+    prompt_tokens = batch.attention_mask.sum(dim=1).tolist()
+    return GenerationResult(texts, prompt_tokens, completion_tokens, time.perf_counter() - started, [None] * len(prompts))
+
+
+@torch.inference_mode()
+def score_answers(model, tokenizer, prompts: list[str], answers: list[str]) -> list[float]:
+    """Log-probability of each answer (its tokens and the end of turn) given its prompt."""
+    scores = []
+    for prompt, answer in zip(prompts, answers):
+        prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
+        answer_ids = tokenizer(answer.strip() + tokenizer.eos_token, add_special_tokens=False).input_ids
+        ids = torch.tensor([prompt_ids + answer_ids], device=model.device)
+        logits = model(input_ids=ids).logits[0, len(prompt_ids) - 1 : -1].float()
+        picked = torch.log_softmax(logits, dim=-1).gather(1, ids[0, len(prompt_ids) :, None])
+        scores.append(float(picked.sum()))
+    return scores

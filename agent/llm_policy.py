@@ -1,0 +1,109 @@
+"""LLMPolicy: the persona-token agent behind the Policy protocol (agent/policy.py).
+
+One `act` call renders every waiting buyer's prompt (persona token, observation, last actions) and
+runs one batched generation. Each answer is validated against the grammar and the page's ids.
+Rows that fail get one constrained retry, batched again: the output is restricted to the actions
+that need no free text (`click [id]` for an id on the page, scrolls, back, stop), greedily. A row
+that still fails — e.g. an endpoint that was unreachable — gets the fallback action, logged as a
+warning, never an exception.
+
+`decide` returns the details the harness logs per buyer (raw output, latency, tokens, whether the
+retry or the fallback was used); `act` returns just the action lines.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.actions import ActionError
+from agent.generate import GenerationSettings
+from agent.models import Backend, load_endpoint, load_local
+from agent.persona import PersonaMap
+from agent.policy import BuyerTurn
+from agent.prompt import PromptConfig, candidate_actions, render_prompt, validate_action
+
+log = logging.getLogger(__name__)
+FALLBACK_ACTION = "scroll down"  # harmless on every page; the harness's step limit ends loops
+
+
+@dataclass
+class Decision:
+    action: str  # the validated action line sent to the harness
+    raw_output: str  # what the model said first
+    latency_s: float  # wall time of the generate call(s) this turn took part in
+    prompt_tokens: int
+    completion_tokens: int
+    retried: bool = False
+    fallback: bool = False
+    error: str | None = None  # why the first answer (and the retry) was rejected
+
+
+@dataclass
+class LLMPolicy:
+    backend: Backend
+    persona_map: PersonaMap
+    prompt_config: PromptConfig = PromptConfig()
+    generation: GenerationSettings = GenerationSettings()
+    neutral: bool = False  # ablation: every buyer gets the neutral token instead of its own
+    fallback_action: str = FALLBACK_ACTION
+    # Logits processors added to the free (first) pass only; for experiments and tests.
+    first_pass_processors: list = field(default_factory=list)
+    name: str = "llm"
+
+    @classmethod
+    def from_dir(cls, agent_dir: str | Path, device: str | None = None, **options) -> "LLMPolicy":
+        """An agent dir written by `simpersona train-agent`, run in this process."""
+        return cls(load_local(agent_dir, device=device), PersonaMap.load(agent_dir), **options)
+
+    @classmethod
+    def from_endpoint(cls, base_url: str, agent_dir: str | Path, model: str | None = None, **options) -> "LLMPolicy":
+        """The same agent served by an OpenAI-compatible server (`vllm serve AGENT_DIR`)."""
+        return cls(load_endpoint(base_url, agent_dir, model), PersonaMap.load(agent_dir), **options)
+
+    def prompts(self, turns: list[BuyerTurn]) -> list[str]:
+        return [
+            render_prompt(self.backend.tokenizer, self.persona_map.token_for(turn.code, self.neutral),
+                          turn.observation, turn.history, self.prompt_config)
+            for turn in turns
+        ]
+
+    def act(self, turns: list[BuyerTurn]) -> list[str]:
+        return [decision.action for decision in self.decide(turns)]
+
+    def decide(self, turns: list[BuyerTurn]) -> list[Decision]:
+        if not turns:
+            return []
+        prompts = self.prompts(turns)
+        seeds = [turn.seed * 7919 + len(turn.history) for turn in turns]  # per buyer and per step
+        first = self.backend.generate(prompts, self.generation, seeds, extra_processors=self.first_pass_processors)
+        decisions = []
+        for row, turn in enumerate(turns):
+            decision = Decision(first.texts[row], first.texts[row], first.latency_s, first.prompt_tokens[row], first.completion_tokens[row])
+            try:
+                decision.action = str(validate_action(first.texts[row], turn.observation))
+            except ActionError as error:
+                decision.error = first.errors[row] or str(error)
+            decisions.append(decision)
+        failed = [row for row, decision in enumerate(decisions) if decision.error is not None]
+        if failed:
+            self._retry(turns, prompts, decisions, failed)
+        return decisions
+
+    def _retry(self, turns, prompts, decisions, failed) -> None:
+        greedy = GenerationSettings(max_new_tokens=self.generation.max_new_tokens, temperature=0.0, seed=self.generation.seed)
+        choices = [candidate_actions(turns[row].observation) for row in failed]
+        retry = self.backend.generate([prompts[row] for row in failed], greedy, choices=choices)
+        for index, row in enumerate(failed):
+            decision = decisions[row]
+            decision.retried = True
+            decision.latency_s += retry.latency_s
+            decision.completion_tokens += retry.completion_tokens[index]
+            try:
+                decision.action = str(validate_action(retry.texts[index], turns[row].observation))
+                continue
+            except ActionError as error:
+                decision.error = f"{decision.error}; retry: {retry.errors[index] or error}"
+            decision.action, decision.fallback = self.fallback_action, True
+            log.warning("buyer %d: no valid action (%s); falling back to %r", turns[row].buyer_index, decision.error, self.fallback_action)

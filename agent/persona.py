@@ -1,0 +1,146 @@
+"""Persona tokens: one special token per codebook code plus a neutral token (PAPER.md, step 3).
+
+`add_persona_tokens` adds `<persona_0>` … `<persona_{K-1}>` and `<persona_neutral>` to the
+tokenizer as special tokens (never split, never merged with neighbours), resizes the model's
+embeddings and initialises the new rows:
+
+- "mean" (default): every new row is the mean of the existing input embeddings plus small Gaussian
+  noise (std = `noise_scale` × the per-dimension std of the existing rows). The mean keeps the new
+  tokens inside the distribution the backbone was trained on; the noise breaks the symmetry so
+  stage 1 can move each token its own way.
+- "centroid": when the codebook's centroids (K × d) are given, they are projected to the hidden size
+  with a fixed seeded random matrix, scaled to the embeddings' spread and added to the mean, so
+  codes that are close in the codebook start close in the LLM.
+
+The neutral token always starts at the plain mean (no noise): it stands for "no persona".
+With tied input/output embeddings (SmolLM2, the tiny test model) the output rows are the same
+tensor; untied output rows get the mean of the existing output rows, since persona tokens are only
+ever read, never predicted.
+
+persona.json (in the agent dir) maps code → token: {"num_codes": K, "neutral": "<persona_neutral>",
+"code_to_token": {"0": "<persona_0>", …}, "init": "mean"}.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+PERSONA_JSON = "persona.json"
+NEUTRAL_TOKEN = "<persona_neutral>"
+INIT_METHODS = ("mean", "centroid")
+
+
+def persona_token(code: int) -> str:
+    return f"<persona_{code}>"
+
+
+@dataclass
+class PersonaMap:
+    """Which token stands for which code; saved as persona.json beside the model."""
+
+    num_codes: int
+    code_to_token: dict[int, str]
+    neutral: str = NEUTRAL_TOKEN
+    init: str = "mean"
+
+    @classmethod
+    def for_codes(cls, num_codes: int, init: str = "mean") -> "PersonaMap":
+        if num_codes < 1:
+            raise ValueError(f"num_codes must be >= 1, got {num_codes}")
+        return cls(num_codes, {code: persona_token(code) for code in range(num_codes)}, NEUTRAL_TOKEN, init)
+
+    @property
+    def tokens(self) -> list[str]:
+        """Every persona token, codes first, neutral last."""
+        return [self.code_to_token[code] for code in sorted(self.code_to_token)] + [self.neutral]
+
+    def token_for(self, code: int | None, neutral: bool = False) -> str:
+        """The token for `code`; the neutral token when asked for it or when code is None."""
+        if neutral or code is None:
+            return self.neutral
+        if code not in self.code_to_token:
+            raise KeyError(f"persona code {code} is not in persona.json (codes 0..{self.num_codes - 1})")
+        return self.code_to_token[code]
+
+    def save(self, directory: str | Path) -> Path:
+        path = Path(directory) / PERSONA_JSON
+        record = asdict(self)
+        record["code_to_token"] = {str(code): token for code, token in self.code_to_token.items()}
+        path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "PersonaMap":
+        path = Path(directory) / PERSONA_JSON
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing; an agent dir needs persona.json (code -> token)")
+        record = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            mapping = {int(code): token for code, token in record["code_to_token"].items()}
+            return cls(int(record["num_codes"]), mapping, record.get("neutral", NEUTRAL_TOKEN), record.get("init", "mean"))
+        except (KeyError, ValueError, AttributeError) as error:
+            raise ValueError(f"{path}: expected {{'num_codes': int, 'code_to_token': {{code: token}}}} ({error})") from None
+
+
+def persona_token_ids(tokenizer, persona_map: PersonaMap) -> list[int]:
+    """Vocabulary ids of every persona token (codes then neutral); each must be a single token."""
+    ids = tokenizer.convert_tokens_to_ids(persona_map.tokens)
+    missing = [token for token, token_id in zip(persona_map.tokens, ids) if token_id is None or token_id == tokenizer.unk_token_id]
+    if missing:
+        raise ValueError(f"persona tokens not in the tokenizer: {missing[:5]}")
+    return list(ids)
+
+
+def add_persona_tokens(
+    model,
+    tokenizer,
+    num_codes: int,
+    init: str = "mean",
+    centroids: np.ndarray | None = None,
+    noise_scale: float = 0.1,
+    seed: int = 0,
+) -> PersonaMap:
+    """Add the persona tokens to `tokenizer`, resize `model` and initialise the new rows in place."""
+    if init not in INIT_METHODS:
+        raise ValueError(f"init must be one of {INIT_METHODS}, got {init!r}")
+    if init == "centroid" and (centroids is None or len(centroids) != num_codes):
+        got = "none" if centroids is None else f"{len(centroids)} rows"
+        raise ValueError(f"init='centroid' needs one centroid per code ({num_codes}), got {got}")
+    persona_map = PersonaMap.for_codes(num_codes, init)
+    tokenizer.add_special_tokens({"extra_special_tokens": persona_map.tokens}, replace_extra_special_tokens=False)
+    new_ids = persona_token_ids(tokenizer, persona_map)
+
+    input_embeddings = model.get_input_embeddings().weight
+    old_rows = input_embeddings.shape[0]
+    if min(new_ids) < old_rows:
+        raise ValueError("persona tokens already in the vocabulary; add them once per model")
+    # Keep rows already padded to a multiple (some checkpoints pad the vocab) but never shrink.
+    model.resize_token_embeddings(max(len(tokenizer), old_rows), mean_resizing=False)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        _init_rows(model.get_input_embeddings().weight, old_rows, new_ids, init, centroids, noise_scale, generator)
+        output = model.get_output_embeddings()
+        if output is not None and output.weight.data_ptr() != model.get_input_embeddings().weight.data_ptr():
+            mean = output.weight[:old_rows].float().mean(dim=0)
+            output.weight[new_ids] = mean.to(output.weight.dtype)
+    return persona_map
+
+
+def _init_rows(weight, old_rows, new_ids, init, centroids, noise_scale, generator) -> None:
+    existing = weight[:old_rows].float()
+    mean, spread = existing.mean(dim=0), existing.std(dim=0)
+    code_ids, neutral_id = new_ids[:-1], new_ids[-1]
+    if init == "centroid":
+        centroids = torch.as_tensor(np.asarray(centroids), dtype=torch.float32)
+        projection = torch.randn(centroids.shape[1], weight.shape[1], generator=generator) / centroids.shape[1] ** 0.5
+        offsets = (centroids - centroids.mean(dim=0)) @ projection
+        offsets = offsets / offsets.std().clamp_min(1e-8) * spread * noise_scale
+    else:
+        offsets = torch.randn(len(code_ids), weight.shape[1], generator=generator) * spread * noise_scale
+    weight[code_ids] = (mean + offsets).to(weight.dtype)
+    weight[neutral_id] = mean.to(weight.dtype)

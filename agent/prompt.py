@@ -1,0 +1,89 @@
+"""Prompt building and output validation for the persona-token agent.
+
+The prompt is the model's own chat template with:
+- a short system line that starts with the persona token (the only persona information the model
+  gets: the token, not a prompt, carries the buyer type),
+- a user message with the current observation and the last few actions,
+and the answer is exactly one action line of the grammar (agent/actions.py).
+
+Validation is strict: the first line of the model output must parse and, when it names an
+element, that id must be one of the "[id]" lines of the observation. `candidate_actions` lists
+the id-bound and id-free actions that the constrained retry chooses from.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from agent.actions import Action, ActionError, expected_forms, parse_action
+
+DEFAULT_HISTORY_LENGTH = 4  # last actions shown; enough to see a loop, short enough for 135M models
+DEFAULT_MAX_OBSERVATION_CHARS = 2500  # observations are cut (at a line) beyond this
+SYSTEM_TEMPLATE = "{token} You are this shopper in an online store. Reply with one action: {forms}"
+_ELEMENT_LINE = re.compile(r"^\s*\[(\d+)\]", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    history_length: int = DEFAULT_HISTORY_LENGTH
+    max_observation_chars: int = DEFAULT_MAX_OBSERVATION_CHARS
+
+
+def shorten_observation(observation: str, max_chars: int) -> str:
+    """Cut at a line boundary so no element line is half shown."""
+    if len(observation) <= max_chars:
+        return observation
+    cut = observation.rfind("\n", 0, max_chars)
+    return observation[: cut if cut > 0 else max_chars] + "\n…"
+
+
+def build_messages(persona_token: str, observation: str, history: list[str], config: PromptConfig = PromptConfig()) -> list[dict]:
+    recent = history[-config.history_length :] if config.history_length > 0 else []
+    user = shorten_observation(observation, config.max_observation_chars)
+    user += "\nLast actions: " + ("; ".join(recent) if recent else "none")
+    system = SYSTEM_TEMPLATE.format(token=persona_token, forms=expected_forms())
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+def render_prompt(tokenizer, persona_token: str, observation: str, history: list[str], config: PromptConfig = PromptConfig()) -> str:
+    """The full prompt text, ending where the assistant's answer starts."""
+    messages = build_messages(persona_token, observation, history, config)
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def answer_text(tokenizer, action: str) -> str:
+    """What the model is trained to produce: the action line and the end-of-turn token."""
+    return action.strip() + tokenizer.eos_token
+
+
+def element_ids(observation: str) -> set[int]:
+    """Ids of the "[id] role …" element lines of an observation."""
+    return {int(match) for match in _ELEMENT_LINE.findall(observation)}
+
+
+def validate_action(output: str, observation: str) -> Action:
+    """Parse the first line of a model output and check its id is on the page; raise ActionError."""
+    line = output.strip().split("\n", 1)[0] if output else ""
+    action = parse_action(line)
+    if action.element_id is not None and action.element_id not in element_ids(observation):
+        raise ActionError(f"element [{action.element_id}] is not on the page")
+    return action
+
+
+def candidate_actions(observation: str) -> list[str]:
+    """Actions needing no free text: a click per element, scrolls, back, stop.
+
+    Typed text and chosen options cannot be enumerated, so the constrained retry falls back to
+    clicking rather than inventing a text.
+    """
+    ids = sorted(element_ids(observation))
+    return [f"click [{element_id}]" for element_id in ids] + ["scroll down", "scroll up", "back", "stop"]
+
+
+def is_valid(output: str, observation: str) -> bool:
+    try:
+        validate_action(output, observation)
+    except ActionError:
+        return False
+    return True

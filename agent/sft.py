@@ -1,0 +1,278 @@
+"""Two-stage supervised fine-tuning of the persona-token agent (PAPER.md, step 3).
+
+Stage 1, token warm-up: the backbone is frozen and only the persona-token rows of the embedding
+matrix learn (a gradient mask on the embedding matrix; with tied embeddings this is also the output
+matrix, and the mask covers both uses). AdamW runs with weight decay 0, so every other weight stays
+bit-identical: zero gradient gives zero Adam update.
+Stage 2, acting: full fine-tuning, or LoRA on every linear layer with the persona rows still
+trainable (PEFT `trainable_token_indices`), merged back into plain weights at the end.
+`single_stage=True` skips stage 1 (the paper's ablation).
+
+Each example is one step of one trace: the prompt (agent/prompt.py) with the buyer's persona token
+and the action as the answer; the loss covers the answer tokens only. With probability
+`neutral_dropout` an example gets the neutral token instead, so `<persona_neutral>` learns the
+population's average buyer, which the token ablation compares against.
+
+Batches group examples of similar length (less padding); everything random draws from `seed`.
+`accelerate` places the model (CPU here; GPU with bf16 autocast where present).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from agent.models import LocalModel
+from agent.persona import PersonaMap, add_persona_tokens, persona_token_ids
+from agent.prompt import PromptConfig, answer_text, render_prompt
+from agent.traces import Trace
+
+IGNORE_INDEX = -100
+STAGE2_MODES = ("full", "lora")
+
+
+@dataclass
+class SFTConfig:
+    stage2: str = "full"  # "full" fine-tuning or "lora"
+    single_stage: bool = False  # skip the token warm-up (ablation)
+    stage1_epochs: int = 2
+    stage1_lr: float = 1e-2  # only K+1 embedding rows move, so a large rate is safe
+    stage2_epochs: int = 2
+    stage2_lr: float = 5e-5  # full fine-tuning; LoRA uses lora_lr
+    lora_lr: float = 5e-4
+    lora_r: int = 16
+    lora_alpha: int = 32
+    batch_size: int = 8
+    max_length: int = 1024  # tokens per example; longer observations are cut (prompt.shorten_observation)
+    neutral_dropout: float = 0.1
+    num_codes: int | None = None  # default: largest code in the traces + 1
+    init: str = "mean"  # persona-row initialisation, see agent/persona.py
+    init_noise_scale: float = 0.1  # spread of the new rows relative to the existing rows' spread
+    warmup_fraction: float = 0.1
+    max_grad_norm: float = 1.0
+    stage1_max_steps: int | None = None  # caps for smoke runs and benchmarks
+    stage2_max_steps: int | None = None
+    seed: int = 0
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+
+    def __post_init__(self):
+        if self.stage2 not in STAGE2_MODES:
+            raise ValueError(f"stage2 must be one of {STAGE2_MODES}, got {self.stage2!r}")
+        if not 0.0 <= self.neutral_dropout < 1.0:
+            raise ValueError(f"neutral_dropout must be in [0, 1), got {self.neutral_dropout}")
+
+
+@dataclass
+class Example:
+    input_ids: list[int]
+    labels: list[int]
+
+
+@dataclass
+class TrainResult:
+    model: LocalModel
+    persona_map: PersonaMap
+    curves: list[dict]  # one record per optimiser step: stage, step, epoch, loss, lr
+
+
+# --- examples and batches -------------------------------------------------------------------------
+
+
+def build_examples(traces: list[Trace], tokenizer, persona_map: PersonaMap, config: SFTConfig) -> list[Example]:
+    """One example per trace step; prompt tokens are masked out of the loss."""
+    rng = random.Random(config.seed)
+    examples = []
+    for trace in traces:
+        for index, step in enumerate(trace.steps):
+            neutral = rng.random() < config.neutral_dropout
+            token = persona_map.token_for(trace.code, neutral=neutral)
+            history = [earlier.action for earlier in trace.steps[:index]]
+            examples.append(_example(tokenizer, token, step.observation, history, step.action, config))
+    return examples
+
+
+def _example(tokenizer, token, observation, history, action, config: SFTConfig) -> Example:
+    answer_ids = tokenizer(answer_text(tokenizer, action), add_special_tokens=False).input_ids
+    prompt_config = config.prompt
+    while True:
+        prompt = render_prompt(tokenizer, token, observation, history, prompt_config)
+        prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
+        if len(prompt_ids) + len(answer_ids) <= config.max_length or prompt_config.max_observation_chars < 200:
+            break
+        # Too long: show less of the page rather than cutting the answer or the persona token.
+        prompt_config = PromptConfig(prompt_config.history_length, prompt_config.max_observation_chars // 2)
+    return Example(prompt_ids + answer_ids, [IGNORE_INDEX] * len(prompt_ids) + answer_ids)
+
+
+def length_grouped_batches(examples: list[Example], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """Shuffle, sort by length within chunks of 16 batches, then shuffle the batches."""
+    order = list(range(len(examples)))
+    rng.shuffle(order)
+    chunk = batch_size * 16
+    batches = []
+    for start in range(0, len(order), chunk):
+        part = sorted(order[start : start + chunk], key=lambda i: len(examples[i].input_ids), reverse=True)
+        batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right padding for training; padded positions are ignored by attention and loss."""
+    width = max(len(example.input_ids) for example in examples)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, example in enumerate(examples):
+        length = len(example.input_ids)
+        input_ids[row, :length] = torch.tensor(example.input_ids)
+        labels[row, :length] = torch.tensor(example.labels)
+        attention_mask[row, :length] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+
+
+# --- stages ----------------------------------------------------------------------------------------
+
+
+def freeze_all_but_rows(model, row_ids: list[int]):
+    """Stage 1: only the given embedding rows get gradients; returns the hook handle to remove."""
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    embeddings = model.get_input_embeddings().weight
+    embeddings.requires_grad_(True)
+    mask = torch.zeros(embeddings.shape[0], 1, dtype=embeddings.dtype, device=embeddings.device)
+    mask[row_ids] = 1.0
+    # A tied output matrix is the same Parameter: its gradient is summed first, then masked here.
+    return embeddings.register_hook(lambda grad: grad * mask.to(grad.dtype))
+
+
+def _run_stage(stage: str, model, parameters, examples, config: SFTConfig, epochs: int, lr: float,
+               max_steps: int | None, accelerator: Accelerator, pad_id: int, curves: list[dict]) -> None:
+    rng = random.Random(f"{config.seed}-{stage}")
+    batches_per_epoch = math.ceil(len(examples) / config.batch_size)
+    total = epochs * batches_per_epoch
+    if max_steps is not None:
+        total = min(total, max_steps)
+    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0)
+    schedule = get_linear_schedule_with_warmup(optimizer, int(config.warmup_fraction * total), total)
+    optimizer, schedule = accelerator.prepare(optimizer, schedule)
+    model.train()
+    step = 0
+    progress = tqdm(total=total, desc=f"SFT {stage}", leave=False)
+    for epoch in range(epochs):
+        for batch_indices in length_grouped_batches(examples, config.batch_size, rng):
+            if step >= total:
+                break
+            batch = {k: v.to(accelerator.device) for k, v in collate([examples[i] for i in batch_indices], pad_id).items()}
+            with accelerator.autocast():
+                loss = model(**batch).loss
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(parameters, config.max_grad_norm)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            curves.append({"stage": stage, "step": step, "epoch": epoch, "loss": float(loss.detach()), "lr": schedule.get_last_lr()[0]})
+            progress.update(1)
+            progress.set_postfix(loss=f"{curves[-1]['loss']:.3f}")
+    progress.close()
+    model.eval()
+
+
+def run_stage1(model, persona_ids, examples, config, accelerator, pad_id, curves) -> None:
+    handle = freeze_all_but_rows(model, persona_ids)
+    try:
+        parameters = [model.get_input_embeddings().weight]
+        _run_stage("stage1", model, parameters, examples, config, config.stage1_epochs, config.stage1_lr, config.stage1_max_steps, accelerator, pad_id, curves)
+    finally:
+        handle.remove()
+        for parameter in model.parameters():
+            parameter.requires_grad_(True)
+
+
+def run_stage2(model, persona_ids, examples, config, accelerator, pad_id, curves):
+    """Returns the trained model with plain (merged) weights."""
+    if config.stage2 == "full":
+        parameters = [p for p in model.parameters() if p.requires_grad]
+        _run_stage("stage2", model, parameters, examples, config, config.stage2_epochs, config.stage2_lr, config.stage2_max_steps, accelerator, pad_id, curves)
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0, target_modules="all-linear",
+                      trainable_token_indices=persona_ids, task_type="CAUSAL_LM")
+    peft_model = get_peft_model(model, lora)
+    parameters = [p for p in peft_model.parameters() if p.requires_grad]
+    _run_stage("stage2", peft_model, parameters, examples, config, config.stage2_epochs, config.lora_lr, config.stage2_max_steps, accelerator, pad_id, curves)
+    return peft_model.merge_and_unload()
+
+
+def train_agent(traces: list[Trace], base: LocalModel, config: SFTConfig = SFTConfig(),
+                centroids: np.ndarray | None = None) -> TrainResult:
+    """Add persona tokens to `base`, run stage 1 (unless single-stage) and stage 2; in place."""
+    if not traces:
+        raise ValueError("no traces to train on")
+    set_seed(config.seed)
+    num_codes = config.num_codes or max(trace.code for trace in traces) + 1
+    too_large = sorted({trace.code for trace in traces if trace.code >= num_codes})
+    if too_large:
+        raise ValueError(f"traces use codes {too_large[:5]} but num_codes is {num_codes}")
+    model, tokenizer = base.model, base.tokenizer
+    persona_map = add_persona_tokens(model, tokenizer, num_codes, config.init, centroids, config.init_noise_scale, config.seed)
+    persona_ids = persona_token_ids(tokenizer, persona_map)
+    examples = build_examples(traces, tokenizer, persona_map, config)
+    accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
+    model.to(accelerator.device)
+    curves: list[dict] = []
+    if not config.single_stage:
+        run_stage1(model, persona_ids, examples, config, accelerator, tokenizer.pad_token_id, curves)
+    model = run_stage2(model, persona_ids, examples, config, accelerator, tokenizer.pad_token_id, curves)
+    return TrainResult(LocalModel(model.eval(), tokenizer, base.name), persona_map, curves)
+
+
+# --- output ----------------------------------------------------------------------------------------
+
+
+def save_agent(result: TrainResult, out_dir: str | Path, config: SFTConfig | None = None, extra: dict | None = None) -> Path:
+    """save_pretrained weights + tokenizer, persona.json, training curves (JSON and PNG)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result.model.model.save_pretrained(out_dir)
+    result.model.tokenizer.save_pretrained(out_dir)
+    result.persona_map.save(out_dir)
+    record = {"base": result.model.name, "config": asdict(config) if config else None, "curves": result.curves, **(extra or {})}
+    (out_dir / "training.json").write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
+    plot_curves(result.curves, out_dir / "training_curves.png")
+    return out_dir
+
+
+def plot_curves(curves: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 3.5))
+    offset = 0
+    for stage in ("stage1", "stage2"):
+        points = [c for c in curves if c["stage"] == stage]
+        if points:
+            axis.plot([offset + c["step"] for c in points], [c["loss"] for c in points], label=stage)
+            offset += points[-1]["step"]
+    axis.set_xlabel("optimiser step")
+    axis.set_ylabel("loss (action tokens)")
+    axis.set_title("persona-token SFT")
+    if curves:
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

