@@ -79,7 +79,7 @@ def _event_type_specs() -> list[FeatureSpec]:
 
 
 # The full catalogue, in output order. Aggregates come from `_behaviour_sql`: `b` per buyer,
-# `w` the buyer's timeline (gaps, days), `s` visits, `pr` prices, `p` products, `c` categories.
+# `w` the buyer's timeline (gaps, days), `s` visits, `p` products, `c` categories.
 FEATURES: tuple[FeatureSpec, ...] = (
     _spec("event_count", "behavior", "b.n", log=True),
     *_event_type_specs(),
@@ -92,12 +92,12 @@ FEATURES: tuple[FeatureSpec, ...] = (
     _spec("cart_to_purchase", "funnel", "funnel_ratio(b.n_purchase, b.n_add_to_cart)", purchase=True, decisive=True),
     _spec("view_to_purchase", "funnel", "funnel_ratio(b.n_purchase, b.n_product_view)", purchase=True, decisive=True),
     _spec("purchase_session_share", "funnel", "s.purchase_session_share", purchase=True, decisive=True),
-    _spec("viewed_price_mean", "price", "pr.viewed_price_mean", log=True, needs=[PRICES]),
-    _spec("viewed_price_median", "price", "pr.viewed_price_median", log=True, needs=[PRICES]),
-    _spec("viewed_price_max", "price", "pr.viewed_price_max", log=True, needs=[PRICES]),
-    _spec("carted_price_mean", "price", "pr.carted_price_mean", log=True, needs=[PRICES]),
-    _spec("carted_price_median", "price", "pr.carted_price_median", log=True, needs=[PRICES]),
-    _spec("carted_price_max", "price", "pr.carted_price_max", log=True, needs=[PRICES]),
+    _spec("viewed_price_mean", "price", "b.viewed_price_mean", log=True, needs=[PRICES]),
+    _spec("viewed_price_median", "price", "b.viewed_price_median", log=True, needs=[PRICES]),
+    _spec("viewed_price_max", "price", "b.viewed_price_max", log=True, needs=[PRICES]),
+    _spec("carted_price_mean", "price", "b.carted_price_mean", log=True, needs=[PRICES]),
+    _spec("carted_price_median", "price", "b.carted_price_median", log=True, needs=[PRICES]),
+    _spec("carted_price_max", "price", "b.carted_price_max", log=True, needs=[PRICES]),
     _spec("distinct_products", "diversity", "coalesce(p.distinct_products, 0)", log=True, needs=[PRODUCTS]),
     _spec("product_entropy", "diversity", "p.entropy", needs=[PRODUCTS]),
     _spec("repeat_view_share", "diversity", "p.repeat_share", needs=[PRODUCTS]),
@@ -316,15 +316,15 @@ def _compact_events_sql(browse_only: bool) -> str:
     """Read events.parquet once into a narrow in-memory table that every pass then scans.
 
     Strings become 64-bit hashes where only equality matters: `k` for (shop_id, buyer_id) (the
-    keys pass checks that no two buyers share one), `sess` for the visit, `product`. Event types
-    become an ENUM; hour and day come from integer arithmetic on epoch seconds rather than from
-    calendar functions. `kept` marks the events features may see: under browse-only, none of
-    checkout/purchase.
+    key strings ride along so that the per-buyer pass names each buyer and checks that no two
+    share a hash), `sess` for the visit, `product`. Event types become an ENUM; hour and day
+    come from integer arithmetic on epoch seconds rather than from calendar functions. `kept`
+    marks the events features may see: under browse-only, none of checkout/purchase.
     """
     kept = f"event_type NOT IN ({_sql_list(PURCHASE_EVENT_TYPES)})" if browse_only else "TRUE"
     return f"""
     CREATE OR REPLACE TEMP TABLE ev AS
-    SELECT hash(shop_id, buyer_id) AS k,
+    SELECT hash(shop_id, buyer_id) AS k, shop_id, buyer_id,
            -- Logs without visits: a buyer's day in a shop is the session.
            CASE WHEN session_id IS NULL THEN hash(floor(epoch(ts) / 86400)) ELSE hash(session_id) END AS sess,
            epoch(ts) AS t,
@@ -338,6 +338,28 @@ def _compact_events_sql(browse_only: bool) -> str:
     """
 
 
+# The buyer's timeline: each kept event with the one before it, in the buyer's own time order.
+# Gaps count only within a visit; a new day starts whenever the day changes.
+_TIMELINE_SQL = """timeline AS (
+        SELECT k, t, day, sess, lag(t) OVER w AS t_before, lag(day) OVER w AS day_before,
+               lag(sess) OVER w AS sess_before
+        FROM ev WHERE kept
+        WINDOW w AS (PARTITION BY k ORDER BY t, sess)
+    ),
+    w AS (
+        SELECT k, count(*) FILTER (WHERE day_before IS DISTINCT FROM day) AS active_days,
+               median(t - t_before) FILTER (WHERE sess = sess_before) AS gap_median,
+               avg(t - t_before) FILTER (WHERE sess = sess_before) AS gap_mean
+        FROM timeline GROUP BY k
+    ),"""
+
+# Without a clock there are no gaps, and the days a buyer was active need no time order: the
+# day changes along the timeline exactly once per distinct day, so a count skips the sort.
+_ACTIVE_DAYS_SQL = """w AS (
+        SELECT k, count(DISTINCT day) AS active_days FROM ev WHERE kept GROUP BY k
+    ),"""
+
+
 def _behaviour_sql(specs: list[FeatureSpec], capabilities: set[str]) -> str:
     """One SELECT over the compact table `ev`: a grouped pass per grain, joined on `k`."""
     counts = ",\n               ".join(
@@ -347,20 +369,17 @@ def _behaviour_sql(specs: list[FeatureSpec], capabilities: set[str]) -> str:
         f",\n               avg((hour >= {lo} AND hour < {hi})::DOUBLE) FILTER (WHERE kept) AS share_{name}"
         for name, (lo, hi) in DAY_PARTS.items()
     ) if CLOCK in capabilities else ""
-    price_stats = ",\n               ".join(
-        f"{agg}(price) FILTER (WHERE et = '{kind}') AS {who}_price_{stat}"
+    price_stats = "".join(
+        f",\n               {agg}(price) FILTER (WHERE et = '{kind}') AS {who}_price_{stat}"
         for who, kind in [("viewed", "product_view"), ("carted", "add_to_cart")]
         for stat, agg in [("mean", "avg"), ("median", "median"), ("max", "max")]
-    )
+    ) if PRICES in capabilities else ""
+    timeline = _TIMELINE_SQL if CLOCK in capabilities else _ACTIVE_DAYS_SQL
     selected = ",\n           ".join(f"({spec.sql})::DOUBLE AS {spec.column.name}" for spec in specs)
     return f"""
-    WITH keys AS (
-        SELECT hash(shop_id, buyer_id) AS k, min(shop_id) AS shop_id, min(buyer_id) AS buyer_id,
-               min(shop_id) <> max(shop_id) OR min(buyer_id) <> max(buyer_id) AS key_collision
-        FROM events GROUP BY k
-    ),
-    b AS (
-        SELECT k,
+    WITH b AS (  -- one pass per buyer for everything that needs no finer grain
+        SELECT k, min(shop_id) AS shop_id, min(buyer_id) AS buyer_id,
+               min(shop_id) <> max(shop_id) OR min(buyer_id) <> max(buyer_id) AS key_collision,
                count(*) FILTER (WHERE kept)::DOUBLE AS n,
                {counts},
                -- 1970-01-01 was a Thursday: (day + 4) mod 7 is 0 on Sundays and 6 on Saturdays.
@@ -370,21 +389,10 @@ def _behaviour_sql(specs: list[FeatureSpec], capabilities: set[str]) -> str:
                -- info columns: labels over every event, whatever the protocol
                max((et IN ({_sql_list(PURCHASE_EVENT_TYPES)}))::TINYINT) AS converted,
                count(*) AS n_events,
-               count(*) FILTER (WHERE et = 'purchase') AS n_purchases
+               count(*) FILTER (WHERE et = 'purchase') AS n_purchases{price_stats}
         FROM ev GROUP BY k
     ),
-    timeline AS (  -- each kept event with the one before it, in the buyer's own time order
-        SELECT k, t, day, sess, lag(t) OVER w AS t_before, lag(day) OVER w AS day_before,
-               lag(sess) OVER w AS sess_before
-        FROM ev WHERE kept
-        WINDOW w AS (PARTITION BY k ORDER BY t, sess)
-    ),
-    w AS (  -- gaps count only within a visit; a new day starts whenever the day changes
-        SELECT k, count(*) FILTER (WHERE day_before IS DISTINCT FROM day) AS active_days,
-               median(t - t_before) FILTER (WHERE sess = sess_before) AS gap_median,
-               avg(t - t_before) FILTER (WHERE sess = sess_before) AS gap_mean
-        FROM timeline GROUP BY k
-    ),
+    {timeline}
     visits AS (
         SELECT k, count(*) AS events, max(t) - min(t) AS duration,
                bool_or(et = 'purchase')::DOUBLE AS bought
@@ -394,10 +402,6 @@ def _behaviour_sql(specs: list[FeatureSpec], capabilities: set[str]) -> str:
         SELECT k, count(*) AS sessions, avg(events) AS events_mean, max(events) AS events_max,
                avg(duration) AS duration_mean, avg(bought) AS purchase_session_share
         FROM visits GROUP BY k
-    ),
-    pr AS (
-        SELECT k, {price_stats}
-        FROM ev WHERE et IN ('product_view', 'add_to_cart') AND price IS NOT NULL GROUP BY k
     ),
     product_views AS (
         SELECT k, count(*)::DOUBLE AS views
@@ -410,10 +414,14 @@ def _behaviour_sql(specs: list[FeatureSpec], capabilities: set[str]) -> str:
                1 - count(*) / sum(views) AS repeat_share
         FROM product_views GROUP BY k
     ),
-    category_events AS (
-        SELECT k, any_value(category) AS category, hash(category) AS category_hash,
+    category_events AS (  -- by hash: names are looked up once per category, not per buyer
+        SELECT k, hash(category) AS category_hash,
                count(*) AS events, count(*) FILTER (WHERE et = 'product_view')::DOUBLE AS views
         FROM ev WHERE category IS NOT NULL GROUP BY k, hash(category)
+    ),
+    category_names AS (
+        SELECT hash(category) AS category_hash, any_value(category) AS category
+        FROM ev WHERE category IS NOT NULL GROUP BY hash(category)
     ),
     c AS (
         SELECT k, count(*) FILTER (WHERE views > 0) AS distinct_categories,
@@ -421,20 +429,20 @@ def _behaviour_sql(specs: list[FeatureSpec], capabilities: set[str]) -> str:
                    ln(sum(views)) - sum(views * ln(views)) FILTER (WHERE views > 0) / sum(views), 0)
                END AS entropy,
                -- ties between equally frequent categories go to a fixed one (by hash)
-               arg_max(category, events::UBIGINT * 4294967296 + (category_hash >> 32)) AS top_category
+               arg_max(category_hash, events::UBIGINT * 4294967296 + (category_hash >> 32))
+                   AS top_category_hash
         FROM category_events GROUP BY k
     )
-    SELECT keys.shop_id, keys.buyer_id,
+    SELECT b.shop_id, b.buyer_id,
            {selected},
-           b.converted, b.n_events, b.n_purchases, c.top_category, keys.key_collision
-    FROM keys
-    JOIN b USING (k)
+           b.converted, b.n_events, b.n_purchases, names.category AS top_category, b.key_collision
+    FROM b
     LEFT JOIN w USING (k)
     LEFT JOIN s USING (k)
-    LEFT JOIN pr USING (k)
     LEFT JOIN p USING (k)
     LEFT JOIN c USING (k)
-    ORDER BY keys.shop_id, keys.buyer_id
+    LEFT JOIN category_names names ON names.category_hash = c.top_category_hash
+    ORDER BY b.shop_id, b.buyer_id
     """
 
 
