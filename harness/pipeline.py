@@ -16,7 +16,7 @@ from codebook.features import build_features
 from codebook.ingest import IngestConfig, IngestResult, ingest
 from codebook.schema import FEATURES_FILE
 from codebook.synthetic import SyntheticConfig, generate_synthetic
-from codebook.train import TrainConfig, TrainResult, train_codebook
+from codebook.train import TrainConfig, TrainResult, read_features, train_codebook
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Where the team's shared real data lives beside a checkout; a user's fresh clone has none.
@@ -64,25 +64,29 @@ def types_table(types: dict, max_rows: int = 40) -> Table:
     """The learned buyer types, largest first, as people read them."""
     rate = types.get("overall_conversion_rate")
     title = "Buyer types" + (f" (overall conversion {rate:.1%})" if rate is not None else "")
+    used = sorted((t for t in types["types"] if t["n_buyers"]), key=lambda t: -t["n_buyers"])
+    # Logs without categories (Tmall's brand log) would show an empty column.
+    show_categories = any(t.get("top_categories") for t in used)
     table = Table(title=title)
     for name, justify in (("code", "right"), ("share", "right"), ("buyers", "right"),
-                          ("conv.", "right"), ("median events", "right"),
-                          ("top categories", "left"), ("summary", "left")):
+                          ("conv.", "right"), ("median events", "right")):
         table.add_column(name, justify=justify)
-    used = sorted((t for t in types["types"] if t["n_buyers"]), key=lambda t: -t["n_buyers"])
+    if show_categories:
+        table.add_column("top categories")
+    table.add_column("summary")
     for entry in used[:max_rows]:
         conversion = entry.get("conversion_rate")
         median_events = entry.get("median_events")
-        categories = ", ".join(c["category"] for c in entry.get("top_categories", [])[:2])
-        table.add_row(
+        cells = [
             str(entry["code"]),
             f"{entry['share']:.1%}",
             f"{entry['n_buyers']:,}",
             "—" if conversion is None else f"{conversion:.1%}",
             "—" if median_events is None else f"{median_events:g}",
-            categories,
-            entry.get("summary", ""),
-        )
+        ]
+        if show_categories:
+            cells.append(", ".join(c["category"] for c in entry.get("top_categories", [])[:2]))
+        table.add_row(*cells, entry.get("summary", ""))
     return table
 
 
@@ -107,13 +111,20 @@ def metrics_line(metrics: dict) -> str:
     return " · ".join(parts)
 
 
-def planted_type_recovery(synthetic_dir: Path, frame, codes) -> float:
-    """Adjusted Rand index between learned codes and the generator's planted types."""
+def planted_type_recovery(synthetic_dir: Path, run_dir: Path, seed: int = 0) -> float:
+    """Blind recovery of the generator's planted types: adjusted Rand index between them and the
+    codes of a codebook with one code per planted type, trained on browse-only features (types
+    are propensities; whether a buyer happened to buy is an outcome that splits every type)."""
     from sklearn.metrics import adjusted_rand_score
 
-    from codebook.synthetic import read_truth
+    from codebook.synthetic import BUYER_TYPES, read_truth
 
+    features = run_dir / "buyer_features_browse_only.parquet"
+    build_features(run_dir / "events.parquet", run_dir / "catalog.parquet", features,
+                   browse_only=True, progress=False)
+    result = train_codebook(features, None, TrainConfig(codebook_size=len(BUYER_TYPES), seed=seed, progress=False))
     truth, _ = read_truth(synthetic_dir)
-    keys = frame[["shop_id", "buyer_id"]].astype(str).assign(code=codes)
+    frame = read_features(features)[0]
+    keys = frame[["shop_id", "buyer_id"]].astype(str).assign(code=result.codes)
     joined = keys.merge(truth.astype({"shop_id": str, "buyer_id": str}), on=["shop_id", "buyer_id"])
     return float(adjusted_rand_score(joined["planted_type"], joined["code"]))
