@@ -36,7 +36,8 @@ from harness.observation import (
     ICON_CLASS_PATTERN, ICON_STOP_WORDS, INTERACTIVE_ROLES, INTERACTIVE_TAGS, MAX_ALERTS,
     PAGE_TEXT_MAX_CHARS, PRODUCT_NAME_SELECTORS, SKIP_TAGS, PageSnapshot, RawElement,
     accessible_name, collapse, find_element, interception_detail, is_form_field, is_pay_control,
-    listed_elements, match_option, no_option_error, previous_start, render, stale_id_error,
+    listed_elements, match_option, no_option_error, render, stale_id_error,
+    scroll_window,
 )
 from harness.safety import SiteGuard
 
@@ -683,19 +684,10 @@ class HttpSession:
         return await self._navigate("GET", urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(pairs), "")))
 
     def _scroll(self, snapshot: PageSnapshot, direction: str) -> StepOutcome:
-        rendered = render(snapshot, start=self._start, token_budget=self.pool.token_budget)
-        if direction == "down":
-            if rendered.next_index >= rendered.total:
-                return StepOutcome(error="already at the bottom of the page")
-            self._scrolled_from.append(self._start)
-            self._start = rendered.next_index
-        else:
-            if self._start == 0:
-                return StepOutcome(error="already at the top of the page")
-            # Back to exactly where `scroll down` came from; computed when the page changed since.
-            earlier = self._scrolled_from.pop() if self._scrolled_from else None
-            self._start = earlier if earlier is not None and earlier < self._start else previous_start(
-                snapshot, self._start, self.pool.token_budget)
+        self._start, error = scroll_window(snapshot, self._start, self._scrolled_from, direction,
+                                           self.pool.token_budget)
+        if error:
+            return StepOutcome(error=error)
         return StepOutcome()
 
     def _intercept_payment(self, action: Action, raw: RawElement, snapshot: PageSnapshot) -> StepOutcome | None:

@@ -383,6 +383,26 @@ def render(snapshot: PageSnapshot, *, start: int = 0, error: str | None = None,
     return Rendered("\n".join(lines), [e.id for e in listed[start:index]], start, index, len(listed))
 
 
+def scroll_window(snapshot: PageSnapshot, start: int, scrolled_from: list[int], direction: str,
+                  token_budget: int = DEFAULT_TOKEN_BUDGET) -> tuple[int, str | None]:
+    """Where the observation window starts after `scroll up|down`, and an error when it cannot
+    move. `scrolled_from` (the starts that `scroll down` left) is updated in place. Both drivers
+    use this, so they scroll identically."""
+    rendered = render(snapshot, start=start, token_budget=token_budget)
+    if direction == "down":
+        if rendered.next_index >= rendered.total:
+            return start, "already at the bottom of the page"
+        scrolled_from.append(start)
+        return rendered.next_index, None
+    if start == 0:
+        return start, "already at the top of the page"
+    # Back to exactly where `scroll down` came from; computed when the page changed since.
+    earlier = scrolled_from.pop() if scrolled_from else None
+    if earlier is not None and earlier < start:
+        return earlier, None
+    return previous_start(snapshot, start, token_budget), None
+
+
 def previous_start(snapshot: PageSnapshot, start: int, token_budget: int = DEFAULT_TOKEN_BUDGET) -> int:
     """Where `scroll up` starts: the earliest index whose window still reaches `start`.
 
