@@ -7,11 +7,8 @@ tests see what really reached the server.
 
 from __future__ import annotations
 
-import functools
 import http.server
 import re
-import threading
-from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import psutil
@@ -22,8 +19,8 @@ from harness.browser import BrowserPool
 from harness.driver import BUYER_HEADER
 from harness.http_driver import HttpPool
 from harness.safety import SiteGuard
+from local_server import serve_pages
 
-EDGE = Path(__file__).resolve().parent / "fixtures" / "edge"
 DRIVERS = ("browser", "http")
 pytestmark = pytest.mark.anyio
 
@@ -71,26 +68,10 @@ class _ShopHandler(http.server.SimpleHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def server():
-    seen: list[dict] = []
-    handler = type("Handler", (_ShopHandler,), {"seen": seen})
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(EDGE)))
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}/"
-    httpd.seen = seen
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
+    with serve_pages(_ShopHandler) as httpd:
+        yield httpd
 
 
-@pytest.fixture(scope="module")
-def anyio_backend():
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
-async def pools(anyio_backend):
-    async with BrowserPool(settle_ms=100) as browser_pool, HttpPool() as http_pool:
-        yield {"browser": browser_pool, "http": http_pool}
 
 
 @pytest.fixture(params=DRIVERS)

@@ -6,10 +6,6 @@ elements and check that hidden ones are absent.
 
 from __future__ import annotations
 
-import functools
-import http.server
-import threading
-from pathlib import Path
 
 import pytest
 
@@ -19,29 +15,15 @@ from harness.observation import (
     CHARS_PER_TOKEN, PageSnapshot, RawElement, accessible_name, cart_state, describe, previous_start, render,
 )
 from harness.safety import SiteGuard
+from local_server import serve_pages
 
-EDGE = Path(__file__).resolve().parent / "fixtures" / "edge"
 pytestmark = pytest.mark.anyio
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args) -> None:
-        pass
 
 
 @pytest.fixture(scope="module")
 def site():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(EDGE)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/"
-    server.shutdown()
-    server.server_close()
-
-
-@pytest.fixture(scope="module")
-def anyio_backend():
-    return "asyncio"
+    with serve_pages() as httpd:
+        yield httpd.url
 
 
 @pytest.fixture(scope="module")

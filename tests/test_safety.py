@@ -7,10 +7,7 @@ sent" is checked where it matters: on the server.
 from __future__ import annotations
 
 import asyncio
-import functools
 import http.server
-import threading
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -21,8 +18,8 @@ from harness.browser import BrowserPool
 from harness.http_driver import HttpPool
 from harness.observation import RawElement, is_pay_control
 from harness.safety import SiteGuard
+from local_server import serve_pages
 
-EDGE = Path(__file__).resolve().parent / "fixtures" / "edge"
 DRIVERS = ("browser", "http")
 pytestmark = pytest.mark.anyio
 
@@ -79,26 +76,10 @@ class _GuardedHandler(http.server.SimpleHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def server():
-    seen: list[dict] = []
-    handler = type("Handler", (_GuardedHandler,), {"seen": seen})
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(EDGE)))
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}/"
-    httpd.seen = seen
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
+    with serve_pages(_GuardedHandler) as httpd:
+        yield httpd
 
 
-@pytest.fixture(scope="module")
-def anyio_backend():
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
-async def pools(anyio_backend):
-    async with BrowserPool(settle_ms=100) as browser_pool, HttpPool() as http_pool:
-        yield {"browser": browser_pool, "http": http_pool}
 
 
 def posts(server) -> list[dict]:
