@@ -41,6 +41,7 @@ sys.path.insert(0, str(REPO))
 from agent.baselines import TypeProfilePolicy  # noqa: E402
 from harness.browser import BrowserPool  # noqa: E402
 from harness.simulate import SimulationConfig, run_simulation  # noqa: E402
+from storefronts.fixtures import rees46_catalog  # noqa: E402
 from storefronts.server import serve_store  # noqa: E402
 from storefronts.variants import Variant  # noqa: E402
 
@@ -49,18 +50,7 @@ SHOP = "bench"
 
 
 def real_catalog(products: int = 60) -> pd.DataFrame:
-    raw = pd.read_csv(REES46, nrows=4000).dropna(subset=["category_code"]).drop_duplicates("product_id").head(products)
-    kind = raw["category_code"].str.split(".").str[-1].str.replace("_", " ")
-    return pd.DataFrame(
-        {
-            "shop_id": SHOP,
-            "product_id": raw["product_id"].astype(str),
-            "title": (raw["brand"].fillna("").str.title() + " " + kind).str.strip(),
-            "category": raw["category_code"],
-            "brand": raw["brand"].fillna(""),
-            "price": raw["price"].astype(float),
-        }
-    )
+    return rees46_catalog(REES46, SHOP, products)
 
 
 def write_codebook(directory: Path) -> Path:

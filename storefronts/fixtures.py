@@ -54,6 +54,24 @@ DEMO_ANSWERS = {
 }
 
 
+def rees46_catalog(log_path: Path, shop_id: str, products: int = 60) -> pd.DataFrame:
+    """The first `products` products of a REES46 log that have a text category, as a catalog
+    (CATALOG_SCHEMA columns) with readable titles: real products for store tests and benchmarks."""
+    raw = pd.read_csv(log_path, nrows=4000).dropna(subset=["category_code"]).drop_duplicates("product_id")
+    raw = raw.head(products)
+    kind = raw["category_code"].str.split(".").str[-1].str.replace("_", " ")
+    return pd.DataFrame(
+        {
+            "shop_id": shop_id,
+            "product_id": raw["product_id"].astype(str),
+            "title": (raw["brand"].fillna("").str.title() + " " + kind).str.strip(),
+            "category": raw["category_code"],
+            "brand": raw["brand"].fillna(""),
+            "price": raw["price"].astype(float),
+        }
+    )
+
+
 def demo_catalog() -> pd.DataFrame:
     """Twelve products (four each in kitchen, sports, electronics) with CATALOG_SCHEMA columns."""
     rows = [

@@ -25,6 +25,7 @@ from agent.baselines import (
     parse_elements,
 )
 from agent.policy import BuyerTurn
+from storefronts.fixtures import rees46_catalog
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 REES46 = DATA / "rees46_multicategory_2019oct" / "2019-Oct_head17k.csv"
@@ -37,19 +38,7 @@ def real_catalog(products: int = 60) -> pd.DataFrame:
     """Products of the real REES46 log as a catalog (CATALOG_SCHEMA columns)."""
     if not REES46.is_file():
         pytest.skip(f"real data not found at {REES46}")
-    raw = pd.read_csv(REES46, nrows=4000).dropna(subset=["category_code"]).drop_duplicates("product_id")
-    raw = raw.head(products)
-    kind = raw["category_code"].str.split(".").str[-1].str.replace("_", " ")
-    return pd.DataFrame(
-        {
-            "shop_id": STORE_SHOP,
-            "product_id": raw["product_id"].astype(str),
-            "title": (raw["brand"].fillna("").str.title() + " " + kind).str.strip(),
-            "category": raw["category_code"],
-            "brand": raw["brand"].fillna(""),
-            "price": raw["price"].astype(float),
-        }
-    )
+    return rees46_catalog(REES46, STORE_SHOP, products)
 
 
 def write_codebook(directory: Path) -> Path:
