@@ -38,7 +38,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from agent.actions import ActionError, parse_action
 from agent.policy import BuyerTurn, Policy
-from harness.population import SyntheticBuyer, load_shop_mix, sample_population
+from harness.population import ShopMixError, SyntheticBuyer, load_shop_mix, sample_population
 from harness.rundir import RunDir, command_line, git_revision, package_versions
 
 DRIVERS = ("browser", "http")
@@ -69,6 +69,7 @@ class SimulationConfig:
     respect_robots: bool = True
     our_store: bool = False  # True for our mock store: orders are placed, not intercepted
     settle_ms: int | None = None  # browser: wait after each page load; None: the driver's default
+    shard: tuple[int, int] | None = None  # (index, count): run only buyers with buyer_index % count == index
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -88,6 +89,14 @@ class SimulationConfig:
     @property
     def run_dir(self) -> Path:
         return self.out_dir / str(self.run_id)
+
+
+def in_shard(buyer: SyntheticBuyer, shard: tuple[int, int] | None) -> bool:
+    """Whether this buyer belongs to the shard (index, count); every buyer when shard is None."""
+    if shard is None:
+        return True
+    index, count = shard
+    return buyer.buyer_index % count == index
 
 
 def default_run_id(shop: str) -> str:
@@ -282,18 +291,26 @@ def make_guard(config: SimulationConfig):
     return SiteGuard(allow_hosts=[store_host, *config.allow_hosts], **options)
 
 
-async def run_simulation(config: SimulationConfig, policy: Policy, pool=None) -> SimulationResult:
+async def run_simulation(
+    config: SimulationConfig, policy: Policy, pool=None, population: list[SyntheticBuyer] | None = None
+) -> SimulationResult:
     """Run (or resume) a simulation; returns the run directory and its summary.
 
     pool: an already open DriverPool to use instead of opening make_pool(config) for this run
         (benchmarks share one browser between runs); the caller closes it.
+    population: the buyers to run, instead of sampling config.buyers from the shop's mix in the
+        codebook (held-out shops have no entry there; A/B arms share one population). Recorded in
+        the manifest like a sampled one, so a resume must pass the same population.
     """
     config.policy = getattr(policy, "name", type(policy).__name__)
-    population = sample_population(config.codebook_dir, config.shop, config.buyers, config.seed)
+    if population is None:
+        population = sample_population(config.codebook_dir, config.shop, config.buyers, config.seed)
+    elif len(population) != config.buyers:
+        raise ValueError(f"config.buyers is {config.buyers} but the population given has {len(population)} buyers")
     run = RunDir.open(config.run_dir, build_manifest(config, population), resume=config.resume)
     finished_before = run.read_trajectories() if config.resume else []
     done = {record["buyer_index"] for record in finished_before}
-    todo = [buyer for buyer in population if buyer.buyer_index not in done]
+    todo = [buyer for buyer in population if buyer.buyer_index not in done and in_shard(buyer, config.shard)]
 
     batcher = PolicyBatcher(policy, config.max_batch_wait_ms / 1000)
     queue: asyncio.Queue[SyntheticBuyer] = asyncio.Queue()
@@ -431,7 +448,11 @@ def summarize(
             "conversion_rate": converted / len(members),
             "real_conversion_rate": real_rates.get(code),
         }
-    mix = load_shop_mix(config.codebook_dir, config.shop)
+    try:
+        mix = load_shop_mix(config.codebook_dir, config.shop)
+    except ShopMixError:  # a shop the codebook never saw: the population itself is its mix
+        drawn = Counter(buyer.code for buyer in population)
+        mix = {code: n / len(population) for code, n in drawn.items()}
     known = {code: p for code, p in mix.items() if code in real_rates}
     real_overall = (
         sum(p * real_rates[code] for code, p in known.items()) / sum(known.values()) if known else None
