@@ -60,7 +60,8 @@ class ActionError(ValueError):
     """A malformed or unknown action; the message is meant for the agent to read."""
 
 
-_ID = r"\[\s*(\d+)\s*\]"
+# ASCII digits only: `\d` would also take "١٢" (Arabic-Indic digits) and int() would read it as 12.
+_ID = r"\[\s*([0-9]+)\s*\]"
 _TEXT = r'"((?:[^"\\]|\\.)*)"'
 _PATTERNS = {
     "click": re.compile(rf"click\s*{_ID}"),
@@ -71,6 +72,7 @@ _PATTERNS = {
     "stop": re.compile(r"stop"),
 }
 MAX_ACTION_CHARS = 500
+MAX_ID_DIGITS = 9  # pages have hundreds of elements; a longer id is noise, not an element
 
 
 def _unescape(text: str) -> str:
@@ -86,8 +88,10 @@ def parse_action(line: str) -> Action:
         raise ActionError("empty action; expected one of: " + expected_forms())
     if len(stripped) > MAX_ACTION_CHARS:
         raise ActionError(f"action longer than {MAX_ACTION_CHARS} characters")
-    verb = stripped.split(maxsplit=1)[0].split("[", 1)[0].lower()
-    pattern = _PATTERNS.get(verb)
+    written_verb = stripped.split(maxsplit=1)[0].split("[", 1)[0]
+    verb = written_verb.lower()
+    # ASCII only: "bac\u212a" (Kelvin sign) lower-cases to "back" but is not the word back.
+    pattern = _PATTERNS.get(verb) if written_verb.isascii() else None
     if pattern is None:
         raise ActionError(f"unknown action {verb!r}; expected one of: " + expected_forms())
     # Verbs are case-insensitive; ids and quoted text are taken as written.
@@ -99,6 +103,8 @@ def parse_action(line: str) -> Action:
         return Action("scroll", text=groups[0])
     if verb in ("back", "stop"):
         return Action(verb)
+    if len(groups[0]) > MAX_ID_DIGITS:
+        raise ActionError(f"element id {groups[0][:12]}… is too long; use an id from the list of elements")
     element_id = int(groups[0])
     text = _unescape(groups[1]) if len(groups) > 1 else None
     return Action(verb, element_id=element_id, text=text)

@@ -25,6 +25,25 @@ The policy reads the observation text generically: element lines `[id] role "nam
 links, buttons and form fields told apart by role and by words in their accessible names (add to
 cart, checkout, continue, place order, field labels such as email or postcode), never by a store's
 own ids, so it works on every layout variant of the mock store and on other stores alike.
+
+Layout friction (an ASSUMPTION, not data): the real funnel rates above were measured on real
+stores, with their own checkouts. For a harder layout to cost conversions, TypeProfilePolicy
+adds a small friction model (FrictionModel, parameters named there with their defaults):
+
+    - every checkout step beyond `free_checkout_steps` (4, the default variant's address,
+      delivery, payment, review) makes a buyer abandon with probability
+      `checkout_step_abandonment`;
+    - a product page whose add-to-cart control is not in the first observation window (the
+      buyer must scroll to find it) makes a buyer give up with probability
+      `hidden_buy_button_abandonment`;
+    - `type_scale` multiplies both probabilities per buyer type (default 1 for every type).
+
+Each buyer draws one "patience" number per kind of friction from its seed, on a stream of its
+own (so the funnel plan and the browsing draws stay exactly as without friction), and abandons
+at the k-th unit of friction when patience < 1 - (1 - p)^k. So the same buyer on two layouts
+meets the same thresholds: a layout with more friction loses a superset of the buyers the easier
+one loses, which is what makes A/B arms with shared seeds paired. On a layout no harder than
+the default (four checkout steps, buy button in view) the model never fires.
 """
 
 from __future__ import annotations
@@ -35,6 +54,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
 
@@ -345,6 +365,44 @@ class ShopPage:
 # Type-profile baseline
 
 
+@dataclass(frozen=True)
+class FrictionModel:
+    """How a harder layout makes buyers give up (an assumption, see the module docstring).
+
+    checkout_step_abandonment: chance of abandoning at each checkout step beyond free_checkout_steps.
+    free_checkout_steps: checkout steps the real conversion rates already include (address,
+        delivery, payment, review: the default variant's four).
+    hidden_buy_button_abandonment: chance of giving up at each product page whose add-to-cart
+        control must be scrolled to.
+    type_scale: per-code multiplier of both chances (missing codes: 1.0).
+    """
+
+    checkout_step_abandonment: float = 0.10
+    free_checkout_steps: int = 4
+    hidden_buy_button_abandonment: float = 0.15
+    type_scale: dict[int, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("checkout_step_abandonment", "hidden_buy_button_abandonment"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"FrictionModel.{name} must lie in [0, 1], got {getattr(self, name)}")
+        if self.free_checkout_steps < 0:
+            raise ValueError(f"FrictionModel.free_checkout_steps must be >= 0, got {self.free_checkout_steps}")
+        for code, scale in self.type_scale.items():
+            if scale < 0:
+                raise ValueError(f"FrictionModel.type_scale[{code}] must be >= 0, got {scale}")
+
+    def gives_up(self, patience: float, probability: float, units: int, code: int) -> bool:
+        """Whether a buyer with this patience draw gives up after `units` units of friction."""
+        if units <= 0:
+            return False
+        p = min(1.0, probability * self.type_scale.get(code, 1.0))
+        return patience < 1.0 - (1.0 - p) ** units
+
+
+NO_FRICTION = FrictionModel(checkout_step_abandonment=0.0, hidden_buy_button_abandonment=0.0)
+
+
 @dataclass
 class FunnelPlan:
     """What one buyer will do, drawn once from its seed at the start of the episode."""
@@ -366,6 +424,12 @@ class _Episode:
     visited_category: bool = False
     fill_attempts: Counter = field(default_factory=Counter)  # (url, field label) -> times typed
     steps_on_url: int = 0
+    # Friction (FrictionModel): the buyer's patience draws and the friction met so far.
+    checkout_patience: float = 1.0
+    button_patience: float = 1.0
+    checking_out: bool = False  # clicked a checkout button; every new page from here is a step
+    checkout_paths: list[str] = field(default_factory=list)
+    hidden_button_pages: set = field(default_factory=set)
 
 
 @dataclass
@@ -380,6 +444,7 @@ class TypeProfilePolicy:
         categories (when the page links one) instead of a product shown on the page.
     stuck_after: steps on one URL without progress after which the buyer goes back (or leaves).
     max_fill_attempts: how often one form field is filled in before the buyer stops retrying it.
+    friction: how a harder layout makes buyers give up (FrictionModel; NO_FRICTION turns it off).
 
     Per-buyer state (views so far, cart, filled fields) lives in the policy, keyed by buyer index,
     and starts afresh whenever a turn arrives with an empty history.
@@ -391,6 +456,7 @@ class TypeProfilePolicy:
     category_probability: float = 0.5
     stuck_after: int = 8
     max_fill_attempts: int = 2
+    friction: FrictionModel = field(default_factory=FrictionModel)
     name: str = "type-profile"
     _episodes: dict[tuple[int, int], _Episode] = field(default_factory=dict, repr=False)
 
@@ -424,7 +490,14 @@ class TypeProfilePolicy:
         views = int(min(self.max_views, 1 + extra_views))
         adds = bool(rng.random() < profile.cart_rate)
         buys = adds and bool(rng.random() < profile.purchase_given_cart)
-        return _Episode(rng=rng, plan=FunnelPlan(views, adds, buys))
+        # Patience comes from a stream of its own: the plan and browsing draws stay as they were.
+        checkout_patience, button_patience = np.random.default_rng([seed, 8]).random(2)
+        return _Episode(
+            rng=rng,
+            plan=FunnelPlan(views, adds, buys),
+            checkout_patience=float(checkout_patience),
+            button_patience=float(button_patience),
+        )
 
     def _act_one(self, turn: BuyerTurn) -> str:
         key = (turn.buyer_index, turn.seed)
@@ -433,6 +506,8 @@ class TypeProfilePolicy:
         episode = self._episodes[key]
         page = ShopPage.read(turn.observation)
         self._note_page(episode, page)
+        if self._gives_up_on_checkout(episode, page, turn.code):
+            return "stop"
         return self._decide(episode, page, self._profile(turn.code))
 
     def _note_page(self, episode: _Episode, page: ShopPage) -> None:
@@ -444,14 +519,30 @@ class TypeProfilePolicy:
             episode.last_product_url = page.url
             episode.expects_product = False
 
+    def _gives_up_on_checkout(self, episode: _Episode, page: ShopPage, code: int) -> bool:
+        """Count a new checkout page (by URL path) and apply the checkout-step friction."""
+        if not (episode.in_cart and episode.checking_out):
+            return False
+        path = urlparse(page.url).path
+        if path and path not in episode.checkout_paths:
+            episode.checkout_paths.append(path)
+        extra_steps = len(episode.checkout_paths) - self.friction.free_checkout_steps
+        return self.friction.gives_up(episode.checkout_patience, self.friction.checkout_step_abandonment, extra_steps, code)
+
     def _decide(self, episode: _Episode, page: ShopPage, profile: TypeProfile) -> str:
         plan = episode.plan
+        code = profile.code
         if episode.steps_on_url >= self.stuck_after:
             return "stop" if episode.steps_on_url >= self.stuck_after + 2 else "back"
         if episode.in_cart:
             return self._checkout_step(episode, page) if plan.buys else "stop"
         if episode.expects_product and not page.add_to_cart and page.more_below and episode.steps_on_url < 3:
-            return "scroll down"  # a product page whose buy button is further down
+            # A product page whose buy button is further down: some buyers do not look for it.
+            episode.hidden_button_pages.add(page.url)
+            units = len(episode.hidden_button_pages)
+            if self.friction.gives_up(episode.button_patience, self.friction.hidden_buy_button_abandonment, units, code):
+                return "stop"
+            return "scroll down"
         episode.expects_product = False
         decided = episode.product_views >= plan.views_before_decision
         if decided and not plan.adds_to_cart:
@@ -491,6 +582,8 @@ class TypeProfilePolicy:
             if element.role == "radio":
                 return f"click [{element.element_id}]"
             return f'type [{element.element_id}] "{fake_value_for(element.name)}"'
+        if page.checkout and not page.place_order:
+            episode.checking_out = True  # the pages from the next one on are checkout steps
         for candidates in (page.place_order, page.checkout, page.continue_buttons, page.cart_links):
             if candidates:
                 return f"click [{candidates[0].element_id}]"

@@ -8,7 +8,9 @@
 - `load_local(path)`: any Hugging Face model directory (an agent dir written by agent.sft included).
 - `OpenAIEndpoint`: an OpenAI-compatible completions endpoint (`vllm serve AGENT_DIR`) for
   inference at scale: the prompt is rendered locally with the agent's tokenizer and sent as text,
-  with a bounded number of requests in flight, retries with exponential backoff and a deadline.
+  with a bounded number of requests in flight (or several prompts per request, the completions
+  API's list form), retries with exponential backoff and a deadline, and every request's latency
+  kept in `request_stats` (p50/p95). An endpoint that stays down raises EndpointUnavailable.
 
 `load_base("tiny" | "smollm2" | PATH)` picks one of the local ones, as `train-agent --base` does.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -24,6 +27,7 @@ from pathlib import Path
 from typing import Protocol
 
 import httpx
+import numpy as np
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
@@ -228,12 +232,77 @@ class EndpointConfig:
     max_retries: int = 3  # per request, for connection errors, 429 and 5xx
     backoff_s: float = 0.5  # first retry wait; doubles each retry
     request_timeout_s: float = 60.0
-    deadline_s: float = 300.0  # for a whole generate call; rows past it come back empty with an error
+    deadline_s: float = 300.0  # for a whole generate call; no retry starts past it
     api_key: str | None = None
+    # 1: one HTTP request per prompt, all sent at once (vLLM batches concurrent requests on the
+    # server). N > 1: greedy rows without a choice list go N at a time as the completions API's
+    # list-of-prompts form, which vLLM accepts; sampled rows keep their own per-row seed request.
+    prompts_per_request: int = 1
+    # True: a generate call in which the endpoint stayed unreachable (connection errors, timeouts,
+    # 429/5xx past the retries or the deadline) raises EndpointUnavailable, so the harness records
+    # those buyers as errors and `simulate --resume` reruns them. False: those rows come back empty
+    # with an error, and LLMPolicy falls back to its default action.
+    fail_when_down: bool = True
 
 
 class EndpointError(RuntimeError):
     """A request the endpoint refused for good (4xx other than 429) or that ran out of retries."""
+
+
+class EndpointUnavailable(EndpointError):
+    """The endpoint did not answer within the retries and the deadline (down, overloaded, unreachable)."""
+
+
+class RequestStats:
+    """Wall time of every completions request (retries included), for p50/p95 in summary.json.
+
+    Thread-safe: the endpoint sends from a pool of threads. `to_state` / `merged` carry the raw
+    latencies between processes (Ray shards), so percentiles are computed over all requests.
+    """
+
+    def __init__(self, latencies_ms: list[float] | None = None, retries: int = 0, failures: int = 0):
+        self.latencies_ms = list(latencies_ms or [])
+        self.retries = retries
+        self.failures = failures
+        self._lock = threading.Lock()
+
+    def record(self, latency_s: float, retries: int, failed: bool) -> None:
+        with self._lock:
+            self.latencies_ms.append(latency_s * 1000)
+            self.retries += retries
+            self.failures += failed
+
+    def to_state(self) -> dict:
+        with self._lock:
+            return {"latencies_ms": list(self.latencies_ms), "retries": self.retries, "failures": self.failures}
+
+    @classmethod
+    def merged(cls, states: list[dict]) -> "RequestStats":
+        return cls([ms for state in states for ms in state["latencies_ms"]],
+                   sum(state["retries"] for state in states), sum(state["failures"] for state in states))
+
+    def as_dict(self) -> dict:
+        state = self.to_state()
+        latencies = np.asarray(state["latencies_ms"], dtype=float)
+        p50, p95 = np.percentile(latencies, [50, 95]) if latencies.size else (None, None)
+        return {
+            "requests": int(latencies.size),
+            "failed_requests": state["failures"],
+            "retries": state["retries"],
+            "latency_p50_ms": None if p50 is None else round(float(p50), 2),
+            "latency_p95_ms": None if p95 is None else round(float(p95), 2),
+            "latency_mean_ms": round(float(latencies.mean()), 2) if latencies.size else None,
+            "latency_max_ms": round(float(latencies.max()), 2) if latencies.size else None,
+        }
+
+
+@dataclass
+class _RowAnswer:
+    text: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: str | None = None
+    unavailable: bool = False  # the error was the endpoint being down, not a refused request
 
 
 @dataclass
@@ -243,6 +312,7 @@ class OpenAIEndpoint:
     config: EndpointConfig
     tokenizer: PreTrainedTokenizerFast
     name: str = "openai-endpoint"
+    request_stats: RequestStats = field(default_factory=RequestStats, init=False, repr=False)
     _client: httpx.Client | None = field(default=None, init=False, repr=False)
 
     @property
@@ -265,51 +335,97 @@ class OpenAIEndpoint:
         started = time.perf_counter()
         deadline = started + self.config.deadline_s
         seeds = row_seeds if row_seeds is not None else list(range(len(prompts)))
-        rows = [(prompt, seed, None if choices is None else choices[i]) for i, (prompt, seed) in enumerate(zip(prompts, seeds))]
-        # Threads, not asyncio: the harness may call from inside its own event loop.
-        with ThreadPoolExecutor(max_workers=max(1, min(self.config.concurrency, len(rows)))) as pool:
-            answers = list(pool.map(lambda row: self._complete(*row, settings, deadline), rows))
-        texts, prompt_tokens, completion_tokens, errors = (list(column) for column in zip(*answers)) if answers else ([], [], [], [])
-        return GenerationResult(texts, prompt_tokens, completion_tokens, time.perf_counter() - started, errors)
+        requests = self._plan_requests(prompts, seeds, choices, settings)
+        answers: list[_RowAnswer] = [_RowAnswer() for _ in prompts]
+        # Threads, not asyncio: the harness calls from a worker thread beside its own event loop.
+        with ThreadPoolExecutor(max_workers=max(1, min(self.config.concurrency, len(requests)))) as pool:
+            for rows, row_answers in zip((rows for rows, _ in requests),
+                                         pool.map(lambda request: self._send(*request, deadline), requests)):
+                for row, answer in zip(rows, row_answers):
+                    answers[row] = answer
+        down = [answer.error for answer in answers if answer.unavailable]
+        if down and self.config.fail_when_down:
+            raise EndpointUnavailable(f"{len(down)} of {len(prompts)} prompts got no answer from {self.config.base_url}: {down[0]}")
+        return GenerationResult([a.text for a in answers], [a.prompt_tokens for a in answers],
+                                [a.completion_tokens for a in answers], time.perf_counter() - started,
+                                [a.error for a in answers])
 
-    def _complete(self, prompt: str, seed: int, choices: list[str] | None, settings: GenerationSettings, deadline: float):
-        body = {
+    def _plan_requests(self, prompts, seeds, choices, settings) -> list[tuple[list[int], dict]]:
+        """(row indices, request body) per HTTP request: greedy free rows grouped, the rest one each."""
+        common = {
             "model": self.config.model,
-            "prompt": prompt,
             "max_tokens": settings.max_new_tokens,
             "temperature": settings.temperature,
-            "seed": settings.seed * 1_000_003 + seed,
             "stop": [self.tokenizer.eos_token, "\n"],
         }
-        if choices is not None:
-            body["structured_outputs"] = {"choice": choices}  # vLLM's guided choice
-        try:
-            data = self._post_with_retries(body, deadline)
-        except EndpointError as error:
-            return "", 0, 0, str(error)
-        usage = data.get("usage") or {}
-        text = data["choices"][0]["text"].strip()
-        return text, usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0), None
+        requests, groupable = [], []
+        for row, (prompt, seed) in enumerate(zip(prompts, seeds)):
+            row_choices = None if choices is None else choices[row]
+            if self.config.prompts_per_request > 1 and settings.temperature == 0 and row_choices is None:
+                groupable.append(row)  # greedy: the seed changes nothing, so rows can share a request
+                continue
+            body = {**common, "prompt": prompt, "seed": settings.seed * 1_000_003 + seed}
+            if row_choices is not None:
+                body["structured_outputs"] = {"choice": row_choices}  # vLLM's guided choice
+            requests.append(([row], body))
+        size = self.config.prompts_per_request
+        for start in range(0, len(groupable), size):
+            rows = groupable[start:start + size]
+            requests.append((rows, {**common, "prompt": [prompts[row] for row in rows], "seed": settings.seed}))
+        return requests
 
-    def _post_with_retries(self, body: dict, deadline: float) -> dict:
+    def _send(self, rows: list[int], body: dict, deadline: float) -> list[_RowAnswer]:
+        """One request (retried as needed); one answer per row it carries."""
+        started = time.perf_counter()
+        retries = 0
+        try:
+            data, retries = self._post_with_retries(body, deadline)
+        except EndpointError as error:
+            self.request_stats.record(time.perf_counter() - started, getattr(error, "retries", 0), failed=True)
+            unavailable = isinstance(error, EndpointUnavailable)
+            return [_RowAnswer(error=str(error), unavailable=unavailable) for _ in rows]
+        self.request_stats.record(time.perf_counter() - started, retries, failed=False)
+        if isinstance(body["prompt"], str):
+            usage = data.get("usage") or {}
+            return [_RowAnswer(data["choices"][0]["text"].strip(), usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))]
+        # List form: one choice per prompt, matched by its index; usage is only given in total,
+        # so token counts per row come from the local tokenizer.
+        texts = {choice["index"]: choice["text"].strip() for choice in data["choices"]}
+        answers = []
+        for position, prompt in enumerate(body["prompt"]):
+            if position not in texts:
+                answers.append(_RowAnswer(error=f"{self.config.base_url}: no choice with index {position} in the answer"))
+                continue
+            text = texts[position]
+            answers.append(_RowAnswer(text, len(self.tokenizer(prompt)["input_ids"]), len(self.tokenizer(text)["input_ids"])))
+        return answers
+
+    def _post_with_retries(self, body: dict, deadline: float) -> tuple[dict, int]:
+        """The response JSON and how many retries it took."""
         last_problem = "no attempt made"
         for attempt in range(self.config.max_retries + 1):
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
-                raise EndpointError(f"deadline of {self.config.deadline_s}s passed ({last_problem})")
+                raise _with_retries(EndpointUnavailable(f"deadline of {self.config.deadline_s}s passed ({last_problem})"), attempt)
             try:
                 response = self.client.post("/completions", json=body, timeout=min(self.config.request_timeout_s, remaining))
             except httpx.TransportError as error:
                 last_problem = f"{type(error).__name__}: {error}"
             else:
                 if response.status_code == 200:
-                    return response.json()
+                    return response.json(), attempt
                 last_problem = f"HTTP {response.status_code}: {response.text[:200]}"
                 if response.status_code != 429 and response.status_code < 500:
-                    raise EndpointError(f"{self.config.base_url} refused the request: {last_problem}")
+                    raise _with_retries(EndpointError(f"{self.config.base_url} refused the request: {last_problem}"), attempt)
             if attempt < self.config.max_retries:
                 time.sleep(min(self.config.backoff_s * 2**attempt, max(0.0, deadline - time.perf_counter())))
-        raise EndpointError(f"{self.config.base_url}: gave up after {self.config.max_retries + 1} attempts ({last_problem})")
+        raise _with_retries(EndpointUnavailable(
+            f"{self.config.base_url}: gave up after {self.config.max_retries + 1} attempts ({last_problem})"), self.config.max_retries)
+
+
+def _with_retries(error: EndpointError, retries: int) -> EndpointError:
+    error.retries = retries  # for RequestStats: a failed request's retries count too
+    return error
 
 
 def load_endpoint(base_url: str, agent_dir: str | Path, model: str | None = None, **options) -> OpenAIEndpoint:

@@ -21,7 +21,8 @@ from agent.actions import Action, ActionError, expected_forms, parse_action
 DEFAULT_HISTORY_LENGTH = 4  # last actions shown; enough to see a loop, short enough for 135M models
 DEFAULT_MAX_OBSERVATION_CHARS = 2500  # observations are cut (at a line) beyond this
 SYSTEM_TEMPLATE = "{token} You are this shopper in an online store. Reply with one action: {forms}"
-_ELEMENT_LINE = re.compile(r"^\s*\[(\d+)\]", re.MULTILINE)
+# An element line starts with its id in ASCII digits; ids anywhere else in the text are page text.
+_ELEMENT_LINE = re.compile(r"^[ \t]*\[([0-9]+)\]", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,9 @@ def element_ids(observation: str) -> set[int]:
 
 def validate_action(output: str, observation: str) -> Action:
     """Parse the first line of a model output and check its id is on the page; raise ActionError."""
-    line = output.strip().split("\n", 1)[0] if output else ""
+    if not isinstance(output, str):
+        raise ActionError(f"expected the model's text, got {type(output).__name__}")
+    line = output.strip().split("\n", 1)[0]
     action = parse_action(line)
     if action.element_id is not None and action.element_id not in element_ids(observation):
         raise ActionError(f"element [{action.element_id}] is not on the page")

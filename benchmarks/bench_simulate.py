@@ -1,17 +1,19 @@
 """Throughput of the population simulation against the mock store, all measured in one run.
 
-    .venv/bin/python benchmarks/bench_simulate.py [--buyers 16] [--concurrency 8]
+    .venv/bin/python benchmarks/bench_simulate.py [--buyers 16] [--levels 1,2,4,8]
 
-Three runs of the same population (same shop mix, same seed, so the same buyers doing the same
-things) with the type-profile policy:
+Runs of the same population (same shop mix, same seed, so the same buyers doing the same things)
+with the type-profile policy, all through one BrowserPool (the same code path and settings at
+every concurrency):
 
-    browser, concurrency 1   the baseline
-    browser, concurrency C   target: at least 4x the baseline's buyers per minute
-    http,    concurrency C   the plain-HTTP driver against the browser driver at the same C
+    browser, concurrency 1          the baseline
+    browser, concurrency 2, 4, 8    target at the highest level: at least 4x the baseline's buyers/min
+    http,    highest concurrency    the plain-HTTP driver against the browser driver
 
-plus the memory one browser context costs: the proportional set size (PSS, so pages shared
-between Chromium processes count once) of this process and all its children, sampled during the
-concurrency-C browser run, minus the same measure with the browser open and no context, over C.
+plus what the browser costs: the proportional set size (PSS, so pages shared between Chromium
+processes count once) of this process and all its children, sampled during the highest-concurrency
+run, minus the same measure with the browser open and no context, over C; and the Chromium process
+count and resident memory before and after all runs (they should come back to where they were).
 
 The store serves products of the real REES46 log (/work/shared/data) in the built-in default
 layout (address, delivery, payment, review), and the codebook artifact is a small hand-written one with a buying,
@@ -39,7 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from agent.baselines import TypeProfilePolicy  # noqa: E402
-from harness.browser import BrowserPool  # noqa: E402
+from harness.browser import BrowserPool, pool_rss_mb  # noqa: E402
 from harness.simulate import SimulationConfig, run_simulation  # noqa: E402
 from storefronts.fixtures import rees46_catalog  # noqa: E402
 from storefronts.server import serve_store  # noqa: E402
@@ -103,7 +105,49 @@ class PssSampler:
         self._task.cancel()
 
 
-async def measure(store, codebook: Path, out: Path, buyers: int, concurrency: int) -> dict:
+class CpuMeter:
+    """CPU seconds spent by this process tree (Python, Playwright's driver, every Chromium process)
+    while open. A renderer's time is read while it lives (sampled), so one that ends between two
+    samples loses at most an interval's worth. Less disturbed by other load than wall time."""
+
+    def __init__(self, interval_s: float = 0.2):
+        self.interval_s = interval_s
+        self._start: dict[tuple[int, float], float] = {}
+        self._last: dict[tuple[int, float], float] = {}
+        self._task: asyncio.Task | None = None
+
+    def _read(self) -> dict[tuple[int, float], float]:
+        me = psutil.Process(os.getpid())
+        readings = {}
+        for process in [me, *me.children(recursive=True)]:
+            try:
+                times = process.cpu_times()
+                readings[(process.pid, process.create_time())] = times.user + times.system
+            except psutil.Error:
+                continue
+        return readings
+
+    async def _sample(self) -> None:
+        while True:
+            self._last.update(await asyncio.to_thread(self._read))
+            await asyncio.sleep(self.interval_s)
+
+    @property
+    def seconds(self) -> float:
+        return sum(value - self._start.get(key, 0.0) for key, value in self._last.items())
+
+    async def __aenter__(self) -> "CpuMeter":
+        self._start = self._read()
+        self._last = dict(self._start)
+        self._task = asyncio.get_running_loop().create_task(self._sample())
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        self._task.cancel()
+        self._last.update(self._read())
+
+
+async def measure(store, codebook: Path, out: Path, buyers: int, levels: list[int]) -> dict:
     def config(run_id: str, driver: str, c: int) -> SimulationConfig:
         return SimulationConfig(
             store_url=store.url, shop=SHOP, codebook_dir=codebook, buyers=buyers, concurrency=c, driver=driver,
@@ -117,19 +161,29 @@ async def measure(store, codebook: Path, out: Path, buyers: int, concurrency: in
     async def timed(run_id: str, driver: str, c: int, pool=None) -> dict:
         """One run's summary, plus the share of the machine's CPU time that stayed idle meanwhile."""
         before = psutil.cpu_times()
-        summary = (await run_simulation(config(run_id, driver, c), policy(), pool)).summary
+        async with CpuMeter() as cpu:
+            summary = (await run_simulation(config(run_id, driver, c), policy(), pool)).summary
         after = psutil.cpu_times()
         spent = sum(after) - sum(before)
         summary["cpu_idle_share"] = (after.idle - before.idle) / spent if spent > 0 else None
+        summary["cpu_s_per_buyer"] = cpu.seconds / max(1, summary["throughput"]["buyers_this_session"])
         return summary
 
-    results = {"http_cN": await timed(f"http-c{concurrency}", "http", concurrency)}
-    async with BrowserPool(max_concurrency=concurrency) as pool:
+    top = max(levels)
+    results = {"http": await timed(f"http-c{top}", "http", top), "browser": {}}
+    async with BrowserPool(max_concurrency=top) as pool:
         await asyncio.sleep(1.0)
         idle = PssSampler.current()  # browser open, no context
-        results["browser_c1"] = await timed("browser-c1", "browser", 1, pool)
-        with PssSampler() as sampler:
-            results["browser_cN"] = await timed(f"browser-c{concurrency}", "browser", concurrency, pool)
+        results["processes_before"] = (len(pool.processes()), pool_rss_mb(pool.processes()))
+        for c in levels:
+            if c == top:
+                with PssSampler() as sampler:
+                    results["browser"][c] = await timed(f"browser-c{c}", "browser", c, pool)
+            else:
+                results["browser"][c] = await timed(f"browser-c{c}", "browser", c, pool)
+        await asyncio.sleep(1.0)  # closed contexts take their renderers down asynchronously
+        results["processes_after"] = (len(pool.processes()), pool_rss_mb(pool.processes()))
+        results["relaunches"] = pool.relaunches
     results["pss_idle_mb"] = idle / 2**20
     results["pss_peak_mb"] = sampler.peak / 2**20
     return results
@@ -138,8 +192,11 @@ async def measure(store, codebook: Path, out: Path, buyers: int, concurrency: in
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--buyers", type=int, default=16, help="buyers per run (the same population each time)")
-    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--levels", default="1,2,4,8", help="browser concurrency levels, comma-separated")
     args = parser.parse_args()
+    args.levels = sorted({int(level) for level in args.levels.split(",")})
+    if args.levels[0] != 1:
+        sys.exit("--levels must include 1 (the baseline)")
     if not REES46.is_file():
         sys.exit(f"real data not found at {REES46}")
 
@@ -150,19 +207,20 @@ def main() -> None:
         variant = Variant()  # the built-in default store, payment step included
         started = time.perf_counter()
         with serve_store(real_catalog(), SHOP, variant=variant, db_path=work / "store.sqlite") as store:
-            results = asyncio.run(measure(store, codebook, work / "runs", args.buyers, args.concurrency))
+            results = asyncio.run(measure(store, codebook, work / "runs", args.buyers, args.levels))
         report(console, results, args, time.perf_counter() - started)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
 def report(console: Console, results: dict, args, total_s: float) -> None:
-    c = args.concurrency
-    rows = [("browser", 1, results["browser_c1"]), ("browser", c, results["browser_cN"]), ("http", c, results["http_cN"])]
-    baseline = results["browser_c1"]["throughput"]["buyers_per_min"]
-    browser_cn = results["browser_cN"]["throughput"]["buyers_per_min"]
+    c = max(args.levels)
+    rows = [("browser", level, results["browser"][level]) for level in args.levels] + [("http", c, results["http"])]
+    baseline = results["browser"][1]["throughput"]["buyers_per_min"]
+    browser_top = results["browser"][c]["throughput"]["buyers_per_min"]
     table = Table(title=f"simulate throughput: {args.buyers} buyers per run, type-profile policy, {os.cpu_count()} CPUs")
-    for column in ("driver", "C", "buyers/min", "steps/s", "steps", "converted", "store agrees", "mean batch", "CPU idle", "vs browser C=1"):
+    for column in ("driver", "C", "buyers/min", "steps/s", "steps", "converted", "store agrees", "mean batch", "CPU idle",
+                   "CPU s/buyer", "vs browser C=1"):
         table.add_column(column, justify="right")
     for driver, concurrency, summary in rows:
         throughput = summary["throughput"]
@@ -170,16 +228,31 @@ def report(console: Console, results: dict, args, total_s: float) -> None:
             driver, str(concurrency), f"{throughput['buyers_per_min']:.1f}", f"{throughput['steps_per_s']:.2f}",
             str(throughput["steps_this_session"]), f"{summary['converted']}/{summary['completed']}",
             f"{summary['store_counted']['agreement']:.0%}", f"{throughput['mean_batch_size']:.2f}",
-            f"{summary['cpu_idle_share']:.0%}",
+            f"{summary['cpu_idle_share']:.0%}", f"{summary['cpu_s_per_buyer']:.2f}",
             f"{throughput['buyers_per_min'] / baseline:.2f}x",
         )
     console.print(table)
     per_context = (results["pss_peak_mb"] - results["pss_idle_mb"]) / c
-    console.print(f"concurrency speed-up (browser c={c} / c=1): {browser_cn / baseline:.2f}x  (target >= 4x)")
-    console.print(f"http / browser at c={c}: {results['http_cN']['throughput']['buyers_per_min'] / browser_cn:.2f}x")
+    console.print(f"concurrency speed-up (browser c={c} / c=1): {browser_top / baseline:.2f}x  (target >= 4x)")
+    # What a machine with nothing else running could reach: c buyers at the C=1 pace, or all cores
+    # busy with this run's own CPU cost per buyer, whichever is lower.
+    c1 = results["browser"][1]
+    seconds_per_buyer_c1 = 60 / baseline
+    cpu_bound = os.cpu_count() * seconds_per_buyer_c1 / results["browser"][c]["cpu_s_per_buyer"]
+    console.print(
+        f"  on an otherwise idle machine at most {min(c, cpu_bound):.1f}x: C=1 takes {seconds_per_buyer_c1:.1f} s "
+        f"per buyer, one buyer costs {results['browser'][c]['cpu_s_per_buyer']:.2f} CPU s at c={c} "
+        f"({c1['cpu_s_per_buyer']:.2f} at C=1), {os.cpu_count()} CPUs"
+    )
+    console.print(f"http / browser at c={c}: {results['http']['throughput']['buyers_per_min'] / browser_top:.2f}x")
     console.print(
         f"memory: browser idle {results['pss_idle_mb']:.0f} MB PSS, peak at c={c} {results['pss_peak_mb']:.0f} MB "
         f"-> {per_context:.0f} MB per browser context"
+    )
+    (count_before, rss_before), (count_after, rss_after) = results["processes_before"], results["processes_after"]
+    console.print(
+        f"Chromium processes before/after all runs: {count_before} / {count_after}, "
+        f"RSS {rss_before:.0f} / {rss_after:.0f} MB; browser relaunches: {results['relaunches']}"
     )
     console.print(f"load average at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())}; total {total_s:.0f} s")
 

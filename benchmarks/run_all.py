@@ -19,6 +19,7 @@ BENCHMARKS = [
     ("bench_ingest_memory.py", ["--sizes", "0.25", "1", "2", "--memory-limit", "256MB"], ["--quick"]),
     ("bench_observation.py", [], ["--repeats", "3"]),
     ("bench_simulate.py", [], ["--buyers", "8"]),
+    ("bench_scale.py", [], ["--buyers", "6", "--levels", "1", "4", "--ray-concurrency", "2"]),
     ("bench_agent.py", [], ["--batch", "8", "--skip-smollm2"]),
 ]
 

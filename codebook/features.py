@@ -169,6 +169,7 @@ def build_features(
     with duckdb.connect() as con:
         con.execute("SET enable_progress_bar = false")
         _register_events(con, events_path)
+        con.execute(_compact_events_sql(browse_only))  # the one read of events.parquet
         survey = _survey(con, events_path)
         resolution = _check_resolution(resolution, survey, events_path)
         capabilities = _capabilities(survey, resolution)
@@ -176,8 +177,7 @@ def build_features(
 
         with _step(console, f"behavioural features ({len(specs)}) with DuckDB"):
             con.execute(FUNNEL_RATIO_MACRO)
-            con.execute(_compact_events_sql(browse_only))
-            table = con.sql(_behaviour_sql(specs, capabilities)).to_arrow_table()
+            table = con.sql(_behaviour_sql(specs, capabilities, browse_only)).to_arrow_table()
             table = _without_key_collisions(table, events_path)
             rows_without_browsing = 0
             if browse_only:
@@ -258,18 +258,33 @@ def _register_events(con: duckdb.DuckDBPyConnection, events_path: Path) -> None:
 
 
 def _survey(con: duckdb.DuckDBPyConnection, events_path: Path) -> dict:
-    """One scan over the events: reject rows ingest would never write, and find what the log has."""
+    """What the log has (prices, products, categories, a clock), from one scan of the compact
+    table `ev`; rows that ingest would never write are refused, named by `_refuse_bad_rows`."""
+    names = ["bad_rows", "prices", "products", "categories", "clock"]
+    row = con.execute(
+        """
+        SELECT count(*) FILTER (WHERE shop_id IS NULL OR buyer_id IS NULL OR t IS NULL OR et IS NULL),
+               count(price) > 0, coalesce(bool_or(has_product), FALSE), count(category) > 0,
+               coalesce(bool_or(t % 86400 <> 0), FALSE)
+        FROM ev
+        """
+    ).fetchone()
+    survey = dict(zip(names, row))
+    if survey["bad_rows"]:
+        _refuse_bad_rows(con, events_path)
+    return survey
+
+
+def _refuse_bad_rows(con: duckdb.DuckDBPyConnection, events_path: Path) -> None:
+    """A second scan, of the file itself, only when it holds bad rows: say which and how many."""
     incomplete = "shop_id IS NULL OR buyer_id IS NULL OR ts IS NULL OR event_type IS NULL"
     unknown = f"event_type NOT IN ({_sql_list(EVENT_TYPES)})"
-    names = ["incomplete", "first_incomplete", "unknown", "first_unknown", "unknown_values",
-             "prices", "products", "categories", "clock"]
+    names = ["incomplete", "first_incomplete", "unknown", "first_unknown", "unknown_values"]
     row = con.execute(
         f"""
         SELECT count(*) FILTER (WHERE {incomplete}), min(source_row) FILTER (WHERE {incomplete}),
                count(*) FILTER (WHERE {unknown}), min(source_row) FILTER (WHERE {unknown}),
-               list_slice(list(DISTINCT event_type) FILTER (WHERE {unknown}), 1, 5),
-               count(price) > 0, count(product_id) > 0, count(category) > 0,
-               coalesce(bool_or(epoch_us(ts) % 86400000000 <> 0), FALSE)
+               list_slice(list(DISTINCT event_type) FILTER (WHERE {unknown}), 1, 5)
         FROM events
         """
     ).fetchall()[0]
@@ -285,7 +300,7 @@ def _survey(con: duckdb.DuckDBPyConnection, events_path: Path) -> dict:
             f"(first at source_row {survey['first_unknown']}; values {survey['unknown_values']}); "
             f"expected one of {list(EVENT_TYPES)}"
         )
-    return survey
+    raise AssertionError(f"{events_path}: the compact table found bad rows that the file does not hold")
 
 
 def _check_resolution(resolution: str | None, survey: dict, events_path: Path) -> str:
@@ -330,7 +345,8 @@ def _compact_events_sql(browse_only: bool) -> str:
            epoch(ts) AS t,
            floor(epoch(ts) / 86400)::INTEGER AS day,
            floor((epoch(ts) % 86400 + 86400) % 86400 / 3600)::TINYINT AS hour,
-           event_type::ENUM({_sql_list(EVENT_TYPES, keep_order=True)}) AS et,
+           -- NULL for an unknown type, which _survey then refuses with the values it found
+           TRY_CAST(event_type AS ENUM({_sql_list(EVENT_TYPES, keep_order=True)})) AS et,
            hash(product_id) AS product, product_id IS NOT NULL AS has_product,
            category, price,
            {kept} AS kept
@@ -343,7 +359,7 @@ def _compact_events_sql(browse_only: bool) -> str:
 _TIMELINE_SQL = """timeline AS (
         SELECT k, t, day, sess, lag(t) OVER w AS t_before, lag(day) OVER w AS day_before,
                lag(sess) OVER w AS sess_before
-        FROM ev WHERE kept
+        FROM ev {where_kept}
         WINDOW w AS (PARTITION BY k ORDER BY t, sess)
     ),
     w AS (
@@ -356,17 +372,25 @@ _TIMELINE_SQL = """timeline AS (
 # Without a clock there are no gaps, and the days a buyer was active need no time order: the
 # day changes along the timeline exactly once per distinct day, so a count skips the sort.
 _ACTIVE_DAYS_SQL = """w AS (
-        SELECT k, count(DISTINCT day) AS active_days FROM ev WHERE kept GROUP BY k
+        SELECT k, count(DISTINCT day) AS active_days FROM ev {where_kept} GROUP BY k
     ),"""
 
 
-def _behaviour_sql(specs: list[FeatureSpec], capabilities: set[str]) -> str:
-    """One SELECT over the compact table `ev`: a grouped pass per grain, joined on `k`."""
+def _behaviour_sql(specs: list[FeatureSpec], capabilities: set[str], browse_only: bool = False) -> str:
+    """One SELECT over the compact table `ev`: a grouped pass per grain, joined on `k`.
+
+    Only browse-only runs have events to leave out (`kept`); otherwise every event counts and
+    the filters are left out of the SQL altogether, as a FILTER on each of some 30 aggregates
+    costs real time even when it is always true.
+    """
+    kept_and = "kept AND " if browse_only else ""
+    only_kept = " FILTER (WHERE kept)" if browse_only else ""
+    where_kept = "WHERE kept" if browse_only else ""
     counts = ",\n               ".join(
-        f"count(*) FILTER (WHERE kept AND et = '{kind}')::DOUBLE AS n_{kind}" for kind in EVENT_TYPES
+        f"count(*) FILTER (WHERE {kept_and}et = '{kind}')::DOUBLE AS n_{kind}" for kind in EVENT_TYPES
     )
     day_parts = "".join(
-        f",\n               avg((hour >= {lo} AND hour < {hi})::DOUBLE) FILTER (WHERE kept) AS share_{name}"
+        f",\n               avg((hour >= {lo} AND hour < {hi})::DOUBLE){only_kept} AS share_{name}"
         for name, (lo, hi) in DAY_PARTS.items()
     ) if CLOCK in capabilities else ""
     price_stats = "".join(
@@ -374,18 +398,18 @@ def _behaviour_sql(specs: list[FeatureSpec], capabilities: set[str]) -> str:
         for who, kind in [("viewed", "product_view"), ("carted", "add_to_cart")]
         for stat, agg in [("mean", "avg"), ("median", "median"), ("max", "max")]
     ) if PRICES in capabilities else ""
-    timeline = _TIMELINE_SQL if CLOCK in capabilities else _ACTIVE_DAYS_SQL
+    timeline = (_TIMELINE_SQL if CLOCK in capabilities else _ACTIVE_DAYS_SQL).format(where_kept=where_kept)
     selected = ",\n           ".join(f"({spec.sql})::DOUBLE AS {spec.column.name}" for spec in specs)
     return f"""
     WITH b AS (  -- one pass per buyer for everything that needs no finer grain
         SELECT k, min(shop_id) AS shop_id, min(buyer_id) AS buyer_id,
                min(shop_id) <> max(shop_id) OR min(buyer_id) <> max(buyer_id) AS key_collision,
-               count(*) FILTER (WHERE kept)::DOUBLE AS n,
+               count(*){only_kept}::DOUBLE AS n,
                {counts},
                -- 1970-01-01 was a Thursday: (day + 4) mod 7 is 0 on Sundays and 6 on Saturdays.
-               avg(((day % 7 + 11) % 7 IN (0, 6))::DOUBLE) FILTER (WHERE kept) AS weekend_share{day_parts},
-               (max(t) FILTER (WHERE kept) - min(t) FILTER (WHERE kept)) / 86400 AS tenure_days,
-               max(t) FILTER (WHERE kept) AS last_seen,
+               avg(((day % 7 + 11) % 7 IN (0, 6))::DOUBLE){only_kept} AS weekend_share{day_parts},
+               (max(t){only_kept} - min(t){only_kept}) / 86400 AS tenure_days,
+               max(t){only_kept} AS last_seen,
                -- info columns: labels over every event, whatever the protocol
                max((et IN ({_sql_list(PURCHASE_EVENT_TYPES)}))::TINYINT) AS converted,
                count(*) AS n_events,
@@ -396,7 +420,7 @@ def _behaviour_sql(specs: list[FeatureSpec], capabilities: set[str]) -> str:
     visits AS (
         SELECT k, count(*) AS events, max(t) - min(t) AS duration,
                bool_or(et = 'purchase')::DOUBLE AS bought
-        FROM ev WHERE kept GROUP BY k, sess
+        FROM ev {where_kept} GROUP BY k, sess
     ),
     s AS (
         SELECT k, count(*) AS sessions, avg(events) AS events_mean, max(events) AS events_max,

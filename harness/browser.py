@@ -8,6 +8,17 @@
 
 Observation runs harness/stamp.js inside the page (one evaluate per observation), so element ids
 live in the DOM as `data-sp-id` and every action resolves by locator, never by position.
+
+A page is ready when its `load` event has fired, no fetch/XHR call and no short timer of it is
+pending and its DOM has had no mutation for `settle_ms` (one in-page wait, which also reads the
+order-confirmation marker), so content a page adds a moment after loading is seen, and a static
+page costs `settle_ms` and no more.
+
+The pool outlives its browser: when Chromium dies or disconnects (killed, out of memory), the
+sessions in flight raise BrowserSessionLost and the next `session()` relaunches it
+(`pool.relaunches` counts that). A killed renderer ends only its own buyer's session. Closing the
+pool, also after a crash or a cancellation, leaves no Chromium process behind;
+`chromium_processes()` and `pool_rss_mb()` let a long run check that.
 """
 
 from __future__ import annotations
@@ -16,9 +27,12 @@ import asyncio
 import json
 import logging
 import os
+import uuid
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import AsyncIterator
+
+import psutil
 
 from playwright.async_api import (
     Browser, BrowserContext, Error as PlaywrightError, Page, Route, Request,
@@ -39,9 +53,24 @@ from harness.safety import SiteGuard
 log = logging.getLogger("simpersona.browser")
 
 SYSTEM_CHROMIUM_PATHS = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
+# Chromium keeps only the last --disable-features switch, so Playwright's own list is repeated here.
+PLAYWRIGHT_DISABLED_FEATURES = (
+    "AvoidUnnecessaryBeforeUnloadCheckSync", "DestroyProfileOnBrowserClose", "HttpsUpgrades",
+    "HttpsFirstBalancedModeAutoEnable", "LensOverlay", "MediaRouter", "PaintHolding",
+    "ThirdPartyStoragePartitioning", "AvoidCorsURLLoaderRestartOnRedirect", "OptimizationHints",
+    "NetworkTimeServiceQuerying", "AimEnabled", "PreconnectToSearch",
+)
+# Every new context opens a browser window, and each window started two renderers nobody uses: the
+# omnibox popup (a WebUI page) and a spare renderer. Without them a buyer costs one renderer
+# process instead of three, which cut Chromium's CPU per buyer by about a third (measured).
+UNUSED_WINDOW_FEATURES = (
+    "WebUIOmniboxPopup", "WebUIOmniboxAimPopup", "WebUIOmniboxFullPopup", "WebUIReloadButton",
+    "PreloadTopChromeWebUI", "SpareRendererForSitePerProcess",
+)
 CHROMIUM_ARGS = (
     "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
     "--disable-sync", "--no-first-run", "--disable-quic",
+    "--disable-features=" + ",".join(PLAYWRIGHT_DISABLED_FEATURES + UNUSED_WINDOW_FEATURES),
 )
 DEFAULT_MAX_CONTEXTS = 8            # buyers with an open browser context at the same time
 DEFAULT_ACTION_TIMEOUT_MS = 5000     # a click/fill that cannot happen in this time is an error
@@ -54,8 +83,62 @@ _PAGE_TEXT_JS = """(args) => {
   return {text: (document.body ? document.body.innerText : '').slice(0, args.limit),
           product: node ? node.innerText : ''};
 }"""
-_ORDER_ID_JS = """() => { const m = document.querySelector('meta[name="sp-order-id"]');
-  return m ? (m.getAttribute('content') || '') : ''; }"""
+# Runs first in every document: counts what the page is still waiting for, so the settle check
+# below can wait for content a page adds a moment after loading: pending short timers (setTimeout
+# up to 1 s) and fetch/XMLHttpRequest calls in flight.
+_PENDING_WORK_JS = """(() => {
+  if (window.__spPending) return;
+  const pending = window.__spPending = {timers: new Set(), requests: 0};
+  const setTimeoutOriginal = window.setTimeout, clearTimeoutOriginal = window.clearTimeout;
+  window.__spSetTimeout = setTimeoutOriginal.bind(window);
+  window.setTimeout = function (callback, delay, ...rest) {
+    if (typeof callback !== "function" || Number(delay) > 1000) return setTimeoutOriginal.call(this, callback, delay, ...rest);
+    const id = setTimeoutOriginal.call(this, function () { pending.timers.delete(id); return callback.apply(this, arguments); }, delay, ...rest);
+    pending.timers.add(id);
+    return id;
+  };
+  window.clearTimeout = function (id) { pending.timers.delete(id); return clearTimeoutOriginal.call(this, id); };
+  if (window.fetch) {
+    const fetchOriginal = window.fetch;
+    window.fetch = function () {
+      pending.requests++;
+      return fetchOriginal.apply(this, arguments).finally(() => { pending.requests--; });
+    };
+  }
+  const sendOriginal = XMLHttpRequest.prototype.send;
+  XMLHttpRequest.prototype.send = function () {
+    pending.requests++;
+    this.addEventListener("loadend", () => { pending.requests--; }, {once: true});
+    try { return sendOriginal.apply(this, arguments); } catch (error) { pending.requests--; throw error; }
+  };
+})();"""
+
+# Resolves once nothing is pending and the DOM has had no mutation for quietMs (or capMs after the
+# start, whichever comes first), then returns the order-confirmation marker: the page-ready check
+# and the arrival check in one round trip.
+_SETTLE_JS = """async ([quietMs, capMs]) => {
+  const start = performance.now();
+  let lastChange = start;
+  const observer = new MutationObserver(() => { lastChange = performance.now(); });
+  observer.observe(document, {subtree: true, childList: true, attributes: true, characterData: true});
+  const pending = window.__spPending || {timers: new Set(), requests: 0};
+  const later = window.__spSetTimeout || setTimeout;
+  await new Promise((resolve) => {
+    (function check() {
+      const now = performance.now(), quietFor = now - lastChange;
+      const busy = pending.timers.size > 0 || pending.requests > 0;
+      if ((!busy && quietFor >= quietMs) || now - start >= capMs) return resolve();
+      later(check, busy ? 20 : Math.max(5, quietMs - quietFor));
+    })();
+  });
+  observer.disconnect();
+  const m = document.querySelector('meta[name="sp-order-id"]');
+  return m ? (m.getAttribute('content') || '') : '';
+}"""
+
+
+class BrowserSessionLost(RuntimeError):
+    """The buyer's page can no longer be driven: its renderer crashed or the browser died."""
 
 
 def find_chromium() -> str | None:
@@ -64,6 +147,31 @@ def find_chromium() -> str | None:
         if os.access(candidate, os.X_OK):
             return candidate
     return None
+
+
+def chromium_processes(root: psutil.Process | None = None) -> list[psutil.Process]:
+    """The Chromium processes below `root` (default: this process), through Playwright's driver."""
+    root = root or psutil.Process()
+    found = []
+    for process in root.children(recursive=True):
+        try:
+            if "chrom" in process.name().lower():
+                found.append(process)
+        except psutil.Error:   # ended meanwhile
+            continue
+    return found
+
+
+def pool_rss_mb(processes: list[psutil.Process] | None = None) -> float:
+    """Resident memory of the Chromium processes (default: all below this process), in MB.
+    Shared pages count once per process, so this overstates the total; it is for watching trends."""
+    total = 0
+    for process in chromium_processes() if processes is None else processes:
+        try:
+            total += process.memory_info().rss
+        except psutil.Error:
+            continue
+    return total / 2**20
 
 
 class BrowserPool:
@@ -86,16 +194,20 @@ class BrowserPool:
         self.viewport = viewport
         self.launch_args = launch_args
         self.browser: Browser | None = None
+        self.relaunches = 0             # browsers started again after one died
         self._playwright = None
         self._slots: asyncio.Semaphore | None = None
+        self._launch_lock = asyncio.Lock()
+        self._launched: dict[int, float] = {}   # pid -> create time of every Chromium process seen
+        # An inert switch that marks this pool's browser process among others (tests run several).
+        self._marker = f"--simpersona-pool={uuid.uuid4().hex}"
 
     async def __aenter__(self) -> "BrowserPool":
         if self.executable_path is None:
             log.info("no system Chromium found; using Playwright's own browser")
         self._playwright = await async_playwright().start()
         try:
-            self.browser = await self._playwright.chromium.launch(
-                headless=self.headless, executable_path=self.executable_path, args=list(self.launch_args))
+            await self._launch()
         except BaseException:
             await self._playwright.stop()
             raise
@@ -103,35 +215,137 @@ class BrowserPool:
         return self
 
     async def __aexit__(self, *exc_info) -> None:
+        self._note_processes()
         try:
             if self.browser is not None:
-                await self.browser.close()
+                await asyncio.shield(self._close_browser(self.browser))
         finally:
             self.browser = None
-            if self._playwright is not None:
-                await self._playwright.stop()
+            try:
+                if self._playwright is not None:
+                    await asyncio.shield(self._playwright.stop())
+            finally:
                 self._playwright = None
+                self._reap()
+
+    async def _launch(self) -> None:
+        self.browser = await self._playwright.chromium.launch(
+            headless=self.headless, executable_path=self.executable_path, args=[*self.launch_args, self._marker])
+        self._note_processes()
+
+    async def _relaunch(self) -> None:
+        """Start a new browser if the current one died; one relaunch however many buyers notice."""
+        async with self._launch_lock:
+            if self.browser is not None and self.browser.is_connected():
+                return
+            log.warning("Chromium died or disconnected; relaunching")
+            self._note_processes()
+            if self.browser is not None:
+                await self._close_browser(self.browser)
+            await asyncio.to_thread(self._reap)
+            try:
+                await self._launch()
+            except PlaywrightError:   # Playwright's driver went down with it: start that again too
+                log.warning("restarting Playwright's driver")
+                try:
+                    await self._playwright.stop()
+                except Exception as error:   # noqa: BLE001 - it is gone either way
+                    log.debug("stopping the old driver: %s", error)
+                self._playwright = await async_playwright().start()
+                await self._launch()
+            self.relaunches += 1
+
+    @staticmethod
+    async def _close_browser(browser: Browser) -> None:
+        try:
+            await browser.close()
+        except PlaywrightError as error:   # already gone
+            log.debug("closing the browser: %s", _first_line(error))
+
+    def processes(self) -> list[psutil.Process]:
+        """This pool's Chromium processes: its browser process and everything below it."""
+        found = []
+        for process in chromium_processes():
+            try:
+                if self._marker in process.cmdline():
+                    found += [process, *process.children(recursive=True)]
+            except psutil.Error:
+                continue
+        return found
+
+    def _note_processes(self) -> None:
+        """Remember our Chromium processes, so none can outlive the pool (see _reap); forget the
+        ones that ended, so that a long run does not collect dead process ids."""
+        self._launched = {pid: created for pid, created in self._launched.items() if psutil.pid_exists(pid)}
+        for process in self.processes():
+            try:
+                self._launched[process.pid] = process.create_time()
+            except psutil.Error:
+                continue
+
+    def _reap(self, timeout_s: float = 5.0) -> None:
+        """Wait for the Chromium processes this pool started to end; kill the ones that do not
+        (a browser killed from outside can leave its zygote or GPU process behind)."""
+        ours = []
+        for pid, created in self._launched.items():
+            try:
+                process = psutil.Process(pid)
+                if process.create_time() == created:   # not a new process that reused the pid
+                    ours.append(process)
+            except psutil.Error:
+                continue
+        self._launched.clear()
+        _, alive = psutil.wait_procs(ours, timeout=timeout_s)
+        for process in alive:
+            log.warning("killing leftover Chromium process %d", process.pid)
+            try:
+                process.kill()
+            except psutil.Error:
+                continue
+        psutil.wait_procs(alive, timeout=timeout_s)
 
     @asynccontextmanager
     async def session(self, buyer_tag: str, guard: SiteGuard | None = None) -> AsyncIterator["BrowserSession"]:
-        if self.browser is None or self._slots is None:
+        if self._playwright is None or self._slots is None:
             raise RuntimeError("BrowserPool is not open: use `async with BrowserPool() as pool:`")
         guard = guard if guard is not None else SiteGuard()
         async with self._slots:
-            context = await self.browser.new_context(
-                extra_http_headers={BUYER_HEADER: buyer_tag},
-                viewport={"width": self.viewport[0], "height": self.viewport[1]},
-                service_workers="block",   # a service worker would bypass the guard's routing
-            )
+            if self.browser is None or not self.browser.is_connected():
+                await self._relaunch()
+            browser = self.browser
             try:
+                context = await browser.new_context(
+                    extra_http_headers={BUYER_HEADER: buyer_tag},
+                    viewport={"width": self.viewport[0], "height": self.viewport[1]},
+                    service_workers="block",   # a service worker would bypass the guard's routing
+                )
+            except PlaywrightError as error:
+                if not browser.is_connected():
+                    raise BrowserSessionLost(f"the browser died before {buyer_tag} started: {_first_line(error)}") from error
+                raise
+            try:
+                await context.add_init_script(_PENDING_WORK_JS)
                 context.set_default_timeout(self.action_timeout_ms)
                 context.set_default_navigation_timeout(self.navigation_timeout_ms)
                 page = await context.new_page()
+                self._note_processes()   # the new renderer too
                 session = BrowserSession(self, context, page, buyer_tag, guard)
                 await context.route("**/*", session._route)
                 yield session
+            except PlaywrightError as error:
+                if not browser.is_connected():
+                    raise BrowserSessionLost(f"the browser died during {buyer_tag}: {_first_line(error)}") from error
+                raise
             finally:
-                await context.close()
+                # Shielded: a cancelled buyer still closes its context (and with it the renderer).
+                await asyncio.shield(_close_quietly(context))
+
+
+async def _close_quietly(context: BrowserContext) -> None:
+    try:
+        await context.close()
+    except PlaywrightError as error:   # the browser died meanwhile: nothing left to close
+        log.debug("closing a context: %s", _first_line(error))
 
 
 class BrowserSession:
@@ -147,8 +361,14 @@ class BrowserSession:
         self._scrolled_from: list[int] = []   # earlier starts, for `scroll up`
         self._error: str | None = None  # the last action's error, shown in the next observation
         self._blocked_pages: list[str] = []
+        self._lost: str | None = None   # why this page can no longer be driven
         page.on("framenavigated", self._on_navigated)
+        page.on("crash", lambda _: self._mark_lost("the page's renderer process crashed"))
+        page.on("close", lambda _: self._mark_lost("the page was closed"))
         context.on("page", self._on_popup)
+        # A later hop of a redirect chain is not routed (see _forward); one that leaves the
+        # allow-list is at least logged as a blocked request.
+        context.on("request", lambda request: request.redirected_from and guard.note_unrouted_request(request.url))
 
     # -- the BuyerSession interface -------------------------------------------------------------
 
@@ -158,10 +378,10 @@ class BrowserSession:
         try:
             await self.page.goto(url, wait_until="load")
         except PlaywrightError as error:
+            self._raise_if_lost(error)
             outcome = StepOutcome(error=self._navigation_error(url, error))
         else:
-            await self._settle()
-            outcome = await self._arrival() or StepOutcome()
+            outcome = await self._settle_and_arrive()
         self._error = outcome.error
         return outcome
 
@@ -180,9 +400,11 @@ class BrowserSession:
                 outcome = StepOutcome(error=f"not visited: {self._blocked_pages[-1]}")
         except ActionError as error:
             outcome = StepOutcome(error=str(error))
-        except PlaywrightTimeoutError:
+        except PlaywrightTimeoutError as error:
+            self._raise_if_lost(error)
             outcome = StepOutcome(error=f"{action} timed out: the element could not be used (covered, disabled or moving)")
         except PlaywrightError as error:
+            self._raise_if_lost(error)
             outcome = StepOutcome(error=self._blocked_pages[-1] if self._blocked_pages else f"{action} failed: {_first_line(error)}")
         self._error = outcome.error
         return outcome
@@ -194,20 +416,60 @@ class BrowserSession:
         for attempt in range(2):
             try:
                 return PageSnapshot.from_dict(json.loads(await self.page.evaluate(STAMP_JS, STAMP_RULES_JSON)))
-            except PlaywrightError:
+            except PlaywrightError as error:
+                self._raise_if_lost(error)
                 if attempt:
                     raise
                 await self._settle()
         raise AssertionError("unreachable")
 
-    async def _settle(self) -> None:
-        """Load, then network idle (capped: some pages never go idle), then a short settle."""
-        for state, timeout in (("load", self.pool.navigation_timeout_ms), ("networkidle", NETWORK_IDLE_TIMEOUT_MS)):
+    async def _settle(self) -> str:
+        """Wait until the page is ready: `load` fired, then no short timer and no fetch/XHR
+        pending and the DOM quiet for settle_ms, all checked inside the page; the wait after
+        `load` is capped (some pages never go quiet). Returns the order id the page shows ('' when
+        none).
+
+        A local store answers in milliseconds, so this replaces Playwright's network-idle state,
+        which always waits 500 ms after the last request.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + NETWORK_IDLE_TIMEOUT_MS / 1000
+        for _ in range(3):   # a navigation that starts during the wait restarts it
+            self._raise_if_lost()
             try:
-                await self.page.wait_for_load_state(state, timeout=timeout)
-            except PlaywrightError:
-                pass
-        await asyncio.sleep(self.pool.settle_ms / 1000)
+                await self.page.wait_for_load_state("load", timeout=self.pool.navigation_timeout_ms)
+            except PlaywrightError as error:
+                self._raise_if_lost(error)
+            left_ms = max(0.0, (deadline - loop.time()) * 1000)
+            try:
+                return await self.page.evaluate(_SETTLE_JS, [self.pool.settle_ms, left_ms])
+            except PlaywrightError as error:   # the page navigated meanwhile
+                self._raise_if_lost(error)
+        return ""
+
+    async def _settle_and_arrive(self) -> StepOutcome:
+        """Settle, then: did this step reach an order confirmation?"""
+        order_id = await self._settle()
+        if order_id:
+            return StepOutcome(done=True, converted=True, detail={"order_id": order_id, "url": self.page.url})
+        if CONFIRMATION_URL_PATTERN.search(self.page.url):
+            return StepOutcome(done=True, converted=True, detail={"order_id": None, "url": self.page.url})
+        return StepOutcome()
+
+    def _mark_lost(self, reason: str) -> None:
+        if self._lost is None:
+            self._lost = reason
+
+    def _raise_if_lost(self, error: BaseException | None = None) -> None:
+        """Raise BrowserSessionLost if the page, its context or the browser is gone: the buyer
+        cannot go on, and an error outcome would only repeat for every remaining step."""
+        browser = self.context.browser
+        if self._lost is None and browser is not None and not browser.is_connected():
+            self._mark_lost("the browser died or disconnected")
+        if self._lost is None and error is not None and _is_gone_error(error):
+            self._mark_lost(_first_line(error))
+        if self._lost is not None:
+            raise BrowserSessionLost(f"buyer {self.buyer_tag}: {self._lost}") from error
 
     # -- actions --------------------------------------------------------------------------------
 
@@ -229,9 +491,7 @@ class BrowserSession:
             return intercepted
         locator = self.page.locator(f'[data-sp-id="{raw.id}"]').first
         if action.verb == "click":
-            # A new tab would leave this buyer behind: open links in the same tab.
-            await locator.evaluate("el => { if (el.closest('a')) el.closest('a').removeAttribute('target'); }")
-            await locator.click()
+            await locator.click()   # links open in the same tab: stamp.js removed their target
         elif action.verb == "type":
             if not is_form_field(raw) or raw.tag == "select" or raw.input_type in ("checkbox", "radio"):
                 return StepOutcome(error=f"cannot type into [{raw.id}] ({raw.tag}); type into a text field")
@@ -246,16 +506,14 @@ class BrowserSession:
             await locator.select_option(index=index)
         else:
             raise ActionError(f"unknown action {action.verb!r}")
-        await self._settle()
-        return await self._arrival() or StepOutcome()
+        return await self._settle_and_arrive()
 
     async def _back(self) -> StepOutcome:
         before = self.page.url
         response = await self.page.go_back(wait_until="load")
         if response is None and self.page.url == before:
             return StepOutcome(error="there is no previous page")
-        await self._settle()
-        return await self._arrival() or StepOutcome()
+        return await self._settle_and_arrive()
 
     async def _scroll(self, snapshot: PageSnapshot, direction: str) -> StepOutcome:
         self._start, error = scroll_window(snapshot, self._start, self._scrolled_from, direction,
@@ -271,15 +529,6 @@ class BrowserSession:
             await self.page.evaluate("() => window.scrollTo(0, 0)")
         await self._settle()
         return StepOutcome()
-
-    async def _arrival(self) -> StepOutcome | None:
-        """Did this step reach an order confirmation?"""
-        order_id = await self.page.evaluate(_ORDER_ID_JS)
-        if order_id:
-            return StepOutcome(done=True, converted=True, detail={"order_id": order_id, "url": self.page.url})
-        if CONFIRMATION_URL_PATTERN.search(self.page.url):
-            return StepOutcome(done=True, converted=True, detail={"order_id": None, "url": self.page.url})
-        return None
 
     async def _intercept_payment(self, action: Action, raw: RawElement, snapshot: PageSnapshot) -> StepOutcome | None:
         """On a store that is not ours, a pay/place-order step ends the episode unsent."""
@@ -313,9 +562,32 @@ class BrowserSession:
                     self._blocked_pages.append(reason)
                 await route.abort("blockedbyclient")
             else:
-                await route.continue_()
+                await self._forward(route, request, is_page)
         except PlaywrightError:
             pass   # the page or context closed meanwhile
+
+    async def _forward(self, route: Route, request: Request, is_page: bool) -> None:
+        """Send an allowed request; a redirect reaches the browser only if the guard allows its target.
+
+        Chromium follows redirects without routing them again, so the request is fetched here
+        without following, and the hop is checked before the browser sees the redirect.
+        """
+        if not request.url.startswith(("http:", "https:")):
+            await route.continue_()   # data:, blob: and the like never leave the browser
+            return
+        try:
+            response = await route.fetch(max_redirects=0, timeout=self.pool.navigation_timeout_ms)
+        except PlaywrightError:
+            await route.abort("failed")   # unreachable host, reset connection: the page sees a network error
+            return
+        reason = await self.guard.check_redirect(request.url, response.status, response.headers.get("location"),
+                                                 is_page=is_page)
+        if reason:
+            if is_page and request.frame == self.page.main_frame:
+                self._blocked_pages.append(reason)
+            await route.abort("blockedbyclient")
+        else:
+            await route.fulfill(response=response)
 
     def _on_navigated(self, frame) -> None:
         if frame == self.page.main_frame:
@@ -330,6 +602,15 @@ class BrowserSession:
         if self._blocked_pages:
             return f"not visited: {self._blocked_pages[-1]}"
         return f"could not open {url}: {_first_line(error)}"
+
+
+_GONE_MESSAGES = ("target crashed", "page crashed", "target page, context or browser has been closed",
+                  "browser has been closed", "browser has disconnected", "connection closed")
+
+
+def _is_gone_error(error: BaseException) -> bool:
+    """Playwright's way of saying the page, its context or the browser no longer exists."""
+    return any(message in str(error).lower() for message in _GONE_MESSAGES)
 
 
 def _first_line(error: BaseException) -> str:

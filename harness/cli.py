@@ -6,6 +6,9 @@ from harness import cli_store  # noqa: F401  (serve-store)
 from harness import cli_observe  # noqa: F401  (observe)
 from harness import cli_simulate  # noqa: F401  (simulate)
 from harness import cli_agent  # noqa: F401  (train-agent)
+from harness import cli_ab  # noqa: F401  (ab: A/B and A/A what-if runs)
+from harness import cli_replay  # noqa: F401  (make-traces)
+from harness import cli_evaluate  # noqa: F401  (evaluate: held-out shops; report)
 
 __all__ = ["app"]
 

@@ -18,6 +18,7 @@ from harness.cli_app import app
 from harness.rundir import RunDirError
 
 STORE_DB_FILE = "store.sqlite"
+INTERRUPT_SIGNALS = {"SIGINT": 2, "SIGTERM": 15}  # exit status 128 + signal number, as shells expect
 
 
 class PolicyName(str, Enum):
@@ -57,10 +58,20 @@ def simulate(
     seed: int = typer.Option(0, "--seed", help="Seed of the population (codes and per-buyer seeds)."),
     out: Path = typer.Option(Path("runs"), "--out", help="Directory that holds run directories."),
     run_id: str = typer.Option(None, "--run-id", help="Name of the run directory (default: time and shop)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out/--run-id, running only missing buyers."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out/--run-id: run the buyers it lacks and those that ended in an error; repair damaged lines."),
     allow_host: list[str] = typer.Option([], "--allow-host", help="Another host buyers may visit (repeatable)."),
     rate_limit: float = typer.Option(None, "--rate-limit", help="Requests per second per host on a live store."),
     ignore_robots: bool = typer.Option(False, "--ignore-robots", help="Do not honour robots.txt (only for stores you own)."),
+    error_rate: float = typer.Option(0.0, "--error-rate", help="With --catalog: share of store requests answered HTTP 500."),
+    drop_rate: float = typer.Option(0.0, "--drop-rate", help="With --catalog: share of store connections dropped mid-response."),
+    delay_ms: int = typer.Option(0, "--delay-ms", help="With --catalog: delay added to store responses (see --slow-rate)."),
+    slow_rate: float = typer.Option(1.0, "--slow-rate", help="With --catalog: share of store requests that get --delay-ms."),
+    fault_seed: int = typer.Option(0, "--fault-seed", help="With --catalog: seed choosing which store requests fail."),
+    settle_ms: int = typer.Option(None, "--settle-ms", min=0, help="Browser: wait after each page load (default: the driver's)."),
+    ray: str = typer.Option(
+        None, "--ray", help="Shard the buyers over a Ray cluster: 'auto' (a running one, else a local one) or its ADDRESS."
+    ),
+    shards: int = typer.Option(None, "--shards", min=1, help="With --ray: number of shards (default: one per cluster CPU)."),
 ) -> None:
     """Simulate a population of a shop's buyer types shopping at a store."""
     from harness.simulate import default_run_id
@@ -69,15 +80,20 @@ def simulate(
         raise typer.BadParameter("give exactly one of --store URL or --catalog PATH", param_hint="--store/--catalog")
     if resume and run_id is None:
         raise typer.BadParameter("--resume needs the --run-id of the run to continue", param_hint="--run-id")
+    faults = _faults(error_rate, drop_rate, delay_ms, slow_rate, fault_seed, serving_ours=catalog is not None)
+    if shards is not None and ray is None:
+        raise typer.BadParameter("--shards needs --ray auto|ADDRESS", param_hint="--shards")
     console = Console()
     try:
         _run(
             console,
-            make_policy(policy, codebook),
+            make_policy(policy, codebook) if ray is None else _policy_spec(policy, codebook),
             store=store,
             catalog=catalog,
             catalog_shop=catalog_shop or shop,
             variant=variant,
+            faults=faults,
+            scale=_scale_config(ray, shards),
             shop=shop,
             codebook=codebook,
             out_dir=out,
@@ -91,35 +107,63 @@ def simulate(
             allow_hosts=tuple(allow_host),
             rate_limit_per_s=rate_limit,
             respect_robots=not ignore_robots,
+            settle_ms=settle_ms,
         )
     except (ValueError, RunDirError) as error:  # bad input: say which file or option, no traceback
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(1) from None
 
 
-def _run(console, policy, *, store, catalog, catalog_shop, variant, shop, codebook, out_dir, run_id, **options) -> None:
-    """Serve the mock store if asked, run the simulation, print the summary."""
+def _faults(error_rate: float, drop_rate: float, delay_ms: int, slow_rate: float, seed: int, serving_ours: bool):
+    """The mock store's fault injection from the command line; None when no fault is asked for."""
+    from storefronts.faults import Faults
+
+    try:
+        faults = Faults(error_rate=error_rate, delay_ms=delay_ms, drop_rate=drop_rate, slow_rate=slow_rate, seed=seed)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--error-rate/--drop-rate/--delay-ms/--slow-rate") from None
+    if not faults.active:
+        return None
+    if not serving_ours:
+        raise typer.BadParameter("fault injection needs our mock store: use --catalog, not --store", param_hint="--error-rate")
+    return faults
+
+
+def _run(console, policy, *, store, catalog, catalog_shop, variant, shop, codebook, out_dir, run_id, faults=None,
+         scale=None, **options) -> None:
+    """Serve the mock store if asked, run the simulation (sharded over Ray when scale is given), print the summary."""
     from harness.simulate import simulate
 
-    serving = _serve_mock_store(catalog, catalog_shop, variant, out_dir, run_id) if catalog else nullcontext(None)
+    serving = _serve_mock_store(catalog, catalog_shop, variant, out_dir, run_id, faults) if catalog else nullcontext(None)
     with serving as mock_store:
         if mock_store is not None:
             store = mock_store.url
             options.update(store_db=mock_store.db_path, our_store=True, variant=mock_store.variant.name)
         elif variant:
             options["variant"] = variant
-        result = simulate(store, shop, codebook, policy, out_dir=out_dir, run_id=run_id, **options)
+        if scale is not None:
+            result = _simulate_sharded(store, shop, codebook, policy, scale, out_dir=out_dir, run_id=run_id, **options)
+        else:
+            result = simulate(store, shop, codebook, policy, out_dir=out_dir, run_id=run_id, **options)
     _print_summary(console, result.run_dir, result.summary)
+    interrupted = getattr(result, "interrupted", None)  # a sharded run's result may not say
+    if interrupted:
+        # The buyers in flight were not written; a resume runs exactly the missing ones.
+        console.print(
+            f"[yellow]stopped by {interrupted}[/yellow]: {result.summary['completed']} of "
+            f"{result.summary['buyers']} buyers written; continue with --resume --run-id {run_id}"
+        )
+        raise typer.Exit(128 + INTERRUPT_SIGNALS.get(interrupted, 2))
 
 
-def _serve_mock_store(catalog: Path, shop: str, variant: str | None, out: Path, run_id: str):
+def _serve_mock_store(catalog: Path, shop: str, variant: str | None, out: Path, run_id: str, faults=None):
     """Our mock store for this run; its order log lives in the run directory, so a resumed run
     keeps counting into the same log."""
     from storefronts.server import serve_store
 
     db_path = out / run_id / STORE_DB_FILE
     db_path.parent.mkdir(parents=True, exist_ok=True)
-    return serve_store(catalog, shop, variant=variant or "default", db_path=db_path)
+    return serve_store(catalog, shop, variant=variant or "default", db_path=db_path, faults=faults)
 
 
 def _print_summary(console: Console, run_dir: Path, summary: dict) -> None:
@@ -131,6 +175,10 @@ def _print_summary(console: Console, run_dir: Path, summary: dict) -> None:
         + (f"  rate {rate:.1%}" if rate is not None else "")
         + (f"  real {real:.1%}" if real is not None else "")
     )
+    outcomes = summary.get("outcomes") or {}
+    console.print("outcomes " + "  ".join(f"{name} {n}" for name, n in outcomes.items())
+                  + f"  retried {summary.get('retried_buyers', 0)}"
+                  + ("" if summary.get("complete", True) else "  [yellow](partial run)[/yellow]"))
     for code, row in summary["per_type"].items():
         real_type = row["real_conversion_rate"]
         console.print(
@@ -143,3 +191,25 @@ def _print_summary(console: Console, run_dir: Path, summary: dict) -> None:
             f"store-counted orders {store_counted['orders']}, agreement with trajectories "
             f"{store_counted['agreement']:.1%}"
         )
+
+
+def _policy_spec(name: PolicyName, codebook_dir: Path):
+    """With --ray, each worker builds the policy itself from this spec."""
+    from harness.scale import PolicySpec
+
+    return PolicySpec(name.value, codebook_dir)
+
+
+def _scale_config(address: str | None, shards: int | None):
+    from harness.scale import ScaleConfig
+
+    return None if address is None else ScaleConfig(address=address, shards=shards)
+
+
+def _simulate_sharded(store, shop, codebook, spec, scale, **options):
+    """The run split into shards on Ray, merged into one run directory (harness.scale)."""
+    from harness.scale import run_sharded
+    from harness.simulate import SimulationConfig
+
+    config = SimulationConfig(store_url=store, shop=shop, codebook_dir=codebook, **options)
+    return run_sharded(config, spec, scale)

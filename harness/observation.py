@@ -32,13 +32,16 @@ from dataclasses import dataclass, field
 # token and cut at this budget; the rest is reachable with `scroll down`.
 DEFAULT_TOKEN_BUDGET = 1000
 CHARS_PER_TOKEN = 4
-# After a navigation or an action: wait for `load`, then network idle (capped), then this settle
-# time, so pages that fade content in after a short timer are not read empty.
+# After a navigation or an action the browser driver waits for `load`, then for no pending
+# fetch/XHR or short timer and this long without a DOM change (all capped at
+# NETWORK_IDLE_TIMEOUT_MS), so pages that fade content in after a short timer are not read empty.
 DEFAULT_SETTLE_MS = 250
 NETWORK_IDLE_TIMEOUT_MS = 3000
 
 NAME_MAX_CHARS = 80
 CONTEXT_MAX_CHARS = 100
+URL_MAX_CHARS = 200
+ERROR_MAX_CHARS = 300
 VALUE_MAX_CHARS = 60
 MAX_OPTIONS_SHOWN = 15
 MAX_ALERTS = 3
@@ -96,6 +99,9 @@ _COUNT_PATTERNS = (
     re.compile(r"(?<![\d.,€$£¥])(\d{1,3})(?![\d.,])(?!\s?" + _SUFFIX_CURRENCY + ")"),
 )
 _WHITESPACE = re.compile(r"[\s\ufeff]+")
+# "[12]" written in page text (a product description imitating an element line, or "click [999]").
+# Only element lines may start with an id, so page text shows such ids escaped as "\[12]".
+_ID_LOOKALIKE = re.compile(r"\[(\s*\d+\s*)\]")
 
 
 def stamp_rules() -> dict:
@@ -191,11 +197,12 @@ class Element:
     raw: RawElement
 
     def line(self) -> str:
-        parts = [f"[{self.id}] {self.role} {quote(self.name)}"]
+        # Name, extras and context are page text: one line each (collapsed), ids escaped.
+        parts = [f"[{self.id}] {self.role} {quote(escape_ids(self.name))}"]
         if self.extras:
-            parts.append(self.extras)
+            parts.append(escape_ids(self.extras))
         if self.context:
-            parts.append(f"— {self.context}")
+            parts.append(f"— {escape_ids(self.context)}")
         return " ".join(parts)
 
 
@@ -218,6 +225,16 @@ def truncate(text: str, limit: int) -> str:
 
 def quote(text: str) -> str:
     return '"' + text.replace('"', "'") + '"'
+
+
+def escape_ids(text: str) -> str:
+    """Page text that looks like an element id ("[12]") is shown as "\\[12]", never as an id."""
+    return _ID_LOOKALIKE.sub(r"\\[\1]", text)
+
+
+def page_text(text: str, limit: int) -> str:
+    """Text the page controls, as one observation line may show it: one line, bounded, ids escaped."""
+    return truncate(escape_ids(collapse(text)), limit)
 
 
 def humanize_token(token: str) -> str:
@@ -280,7 +297,7 @@ def element_extras(raw: RawElement, role: str, name: str) -> str:
         extras.append("checked" if raw.checked else "unchecked")
     elif raw.tag == "select":
         if raw.selected:
-            extras.append("selected=" + " | ".join(quote(s) for s in raw.selected))
+            extras.append("selected=" + " | ".join(quote(truncate(collapse(s), NAME_MAX_CHARS)) for s in raw.selected))
         shown = [quote(truncate(collapse(o), NAME_MAX_CHARS)) for o in raw.options[:MAX_OPTIONS_SHOWN]]
         more = len(raw.options) - len(shown)
         extras.append("options: " + " | ".join(shown) + (f" | … {more} more" if more > 0 else ""))
@@ -348,18 +365,21 @@ def render(snapshot: PageSnapshot, *, start: int = 0, error: str | None = None,
     """The observation text: header lines, then elements from `start` while the budget lasts."""
     all_elements = [describe(raw) for raw in snapshot.elements]
     listed = [e for e in all_elements if e.raw.in_modal] if snapshot.modal_open else all_elements
-    header = [f"URL: {snapshot.url}", f"Title: {truncate(collapse(snapshot.title), NAME_MAX_CHARS)}"]
+    # Every header line is one bounded line: only element lines start with an id, and a hostile
+    # page cannot grow the observation past its budget with a long URL, title or dialog name.
+    header = [f"URL: {truncate(collapse(snapshot.url), URL_MAX_CHARS)}",
+              f"Title: {page_text(snapshot.title, NAME_MAX_CHARS)}"]
     if snapshot.heading:
-        header.append(f"Heading: {truncate(collapse(snapshot.heading), NAME_MAX_CHARS)}")
+        header.append(f"Heading: {page_text(snapshot.heading, NAME_MAX_CHARS)}")
     cart = cart_state(all_elements)
     if cart:
         header.append(cart)
     for alert in snapshot.alerts[:MAX_ALERTS]:
-        header.append(f"Notice: {truncate(collapse(alert), CONTEXT_MAX_CHARS * 2)}")
+        header.append(f"Notice: {page_text(alert, CONTEXT_MAX_CHARS * 2)}")
     if error:
-        header.append(f"Error: {collapse(error)}")
+        header.append(f"Error: {truncate(collapse(error), ERROR_MAX_CHARS)}")
     if snapshot.modal_open:
-        label = f" ({quote(snapshot.modal_name)})" if snapshot.modal_name else ""
+        label = f" ({quote(page_text(snapshot.modal_name, NAME_MAX_CHARS))})" if snapshot.modal_name else ""
         header.append(f"Note: a dialog{label} is open; only its content is listed.")
     header.append("Elements:" if listed else "Elements: none")
 

@@ -5,8 +5,14 @@
                         each buyer finishes, so a crash loses at most the buyers in flight
     summary.json        conversion overall and per type, written at the end of the run
 
-Resuming reads trajectories.jsonl, takes every complete line as a finished buyer and cuts off a
-torn last line (a crash in the middle of a write) before anything new is appended.
+    trajectories.rejected.jsonl
+                        lines a resume found damaged (torn by a crash, NUL bytes or garbage left
+                        by a power cut), each with its line number and the reason
+
+Resuming first repairs trajectories.jsonl (repair_trajectories): damaged lines move to
+trajectories.rejected.jsonl, every valid line stays. A buyer may then have several lines: a resume
+reruns buyers whose record ended in an infrastructure error and appends the new record, which
+supersedes the old one; readers take the last line per buyer_index (latest_per_buyer).
 """
 
 from __future__ import annotations
@@ -14,14 +20,17 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
+from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
 MANIFEST_FILE = "manifest.json"
 TRAJECTORIES_FILE = "trajectories.jsonl"
 SUMMARY_FILE = "summary.json"
+REJECTED_FILE = "trajectories.rejected.jsonl"
 
 # Config keys that decide which buyers a run has and what they do; a resumed run must match them.
 # The store URL and the driver may change (a mock store restarts on another port; both drivers
@@ -39,6 +48,7 @@ class RunDir:
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        self.rejected_this_session: list[dict] = []  # lines repair_trajectories moved out
 
     @property
     def manifest_path(self) -> Path:
@@ -51,6 +61,10 @@ class RunDir:
     @property
     def summary_path(self) -> Path:
         return self.path / SUMMARY_FILE
+
+    @property
+    def rejected_path(self) -> Path:
+        return self.path / REJECTED_FILE
 
     @classmethod
     def open(cls, path: str | Path, manifest: dict, resume: bool = False) -> "RunDir":
@@ -82,40 +96,90 @@ class RunDir:
             details = "; ".join(f"{k}: was {previous.get(k)!r}, now {current.get(k)!r}" for k in differing)
             raise RunDirError(f"cannot resume {self.path}: the run was made with other settings ({details})")
 
-    def repair_trajectories(self) -> int:
-        """Cut a torn last line off trajectories.jsonl; return how many bytes were removed."""
+    def repair_trajectories(self) -> list[dict]:
+        """Make trajectories.jsonl hold only whole records again, after a crash or power loss.
+
+        A torn last line (the write was cut off) and any bad line in the middle (garbage, NUL
+        bytes a file system left after a power cut, JSON that is no trajectory record) are moved
+        to trajectories.rejected.jsonl with their line number and the reason; every valid line
+        stays, in its order. Their buyers then have no record, so a resume runs them again.
+        Returns the rejected entries (empty when the file was sound).
+        """
         path = self.trajectories_path
         if not path.exists():
-            return 0
+            return []
         data = path.read_bytes()
-        keep = len(data)
-        if data and not data.endswith(b"\n"):
-            keep = data.rfind(b"\n") + 1
-        if keep < len(data):
-            with open(path, "r+b") as handle:
-                handle.truncate(keep)
+        pieces = data.split(b"\n")
+        kept: list[bytes] = []
+        rejected: list[dict] = []
+        for number, raw in enumerate(pieces, start=1):
+            last = number == len(pieces)
+            if not raw.strip():
+                continue
+            problem = line_problem(raw)
+            if problem is None:
+                kept.append(raw)
+                continue
+            # NULs stand where a power cut lost data, possibly over a newline: whole records on
+            # either side of them are still good.
+            inside = [part for part in re.split(rb"\x00+", raw) if part.strip() and line_problem(part) is None]
+            kept.extend(inside)
+            if inside:
+                problem += f"; {len(inside)} whole record(s) in it kept"
+            if last:
+                problem = f"torn last line, the write was cut off ({problem})"
+            rejected.append({"line": number, "reason": problem, "bytes": len(raw),
+                             "text": raw.decode("utf-8", errors="backslashreplace")})
+        repaired = b"".join(line + b"\n" for line in kept)
+        if repaired == data:
+            return []
+        found = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        # Rejected lines go to disk first: a crash during the repair may duplicate one, never lose one.
+        if rejected:
+            with open(self.rejected_path, "a", encoding="utf-8") as handle:
+                for entry in rejected:
+                    handle.write(json.dumps({**entry, "found_utc": found}, ensure_ascii=False) + "\n")
                 handle.flush()
                 os.fsync(handle.fileno())
-        return len(data) - keep
+        partial = path.with_suffix(path.suffix + ".partial")
+        with open(partial, "wb") as handle:
+            handle.write(repaired)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, path)
+        _fsync_directory(self.path)
+        self.rejected_this_session.extend(rejected)
+        return rejected
 
     def read_trajectories(self) -> list[dict]:
-        """Every complete record in trajectories.jsonl (a torn last line is skipped)."""
+        """Every line of trajectories.jsonl, in order (a torn last line is skipped).
+
+        A buyer may have several lines (a resume reruns buyers that ended in error and appends
+        their new record): take `latest_records(...)` for one record per buyer.
+        """
         if not self.trajectories_path.exists():
             return []
         records = []
-        lines = self.trajectories_path.read_text().split("\n")
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
+        pieces = self.trajectories_path.read_bytes().split(b"\n")
+        for number, raw in enumerate(pieces, start=1):
+            if not raw.strip():
                 continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                if number == len(lines):  # torn last line: the buyer was in flight
-                    continue
-                raise RunDirError(f"{self.trajectories_path}: line {number} is not valid JSON ({exc})") from exc
+            problem = line_problem(raw)
+            if problem is None:
+                records.append(json.loads(raw))
+            elif number < len(pieces):  # a torn last line is a buyer that was in flight
+                raise RunDirError(
+                    f"{self.trajectories_path}: line {number} is {problem}; "
+                    "resume the run to move bad lines to trajectories.rejected.jsonl and rerun their buyers"
+                )
         return records
 
+    def latest_records(self) -> list[dict]:
+        """One record per buyer: the last line written for it."""
+        return latest_per_buyer(self.read_trajectories())
+
     def completed_buyers(self) -> set[int]:
+        """Buyers with a record, whatever its outcome."""
         return {record["buyer_index"] for record in self.read_trajectories()}
 
     def append_trajectory(self, record: dict) -> None:
@@ -135,6 +199,46 @@ class RunDir:
         partial = path.with_suffix(path.suffix + ".partial")
         partial.write_text(json.dumps(payload, indent=2, ensure_ascii=False, default=str) + "\n")
         os.replace(partial, path)
+
+
+def line_problem(raw: bytes) -> str | None:
+    """Why one line of trajectories.jsonl is not a trajectory record; None when it is one."""
+    if b"\x00" in raw:
+        return "NUL bytes (data lost in a power cut)"
+    try:
+        record = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        return "not UTF-8 text"
+    except json.JSONDecodeError as error:
+        return f"not valid JSON ({error})"
+    if not isinstance(record, dict):
+        return f"not a JSON object but {type(record).__name__}"
+    index = record.get("buyer_index")
+    if not isinstance(index, int) or isinstance(index, bool) or not isinstance(record.get("outcome"), str):
+        return "not a trajectory record (needs an integer buyer_index and an outcome)"
+    return None
+
+
+def latest_per_buyer(records: list[dict]) -> list[dict]:
+    """The last record of each buyer_index (a later line supersedes an earlier one)."""
+    latest: dict[int, dict] = {}
+    for record in records:
+        latest[record["buyer_index"]] = record
+    return list(latest.values())
+
+
+def _fsync_directory(path: Path) -> None:
+    """Make a rename inside `path` durable."""
+    try:
+        handle = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
 
 
 def git_revision(repo_dir: Path | None = None) -> str | None:

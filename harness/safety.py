@@ -3,6 +3,8 @@
 A SiteGuard is consulted by both drivers before every request:
 - only allow-listed hosts are visited (default: the host of the first URL a session opens);
   everything else is blocked and logged, page sub-resources included (Playwright `context.route`);
+- a redirect is checked like a link before anyone follows it (`check_redirect`; the http driver
+  checks every hop, the browser the first hop of a chain and logs any later hop off the list);
 - requests per host are rate-limited by a token bucket (pages, form posts, XHR/fetch);
 - robots.txt is fetched once per host and honoured: a disallowed page is an error, not a visit;
 - on a store that is not ours, nothing that pays is ever sent: a click on a place-order/pay
@@ -19,7 +21,7 @@ import time
 import urllib.robotparser
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urljoin, urlsplit
 
 import httpx
 
@@ -108,6 +110,22 @@ class SiteGuard:
         if rate_limited:
             await self.wait_turn(url)
         return None
+
+    async def check_redirect(self, from_url: str, status: int, location: str | None, *, is_page: bool) -> str | None:
+        """The reason to refuse a redirect response, or None (also None when it is no redirect).
+
+        A browser follows a redirect without asking again (Playwright routes only the first
+        request of a chain), so the driver fetches without following and asks here first; the
+        hop the browser then makes counts against its host's rate limit now.
+        """
+        if not (300 <= status < 400 and location):
+            return None
+        return await self.check(urljoin(from_url, location), is_page=is_page)
+
+    def note_unrouted_request(self, url: str) -> None:
+        """A request the driver could not stop (a later hop of a redirect chain): log it loudly."""
+        if not self.host_allowed(url):
+            self.block(url, f"host {urlsplit(url).netloc or url} reached by a redirect chain (not stoppable in-browser)")
 
     def block(self, url: str, reason: str) -> str:
         self.blocked.append(BlockedRequest(url, reason, time.time()))

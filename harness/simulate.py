@@ -12,12 +12,33 @@ never stuck behind slow pages). A model policy thus runs one batched forward pas
 Each finished buyer is appended to runs/<run_id>/trajectories.jsonl at once (harness.rundir), so
 a crash loses only the buyers in flight and `resume=True` runs exactly the missing ones.
 
+Faults, and what counts as one (see also tests/test_resilience.py):
+- What the store shows is part of the page. An HTTP 500 page, or Chromium's own error page for a
+  connection the store dropped, is an observation like any other: the buyer reads it and acts
+  (goes back, retries, leaves). The driver turns a failed action into an error in the next
+  observation, never an exception.
+- Anything that escapes the driver or the policy as an exception is an infrastructure error: a
+  crashed browser or context, a connection the HTTP driver could not read, a policy or model
+  endpoint that raised. That attempt ends with outcome "error" and is rerun once from scratch with
+  the same seed, at the back of the queue (a dead browser is relaunched by the pool on the next
+  session). The record written is the last attempt's, with `attempts` (1 or 2) and `first_error`
+  (the first attempt's terminate_reason, or null).
+- SIGINT/SIGTERM stop a run cleanly: buyers in flight are cancelled and not written, the browser
+  is closed, and summary.json is written with "complete": false and "interrupted": "SIGINT". A
+  second signal gets the default behaviour (Ctrl-C twice kills the process).
+- `resume=True` repairs trajectories.jsonl (damaged lines to trajectories.rejected.jsonl), then
+  runs every buyer with no record and every buyer whose latest record has outcome "error", and
+  appends their new records; a later line for a buyer supersedes an earlier one
+  (harness.rundir.latest_per_buyer). A deterministic policy therefore ends with the same
+  per-buyer outcomes and the same summary as an uninterrupted run.
+
 Line shape of trajectories.jsonl (one JSON object per synthetic buyer):
 
     {"run_id": str, "buyer_index": int, "buyer_tag": "<run_id>:<buyer_index>", "code": int,
      "seed": int, "outcome": "converted" | "left" | "max_steps" | "error",
      "terminate_reason": str, "detail": {...},  # e.g. the order id the store confirmed
      "n_steps": int, "duration_s": float,
+     "attempts": 1 | 2, "first_error": str | null,  # 2: the first attempt hit an infrastructure error
      "steps": [{"step": int, "url": str, "obs_sha1": str, "action": str,
                 "latency_ms": float, "policy_ms": float, "error": str | null}, ...]}
 """
@@ -26,9 +47,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
+import signal
+import threading
 import time
 from collections import Counter
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -40,6 +64,8 @@ from agent.actions import ActionError, parse_action
 from agent.policy import BuyerTurn, Policy
 from harness.population import ShopMixError, SyntheticBuyer, load_shop_mix, sample_population
 from harness.rundir import RunDir, command_line, git_revision, package_versions
+
+log = logging.getLogger("simpersona.simulate")
 
 DRIVERS = ("browser", "http")
 OUTCOMES = ("converted", "left", "max_steps", "error")
@@ -71,6 +97,11 @@ class SimulationConfig:
     settle_ms: int | None = None  # browser: wait after each page load; None: the driver's default
     shard: tuple[int, int] | None = None  # (index, count): run only buyers with buyer_index % count == index
     progress: bool = True
+    retry_errors: bool = True  # rerun a buyer once when its attempt ends in an infrastructure error
+    # One attempt at one buyer may take this long before it is an infrastructure error (a page that
+    # never answers after a browser crash must not hold the run forever); None: max_steps x 30 s.
+    buyer_timeout_s: float | None = None
+    handle_signals: bool = True  # SIGINT/SIGTERM stop the run cleanly (main thread only)
 
     def __post_init__(self) -> None:
         self.codebook_dir = Path(self.codebook_dir)
@@ -107,7 +138,8 @@ def default_run_id(shop: str) -> str:
 class SimulationResult:
     run_dir: Path
     summary: dict
-    trajectories: list[dict] = field(repr=False, default_factory=list)
+    trajectories: list[dict] = field(repr=False, default_factory=list)  # one (the latest) record per buyer
+    interrupted: str | None = None  # "SIGINT" / "SIGTERM" when a signal stopped the run
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,22 +259,50 @@ async def _execute(session, line: str):
     return await session.act(action)
 
 
+def _being_cancelled() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 def _leave_reason(line: str, result) -> str:
     if line.strip().lower() == "stop":
         return "buyer stopped"
     return (result.detail or {}).get("reason") or result.error or "session ended"
 
 
-async def _drive_buyer(pool, guard, buyer, batcher, config) -> dict:
+async def _drive_buyer(pool, guard, buyer, batcher, config, is_stopping=None) -> dict:
+    """One attempt at one buyer, as its trajectory record.
+
+    is_stopping: says whether the run is being stopped (a signal, or its caller cancelled it); a
+    cancellation then ends the buyer unwritten. Any other cancellation reaching the buyer came from
+    a library under it (a dead browser connection) and is an infrastructure error. Default: the
+    current task is being cancelled.
+    """
     tag = f"{config.run_id}:{buyer.buyer_index}"
     started = time.perf_counter()
     episode = {"outcome": "error", "terminate_reason": "", "detail": {}, "steps": []}
     batcher.buyer_started()
+    limit = config.buyer_timeout_s if config.buyer_timeout_s is not None else 30.0 * config.max_steps
+    watchdog = None
     try:
-        async with pool.session(tag, guard) as session:
-            await run_buyer(session, buyer, batcher, config, episode)
+        async with asyncio.timeout(limit) as watchdog:
+            async with pool.session(tag, guard) as session:
+                await run_buyer(session, buyer, batcher, config, episode)
     except Exception as exc:  # one broken buyer must not end the run; its record says why
-        episode.update(outcome="error", terminate_reason=f"{type(exc).__name__}: {exc}")
+        if isinstance(exc, TimeoutError) and watchdog is not None and watchdog.expired():
+            reason = f"TimeoutError: the buyer took longer than {limit:.0f} s (buyer_timeout_s)"
+        else:
+            reason = f"{type(exc).__name__}: {exc}"
+        episode.update(outcome="error", terminate_reason=reason)
+    except asyncio.CancelledError as exc:
+        if (is_stopping or _being_cancelled)():  # the buyer is unfinished, not failed
+            raise
+        # Not ours to honour: an infrastructure error like any other, not a reason to lose the buyer.
+        task = asyncio.current_task()
+        while task is not None and task.cancelling():
+            task.uncancel()
+        log.warning("buyer %s: a cancellation came from under it (%r); recorded as an error", tag, exc)
+        episode.update(outcome="error", terminate_reason=f"CancelledError: {exc or 'an operation was cancelled under the buyer'}")
     finally:
         batcher.buyer_finished()
         forget = getattr(batcher.policy, "forget", None)
@@ -308,47 +368,161 @@ async def run_simulation(
     elif len(population) != config.buyers:
         raise ValueError(f"config.buyers is {config.buyers} but the population given has {len(population)} buyers")
     run = RunDir.open(config.run_dir, build_manifest(config, population), resume=config.resume)
-    finished_before = run.read_trajectories() if config.resume else []
-    done = {record["buyer_index"] for record in finished_before}
+    finished_before = run.latest_records() if config.resume else []
+    # A resume reruns the buyers with no record and those whose record is an infrastructure error.
+    done = {record["buyer_index"] for record in finished_before if record["outcome"] != "error"}
     todo = [buyer for buyer in population if buyer.buyer_index not in done and in_shard(buyer, config.shard)]
 
     batcher = PolicyBatcher(policy, config.max_batch_wait_ms / 1000)
-    queue: asyncio.Queue[SyntheticBuyer] = asyncio.Queue()
+    # (buyer, the first attempt's error or None): a retried buyer goes to the back of the queue.
+    queue: asyncio.Queue[tuple[SyntheticBuyer, str | None]] = asyncio.Queue()
     for buyer in todo:
-        queue.put_nowait(buyer)
-    counts = Counter(converted=sum(record["outcome"] == "converted" for record in finished_before))
+        queue.put_nowait((buyer, None))
+    counts = Counter(converted=sum(r["outcome"] == "converted" for r in finished_before if r["buyer_index"] in done))
+    stop: dict = {"signal": None, "workers": []}
+    relaunches = None
     started = time.perf_counter()
 
+    run_task = asyncio.current_task()
+
+    def is_stopping() -> bool:
+        return stop["signal"] is not None or (run_task is not None and run_task.cancelling() > 0)
+
+    def on_signal(name: str) -> None:
+        stop["signal"] = name
+        for worker_task in stop["workers"]:
+            worker_task.cancel()  # buyers in flight end here, unwritten; resume reruns them
+
     with _progress_bar(config.progress) as progress:
-        task = progress.add_task(
-            "buyers", total=len(population), completed=len(done), converted=counts["converted"], rate=0.0
-        )
+        task = progress.add_task("buyers", total=len(population), completed=len(done), converted=counts["converted"], rate=0.0)
 
         async def worker(pool, guard) -> None:
-            while not queue.empty():
-                buyer = queue.get_nowait()
-                record = await _drive_buyer(pool, guard, buyer, batcher, config)
+            while not queue.empty() and stop["signal"] is None:
+                buyer, first_error = queue.get_nowait()
+                record = await _drive_buyer(pool, guard, buyer, batcher, config, is_stopping)
+                if record["outcome"] == "error" and first_error is None and config.retry_errors:
+                    counts["retried"] += 1
+                    queue.put_nowait((buyer, record["terminate_reason"]))
+                    continue
+                record.update(attempts=1 if first_error is None else 2, first_error=first_error)
                 run.append_trajectory(record)
                 counts["steps"] += record["n_steps"]
+                counts["written"] += 1
                 counts["converted"] += record["outcome"] == "converted"
+                counts["recovered"] += first_error is not None and record["outcome"] != "error"
                 rate = counts["steps"] / max(time.perf_counter() - started, 1e-9)
                 progress.update(task, advance=1, converted=counts["converted"], rate=rate)
 
-        serving = asyncio.create_task(batcher.run())
-        try:
-            if todo:
-                async with (nullcontext(pool) if pool is not None else make_pool(config)) as open_pool:
-                    guard = make_guard(config)
-                    await asyncio.gather(*(worker(open_pool, guard) for _ in range(min(config.concurrency, len(todo)))))
-        finally:
-            serving.cancel()
-            await asyncio.gather(serving, return_exceptions=True)
+        with stop_on_signals(on_signal, enabled=config.handle_signals):
+            serving = asyncio.create_task(batcher.run())
+            try:
+                if todo:
+                    async with (nullcontext(pool) if pool is not None else make_pool(config)) as open_pool:
+                        relaunches_before = getattr(open_pool, "relaunches", None)
+                        guard = make_guard(config)
+                        if stop["signal"] is None:
+                            stop["workers"] = [
+                                asyncio.create_task(worker(open_pool, guard))
+                                for _ in range(min(config.concurrency, len(todo)))
+                            ]
+                            outcomes = await asyncio.gather(*stop["workers"], return_exceptions=True)
+                            failures = [o for o in outcomes if isinstance(o, BaseException)
+                                        and not isinstance(o, asyncio.CancelledError)]
+                            if failures:
+                                raise failures[0]
+                        if relaunches_before is not None:
+                            relaunches = getattr(open_pool, "relaunches") - relaunches_before
+            finally:
+                serving.cancel()
+                await asyncio.gather(serving, return_exceptions=True)
 
     elapsed = time.perf_counter() - started
-    trajectories = run.read_trajectories()
-    summary = summarize(trajectories, config, population, elapsed, counts["steps"], len(todo), batcher.batch_sizes)
+    trajectories = run.latest_records()
+    session = {
+        "interrupted": stop["signal"],
+        "retried": counts["retried"],
+        "recovered_by_retry": counts["recovered"],
+        "browser_relaunches": relaunches,
+        "rejected_lines": len(run.rejected_this_session),
+    }
+    summary = summarize(
+        trajectories, config, population, elapsed, counts["steps"], counts["written"], batcher.batch_sizes, session=session
+    )
+    if stop["signal"] is None and summary["missing_buyers"]:
+        log.warning("%d buyers of %s have no record; a resume runs them", summary["missing_buyers"], run.path)
     run.write_summary(summary)
-    return SimulationResult(run.path, summary, trajectories)
+    return SimulationResult(run.path, summary, trajectories, interrupted=stop["signal"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Stopping on SIGINT / SIGTERM
+
+
+class _SignalStops:
+    """The stop callbacks of the runs in progress on each event loop.
+
+    Several runs may share one loop (say, the two arms of an A/B test): a signal stops all of
+    them, and the loop's handlers are removed when the last run ends.
+    """
+
+    signals = (signal.SIGINT, signal.SIGTERM)
+    callbacks: dict[asyncio.AbstractEventLoop, list] = {}
+    previous: dict[asyncio.AbstractEventLoop, dict] = {}  # the Python-level handlers to put back
+
+    @classmethod
+    def add(cls, loop: asyncio.AbstractEventLoop, callback) -> bool:
+        callbacks = cls.callbacks.setdefault(loop, [])
+        if not callbacks:
+            cls.previous[loop] = {sig: signal.getsignal(sig) for sig in cls.signals}
+            try:
+                for sig in cls.signals:
+                    loop.add_signal_handler(sig, cls._fire, loop, sig)
+            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no Unix signals
+                cls._remove_handlers(loop)
+                del cls.callbacks[loop]
+                return False
+        callbacks.append(callback)
+        return True
+
+    @classmethod
+    def discard(cls, loop: asyncio.AbstractEventLoop, callback) -> None:
+        callbacks = cls.callbacks.get(loop)
+        if callbacks is None or callback not in callbacks:
+            return
+        callbacks.remove(callback)
+        if not callbacks:
+            cls._remove_handlers(loop)
+            del cls.callbacks[loop]
+
+    @classmethod
+    def _fire(cls, loop: asyncio.AbstractEventLoop, sig: signal.Signals) -> None:
+        # One clean stop per signal: the handlers go, so a second Ctrl-C interrupts as usual.
+        cls._remove_handlers(loop)
+        for callback in cls.callbacks.get(loop, []):
+            callback(signal.Signals(sig).name)
+
+    @classmethod
+    def _remove_handlers(cls, loop: asyncio.AbstractEventLoop) -> None:
+        previous = cls.previous.pop(loop, {})
+        for sig in cls.signals:
+            try:
+                loop.remove_signal_handler(sig)
+                if previous.get(sig) is not None:
+                    signal.signal(sig, previous[sig])  # e.g. asyncio.run's own Ctrl-C handler
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass
+
+
+@contextmanager
+def stop_on_signals(callback, enabled: bool = True):
+    """Within the block, SIGINT and SIGTERM call callback(signal name) instead of ending the process."""
+    loop = asyncio.get_running_loop()
+    added = enabled and threading.current_thread() is threading.main_thread() and _SignalStops.add(loop, callback)
+    try:
+        yield
+    finally:
+        if added:
+            _SignalStops.discard(loop, callback)
 
 
 def simulate(
@@ -433,9 +607,20 @@ def summarize(
     steps_this_session: int,
     buyers_this_session: int,
     batch_sizes: list[int],
+    *,
+    session: dict | None = None,
 ) -> dict:
-    """summary.json: conversion overall and per type, against the real rates, plus throughput."""
+    """summary.json: conversion overall and per type, against the real rates, plus throughput.
+
+    trajectories: one record per buyer (the latest line of each). session: what this run session
+    went through (interruption, retries, browser relaunches, damaged lines repaired).
+    "complete" is true when every buyer of the population (of the shard) has a record and no
+    signal stopped the session; buyers whose record is an error still count, a resume reruns them.
+    """
+    session = dict(session or {})
     completed = len(trajectories)
+    expected = {buyer.buyer_index for buyer in population if in_shard(buyer, config.shard)}
+    recorded = {record["buyer_index"] for record in trajectories}
     outcomes = Counter(record["outcome"] for record in trajectories)
     real_rates = real_conversion_rates(config.codebook_dir)
     per_type: dict[str, dict] = {}
@@ -472,6 +657,11 @@ def summarize(
         "real_conversion_rate": real_overall,
         "conversion_gap": None if simulated is None or real_overall is None else simulated - real_overall,
         "outcomes": {name: outcomes[name] for name in OUTCOMES},
+        "complete": session.get("interrupted") is None and expected <= recorded,
+        "interrupted": session.get("interrupted"),
+        "missing_buyers": len(expected - recorded),
+        "retried_buyers": sum(record.get("attempts", 1) > 1 for record in trajectories),
+        "faults_this_session": {key: value for key, value in session.items() if key != "interrupted"},
         "step_errors": sum(step["error"] is not None for record in trajectories for step in record["steps"]),
         "per_type": per_type,
         "throughput": {

@@ -315,6 +315,12 @@
   });
   window.__spNextId = next;
   found.forEach((el, index) => { if (!ids[index]) el.setAttribute("data-sp-id", String(elements[index].id)); });
+  // A link that opens a new tab would leave the buyer behind: every link the agent can click opens
+  // in the same tab (done here, in the same pass, to save the driver a round trip per click).
+  for (const el of found) {
+    const link = el.closest("a[target]");
+    if (link) link.removeAttribute("target");
+  }
 
   const meta = document.querySelector('meta[name="sp-order-id"]');
   const alerts = alertNodes.map((a) => nameText(a)).filter(Boolean).slice(0, rules.maxAlerts);

@@ -103,8 +103,11 @@ def serve_store(
         app = create_app(store_catalog, shop_id, log=log, variant=chosen, faults=faults)
         sock = _bind(host, port)
         bound_port = sock.getsockname()[1]
+        # Keep idle connections longer than clients do (httpx drops them after 5 s): with uvicorn's
+        # own 5 s default, a loaded machine lets the server close a connection the client is just
+        # reusing, and that request fails with a ReadError.
         config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="off",
-                                timeout_graceful_shutdown=5)
+                                timeout_graceful_shutdown=5, timeout_keep_alive=60)
         server = uvicorn.Server(config)
         thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},
                                   name=f"store-{shop_id}-{chosen.name}-{bound_port}", daemon=True)

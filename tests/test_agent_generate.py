@@ -148,7 +148,7 @@ def test_valid_output_is_kept_without_retry(tiny):
 def test_unreachable_endpoint_falls_back_without_crashing(tiny, caplog):
     local, persona_map = tiny
     endpoint = OpenAIEndpoint(EndpointConfig(f"http://127.0.0.1:{_free_port()}", "agent", max_retries=1, backoff_s=0.01,
-                                             deadline_s=5), local.tokenizer)
+                                             deadline_s=5, fail_when_down=False), local.tokenizer)
     policy = LLMPolicy(endpoint, persona_map)
     with caplog.at_level("WARNING"):
         decisions = policy.decide(_turns(2))

@@ -24,7 +24,7 @@ from test_policies import HIGH, STORE_SHOP, real_catalog, write_codebook
 
 TRAJECTORY_KEYS = {
     "run_id", "buyer_index", "buyer_tag", "code", "seed", "outcome", "terminate_reason", "detail",
-    "n_steps", "duration_s", "steps",
+    "n_steps", "duration_s", "steps", "attempts", "first_error",
 }
 STEP_KEYS = {"step", "url", "obs_sha1", "action", "latency_ms", "policy_ms", "error"}
 

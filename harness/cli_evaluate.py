@@ -1,0 +1,116 @@
+"""`simpersona evaluate` (held-out shops: simulated vs real conversion) and `simpersona report`."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from harness.cli_app import app
+
+
+class Protocol(str, Enum):
+    paper = "paper"
+    strict = "strict"
+    both = "both"
+
+
+class Driver(str, Enum):
+    http = "http"
+    browser = "browser"
+
+
+def results_table(protocol: str, result: dict) -> Table:
+    """Per shop: real and simulated (store-counted) conversion of every policy, then the overall row."""
+    policies = list(result["policies"])
+    table = Table(title=f"{protocol} protocol: held-out shops, conversion real vs simulated")
+    table.add_column("shop")
+    table.add_column("real", justify="right")
+    for policy in policies:
+        table.add_column(policy, justify="right")
+    by_shop: dict[str, dict] = {}
+    for row in result["shops"]:
+        by_shop.setdefault(row["shop"], {"real": row["cr_real"], "n": row["real_buyers"]})[row["policy"]] = row["cr_sim"]
+    for shop, cells in by_shop.items():
+        table.add_row(f"{shop} ({cells['n']})", f"{cells['real']:.1%}",
+                      *(f"{cells[p]:.1%}" if p in cells else "—" for p in policies))
+    figures = result["policies"]
+    table.add_row("alignment", "", *(_number(figures[p].get("alignment")) for p in policies), style="bold")
+    table.add_row("Pearson r", "", *(_number(figures[p].get("pearson")) for p in policies))
+    table.add_row("Spearman ρ", "", *(_number(figures[p].get("spearman")) for p in policies))
+    return table
+
+
+def _number(value) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
+@app.command()
+def evaluate(
+    out: Path = typer.Option(..., "--out", help="Evaluation directory (rerun with the same one to resume)."),
+    events: Path = typer.Option(None, "--events", exists=True, dir_okay=False, help="events.parquet from `simpersona ingest`."),
+    catalog: Path = typer.Option(None, "--catalog", exists=True, dir_okay=False, help="catalog.parquet from `simpersona ingest`."),
+    input_dir: Path = typer.Option(None, "--input", exists=True, file_okay=False,
+                                   help="An ingested directory holding events.parquet and catalog.parquet."),
+    protocol: Protocol = typer.Option(Protocol.paper, "--protocol", help="paper: types from all features; strict: browse-only."),
+    held_out_fraction: float = typer.Option(0.2, "--held-out-fraction", help="Share of eligible shops held out."),
+    min_buyers: int = typer.Option(50, "--min-buyers", min=1, help="Buyers a shop needs to be eligible for held-out."),
+    max_held_out: int = typer.Option(None, "--max-held-out", min=1, help="Cap on held-out shops."),
+    buyers_per_shop: int = typer.Option(None, "--buyers-per-shop", min=1,
+                                        help="Synthetic buyers per held-out shop (default: 100 (1-p)/p, capped)."),
+    max_buyers_per_shop: int = typer.Option(None, "--max-buyers-per-shop", min=1, help="Cap on the automatic number."),
+    driver: Driver = typer.Option(Driver.http, "--driver", help="Driver of the main runs."),
+    browser_check: bool = typer.Option(True, "--browser-check/--no-browser-check",
+                                       help="Also run one held-out shop with headless Chromium and compare."),
+    codebook_size: int = typer.Option(None, "--codebook-size", min=2, help="Number of buyer types K."),
+    agent_base: str = typer.Option("tiny", "--agent-base", help="'tiny', 'smollm2' or a model directory."),
+    sft_max_steps: int = typer.Option(None, "--sft-max-steps", min=1, help="Cap on optimiser steps per SFT stage."),
+    traces_per_code: int = typer.Option(None, "--traces-per-code", min=1, help="Training buyers replayed per code."),
+    baselines: str = typer.Option(None, "--baselines", help="Comma-separated: no_persona,neutral,type_profile,global_rate."),
+    concurrency: int = typer.Option(None, "--concurrency", min=1, help="Buyers in flight per simulation."),
+    fast: bool = typer.Option(False, "--fast", help="The small preset (few shops, capped buyers; minutes on a laptop)."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Hold out shops, learn types and the agent on the rest, and compare simulated with real conversion."""
+    from harness.evaluate import EvaluateConfig
+    from harness.evaluate import evaluate as run_evaluation
+
+    console = Console()
+    options = dict(events=events, catalog=catalog, input_dir=input_dir, protocol=protocol.value,
+                   held_out_fraction=held_out_fraction, min_buyers=min_buyers, driver=driver.value,
+                   browser_check=browser_check, agent_base=agent_base, seed=seed)
+    # Options left out keep the default of the chosen preset (--fast or the full one).
+    given = dict(max_held_out_shops=max_held_out, buyers_per_shop=buyers_per_shop, max_buyers_per_shop=max_buyers_per_shop,
+                 codebook_size=codebook_size, sft_max_steps=sft_max_steps, traces_per_code=traces_per_code,
+                 concurrency=concurrency)
+    options.update({k: v for k, v in given.items() if v is not None})
+    if baselines is not None:
+        options["baselines"] = tuple(name.strip() for name in baselines.split(",") if name.strip())
+    try:
+        config = EvaluateConfig.fast(out, **options) if fast else EvaluateConfig(out_dir=out, **options)
+    except (ValueError, FileNotFoundError) as error:
+        raise typer.BadParameter(str(error)) from None
+    summary = run_evaluation(config, console)
+    for name, result in summary["protocols"].items():
+        console.print(results_table(name, result))
+        check = result.get("browser_check")
+        if check:
+            console.print(f"driver check, shop {check['shop']}: browser {check['browser']['cr_sim']:.1%} vs "
+                          f"{config.driver} {check['http']['cr_sim']:.1%} ({'agree' if check['agree'] else 'DISAGREE'} "
+                          "within Wilson 95% intervals)")
+    console.print(f"summary: {out / 'summary.json'}\nreport: [bold]{out / 'report.html'}[/]")
+
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., exists=True, file_okay=False, help="A run or evaluation directory.")) -> None:
+    """(Re)build report.html of a run directory from what it holds."""
+    from harness.report import ReportError, write_report
+
+    try:
+        path = write_report(run_dir)
+    except ReportError as error:
+        raise typer.BadParameter(str(error)) from None
+    Console().print(f"report: [bold]{path}[/]")

@@ -1,0 +1,632 @@
+"""Held-out evaluation: do synthetic buyers convert like the real buyers of shops never trained on?
+
+`evaluate(EvaluateConfig(...))` runs the whole loop, one step after another, each writing its file
+into `out_dir`, so a rerun skips the steps already done (resumable):
+
+    shop_split.json                    training vs held-out shops (harness.split)
+    features_<all|browse_only>.parquet buyer features of every buyer (codebook.features)
+    <protocol>/codebook/               codebook trained on TRAINING shops' rows only
+    <protocol>/codes.parquet           every buyer's code (training and held-out), one forward pass
+    <protocol>/traces/                 replayed traces of training buyers (harness.replay)
+    <protocol>/agent/                  persona agent;  <protocol>/agent_no_persona/: the baseline agent
+    <protocol>/sim/<policy>/<shop>/    one simulation run per held-out shop and policy (harness.simulate)
+    <protocol>/results.json            per shop and policy: simulated vs real conversion, type mixes
+    summary.json, report.html          every figure, and the report (harness.report)
+
+Protocols: "paper" builds types from all features (codes carry purchase information), "strict"
+from browse-only features (codebook.features browse_only=True; no purchase information).
+
+Policies compared on the same shops with the same synthetic populations:
+    persona       the persona agent (LLMPolicy), sampling its actions
+    neutral       the same agent with every buyer given the neutral token (token ablation)
+    no_persona    an agent trained on the same traces with every code mapped to one token
+    type_profile  agent.baselines.TypeProfilePolicy from the training-shop codebook
+    global_rate   no simulation: the training buyers' overall conversion rate for every shop
+
+Conversion of a simulated buyer is STORE-COUNTED: the buyer has an order in the store's SQLite
+order log (summary["store_counted"]), not what the agent believes it did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from rich.console import Console
+
+from harness.population import SyntheticBuyer, buyer_seed
+from harness.split import SPLIT_FILE, ShopSplit, SplitConfig, buyers_per_shop, make_or_load_split
+
+PROTOCOLS = ("paper", "strict")
+LLM_POLICIES = ("persona", "neutral", "no_persona")
+BASELINES = ("no_persona", "neutral", "type_profile", "global_rate")
+FEATURE_FILES = {"paper": "features_all.parquet", "strict": "features_browse_only.parquet"}
+SUMMARY_FILE = "summary.json"
+RESULTS_FILE = "results.json"
+
+
+@dataclass
+class EvaluateConfig:
+    """Every option of one held-out evaluation; the defaults suit a full run on a laptop."""
+
+    out_dir: Path
+    # input: events.parquet + catalog.parquet, given one by one or as an ingested run dir
+    events: Path | None = None
+    catalog: Path | None = None
+    input_dir: Path | None = None
+    protocol: str = "paper"  # paper | strict | both
+    # split
+    held_out_fraction: float = 0.2
+    min_buyers: int = 50  # only shops with at least this many buyers can be held out
+    max_held_out_shops: int | None = None
+    # synthetic buyers per held-out shop; None: enough that the simulated rate's standard error
+    # is under a tenth of the real rate (N >= 100 (1 - p) / p), capped at max_buyers_per_shop
+    buyers_per_shop: int | None = None
+    max_buyers_per_shop: int = 1000
+    min_buyers_per_shop: int = 50
+    driver: str = "http"  # http | browser
+    browser_check: bool = True  # also run one held-out shop with the browser driver
+    browser_buyers: int = 200  # cap on that shop's browser-driven buyers
+    # codebook
+    codebook_size: int = 32
+    codebook_epochs: int = 20
+    embedding: str = "auto"
+    # traces and agent
+    agent_base: str = "tiny"  # tiny | smollm2 | a model directory
+    traces_per_code: int = 60  # training buyers replayed per code (random within the code)
+    traces_per_shop: int = 50  # cap on replayed buyers per training shop
+    trace_max_steps: int = 24  # the replay shortens longer buyers (browsing first, purchases kept)
+    sft_single_stage: bool = False  # skip the persona-token warm-up (a random tiny model has nothing to keep)
+    sft_stage1_epochs: int = 2
+    sft_stage2_epochs: int = 3
+    sft_stage1_lr: float = 5e-2
+    sft_stage2_lr: float | None = None  # None: 1e-2 for the tiny model, 5e-5 otherwise
+    sft_batch_size: int = 16
+    sft_max_steps: int | None = None  # cap on optimiser steps per stage
+    sft_max_length: int = 768
+    temperature: float = 1.0  # the agent SAMPLES its actions: rates follow the learned frequencies
+    # simulation
+    baselines: tuple[str, ...] = BASELINES
+    concurrency: int = 16
+    max_steps: int = 30
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.out_dir = Path(self.out_dir)
+        if self.input_dir is not None:
+            self.input_dir = Path(self.input_dir)
+            self.events = self.events or self.input_dir / "events.parquet"
+            self.catalog = self.catalog or self.input_dir / "catalog.parquet"
+        if self.events is None or self.catalog is None:
+            raise ValueError("give events and catalog (parquet files from `simpersona ingest`) or input_dir")
+        self.events, self.catalog = Path(self.events), Path(self.catalog)
+        for name, path in (("events", self.events), ("catalog", self.catalog)):
+            if not path.is_file():
+                raise FileNotFoundError(f"{name} file {path} not found (expected {name}.parquet from `simpersona ingest`)")
+        if self.protocol not in (*PROTOCOLS, "both"):
+            raise ValueError(f"protocol must be paper, strict or both; got {self.protocol!r}")
+        unknown = set(self.baselines) - set(BASELINES)
+        if unknown:
+            raise ValueError(f"unknown baselines {sorted(unknown)}; choose from {BASELINES}")
+        if self.driver not in ("http", "browser"):
+            raise ValueError(f"driver must be http or browser; got {self.driver!r}")
+        self.baselines = tuple(self.baselines)
+
+    @property
+    def protocols(self) -> tuple[str, ...]:
+        return PROTOCOLS if self.protocol == "both" else (self.protocol,)
+
+    @property
+    def policies(self) -> tuple[str, ...]:
+        """The policies that simulate (global_rate needs no simulation)."""
+        return ("persona",) + tuple(p for p in self.baselines if p != "global_rate")
+
+    @classmethod
+    def fast(cls, out_dir: Path, **options) -> "EvaluateConfig":
+        """A small preset for demos and smoke runs: a few held-out shops, capped buyers, tiny agent."""
+        preset = dict(
+            max_held_out_shops=4, max_buyers_per_shop=100, browser_buyers=30, codebook_size=16,
+            codebook_epochs=8, embedding="hashed", traces_per_code=12, traces_per_shop=10,
+            sft_single_stage=True, sft_stage2_epochs=2, sft_max_steps=150, sft_max_length=512, max_steps=40,
+        )
+        preset.update(options)
+        return cls(out_dir=out_dir, **preset)
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics (plain functions on numbers; tested on hand-made values)
+
+
+def alignment_term(simulated: float, real: float) -> float:
+    """1 - min(1, |CR_sim - CR_real| / CR_real); a shop with no real purchases scores 1 only when
+    the simulation has none either (the relative error is undefined there)."""
+    if real == 0:
+        return 1.0 if simulated == 0 else 0.0
+    return 1.0 - min(1.0, abs(simulated - real) / real)
+
+
+def conversion_alignment(simulated: list[float], real: list[float]) -> float | None:
+    """Mean over shops of alignment_term."""
+    if not simulated:
+        return None
+    return float(np.mean([alignment_term(s, r) for s, r in zip(simulated, real)]))
+
+
+def correlations(simulated: list[float], real: list[float]) -> dict:
+    """Pearson and Spearman across shops (None with fewer than 3 shops or a constant side)."""
+    from scipy.stats import pearsonr, spearmanr
+
+    result = {"pearson": None, "pearson_p": None, "spearman": None, "spearman_p": None, "n_shops": len(simulated)}
+    if len(simulated) < 3 or np.ptp(simulated) == 0 or np.ptp(real) == 0:
+        return result
+    pearson, spearman = pearsonr(simulated, real), spearmanr(simulated, real)
+    result.update(pearson=float(pearson.statistic), pearson_p=float(pearson.pvalue),
+                  spearman=float(spearman.statistic), spearman_p=float(spearman.pvalue))
+    return result
+
+
+def mix_jsd(p: dict[int, float] | np.ndarray, q: dict[int, float] | np.ndarray, size: int | None = None) -> float:
+    """Squared Jensen–Shannon distance in bits (= the JS divergence, base 2) between two type mixes."""
+    from scipy.spatial.distance import jensenshannon
+
+    def dense(mix):
+        if isinstance(mix, dict):
+            vector = np.zeros(size if size is not None else max(mix) + 1)
+            for code, share in mix.items():
+                vector[code] = share
+            return vector
+        return np.asarray(mix, dtype=float)
+
+    if isinstance(p, dict) or isinstance(q, dict):
+        size = size or 1 + max([*(p if isinstance(p, dict) else range(len(p))), *(q if isinstance(q, dict) else range(len(q)))])
+    return float(jensenshannon(dense(p), dense(q), base=2) ** 2)
+
+
+def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
+    from scipy.stats import binomtest
+
+    if trials == 0:
+        return (0.0, 1.0)
+    ci = binomtest(successes, trials).proportion_ci(confidence_level=confidence, method="wilson")
+    return (float(ci.low), float(ci.high))
+
+
+def intervals_overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    return a[0] <= b[1] and b[0] <= a[1]
+
+
+def buyers_needed(real_rate: float, cap: int, floor: int = 1) -> int:
+    """N >= 100 (1 - p) / p: the simulated rate's standard error sqrt(p (1-p) / N) is then at most
+    p / 10. Capped at `cap`; a shop without real purchases gets the cap."""
+    if real_rate <= 0:
+        return cap
+    return int(min(cap, max(floor, math.ceil(100 * (1 - real_rate) / real_rate))))
+
+
+def population_from_mix(mix: dict[int, float], buyers: int, seed: int) -> list[SyntheticBuyer]:
+    """Draw `buyers` synthetic buyers from a code mix, as harness.population.sample_population
+    does from a codebook's shop_mix.json (held-out shops have no entry there)."""
+    codes = np.array(sorted(mix), dtype=np.int64)
+    probabilities = np.array([mix[c] for c in codes], dtype=float)
+    probabilities /= probabilities.sum()
+    population = []
+    for index in range(buyers):
+        rng = np.random.default_rng(np.random.SeedSequence([seed, index, 1]))
+        population.append(SyntheticBuyer(index, int(rng.choice(codes, p=probabilities)), buyer_seed(seed, index)))
+    return population
+
+
+# ---------------------------------------------------------------------------------------------
+# Steps
+
+
+def real_conversion(events: Path) -> pd.DataFrame:
+    """Per shop: distinct buyers, buyers with a purchase, and their share (the real rate)."""
+    import duckdb
+
+    with duckdb.connect() as con:
+        frame = con.execute(
+            """SELECT CAST(shop_id AS VARCHAR) AS shop_id, count(DISTINCT buyer_id) AS buyers,
+                      count(DISTINCT CASE WHEN event_type = 'purchase' THEN buyer_id END) AS converted
+               FROM read_parquet(?) GROUP BY 1""",
+            [str(events)],
+        ).df()
+    frame["conversion_rate"] = frame["converted"] / frame["buyers"]
+    return frame.set_index("shop_id")
+
+
+def build_protocol_features(config: EvaluateConfig, protocol: str, console: Console) -> Path:
+    from codebook.features import build_features
+
+    path = config.out_dir / FEATURE_FILES[protocol]
+    if not path.is_file():
+        console.print(f"[bold]features[/] ({protocol}: {'browse-only' if protocol == 'strict' else 'all'} features)")
+        build_features(config.events, config.catalog, path, browse_only=protocol == "strict",
+                       embedding=config.embedding, progress=config.progress)
+    return path
+
+
+def train_protocol_codebook(config: EvaluateConfig, features: Path, split: ShopSplit, work: Path, console: Console) -> Path:
+    """The codebook sees TRAINING shops' rows only; then every buyer gets its code."""
+    from codebook.train import TrainConfig, load_codebook, read_features, train_codebook
+
+    codebook_dir, codes_path = work / "codebook", work / "codes.parquet"
+    frame, columns, meta = read_features(features)
+    frame["shop_id"] = frame["shop_id"].astype(str)
+    training = frame["shop_id"].isin(set(split.training))
+    if not (codebook_dir / "types.json").is_file():
+        console.print(f"[bold]codebook[/] on {int(training.sum()):,} training buyers (K={config.codebook_size})")
+        train_config = TrainConfig(codebook_size=config.codebook_size, epochs=config.codebook_epochs,
+                                   seed=config.seed, progress=config.progress)
+        train_codebook(frame[training].reset_index(drop=True), codebook_dir, train_config, columns=columns,
+                       meta={**meta, "training_shops_only": True, "split": str(config.out_dir / SPLIT_FILE)})
+    if not codes_path.is_file():
+        codes = load_codebook(codebook_dir).assign(frame)
+        out = frame[["shop_id", "buyer_id"]].assign(code=codes, split=np.where(training, "training", "held_out"))
+        if "converted" in frame:
+            out["converted"] = frame["converted"].astype(bool)
+        out.to_parquet(codes_path, index=False)
+    return codebook_dir
+
+
+def select_trace_buyers(codes: pd.DataFrame, per_code: int, per_shop: int, seed: int) -> pd.DataFrame:
+    """Training buyers to replay: at most `per_shop` of a shop, then at most `per_code` of a code,
+    each drawn at random, so a code's share of converting traces estimates its real conversion."""
+    training = codes[codes["split"] == "training"]
+    shuffled = training.sample(frac=1.0, random_state=seed)  # head() below then takes a random subset
+    chosen = shuffled.groupby("shop_id").head(per_shop).groupby("code").head(per_code)
+    return chosen.sort_values(["shop_id", "buyer_id"]).reset_index(drop=True)
+
+
+async def make_protocol_traces(config: EvaluateConfig, work: Path, console: Console) -> Path:
+    from harness.replay import ReplayConfig, replay
+
+    traces_dir = work / "traces"
+    done = traces_dir / "traces.jsonl"
+    if done.is_file() and done.stat().st_size > 0:
+        return done
+    chosen = select_trace_buyers(pd.read_parquet(work / "codes.parquet"), config.traces_per_code,
+                                 config.traces_per_shop, config.seed)
+    shops = tuple(sorted(chosen["shop_id"].unique()))
+    console.print(f"[bold]traces[/]: replaying {len(chosen):,} training buyers of {len(shops):,} shops")
+    report = await replay(config.events, config.catalog, chosen[["shop_id", "buyer_id", "code"]], traces_dir,
+                         # Buyers are chosen above: the replay's own per-shop sampling stays off.
+                         ReplayConfig(driver="http", concurrency=config.concurrency, shops=shops,
+                                      max_steps_per_buyer=config.trace_max_steps, seed=config.seed,
+                                      progress=config.progress))
+    path = Path(report.traces_path)
+    if path != done:
+        done.parent.mkdir(parents=True, exist_ok=True)
+        done.write_bytes(path.read_bytes())
+    return done
+
+
+def train_protocol_agent(config: EvaluateConfig, traces_path: Path, out: Path, one_code: bool, console: Console) -> Path:
+    """The persona agent, or (one_code) the no-persona agent: every trace's code mapped to 0."""
+    from agent.models import load_base
+    from agent.sft import SFTConfig, save_agent, train_agent
+    from agent.traces import read_traces
+
+    if (out / "persona.json").is_file():
+        return out
+    traces = read_traces(traces_path)
+    if one_code:
+        traces = [replace(trace, code=0) for trace in traces]
+    texts = [step.observation for trace in traces for step in trace.steps] + [step.action for trace in traces for step in trace.steps]
+    console.print(f"[bold]agent[/] ({'no persona' if one_code else 'persona'}): {len(traces):,} traces, "
+                  f"{sum(len(t.steps) for t in traces):,} steps, base {config.agent_base!r}")
+    tiny = config.agent_base == "tiny"
+    sft = SFTConfig(
+        num_codes=1 if one_code else config.codebook_size, single_stage=config.sft_single_stage, stage1_epochs=config.sft_stage1_epochs,
+        stage2_epochs=config.sft_stage2_epochs, stage1_lr=config.sft_stage1_lr,
+        stage2_lr=config.sft_stage2_lr or (1e-2 if tiny else 5e-5), batch_size=config.sft_batch_size,
+        max_length=config.sft_max_length, stage1_max_steps=config.sft_max_steps, stage2_max_steps=config.sft_max_steps,
+        init_noise_scale=1.0 if tiny else 0.1, seed=config.seed,
+    )
+    result = train_agent(traces, load_base(config.agent_base, texts), sft)
+    save_agent(result, out, sft, {"traces": str(traces_path), "base_spec": config.agent_base, "one_code": one_code})
+    return out
+
+
+@dataclass
+class OneCodePolicy:
+    """Runs the no-persona agent: every buyer is shown the one code that agent was trained with."""
+
+    inner: object
+    name: str = "no_persona"
+
+    def act(self, turns):
+        return self.inner.act([replace(turn, code=0) for turn in turns])
+
+    def forget(self, buyer_index: int) -> None:
+        forget = getattr(self.inner, "forget", None)
+        if forget is not None:
+            forget(buyer_index)
+
+
+def load_policy(name: str, work: Path, config: EvaluateConfig):
+    from agent.generate import GenerationSettings
+    from agent.llm_policy import LLMPolicy
+
+    sampling = GenerationSettings(temperature=config.temperature, seed=config.seed)
+    if name == "persona":
+        return LLMPolicy.from_dir(work / "agent", generation=sampling, name="persona")
+    if name == "neutral":
+        return LLMPolicy.from_dir(work / "agent", neutral=True, generation=sampling, name="neutral")
+    if name == "no_persona":
+        return OneCodePolicy(LLMPolicy.from_dir(work / "agent_no_persona", generation=sampling, name="no_persona"))
+    if name == "type_profile":
+        from agent.baselines import TypeProfilePolicy
+
+        return TypeProfilePolicy.from_codebook(work / "codebook")
+    raise ValueError(f"no simulating policy called {name!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Simulating one held-out shop
+
+
+@dataclass
+class ShopPlan:
+    shop: str
+    real_buyers: int
+    real_converted: int
+    real_mix: dict[int, float]
+    population: list[SyntheticBuyer] = field(repr=False)
+
+    @property
+    def real_rate(self) -> float:
+        return self.real_converted / self.real_buyers
+
+    @property
+    def sampled_mix(self) -> dict[int, float]:
+        codes = pd.Series([b.code for b in self.population]).value_counts(normalize=True)
+        return {int(c): float(s) for c, s in codes.items()}
+
+
+async def simulate_shop(config: EvaluateConfig, work: Path, policy_name: str, policy, plan: ShopPlan,
+                        driver: str, run_group: str, pool=None) -> dict:
+    """Run (or resume, or reuse) one held-out shop's simulation; returns its summary."""
+    from harness.simulate import SimulationConfig, run_simulation
+    from storefronts.server import serve_store
+
+    run_root = work / "sim" / run_group
+    run_dir = run_root / plan.shop
+    summary_path = run_dir / "summary.json"
+    if summary_path.is_file():
+        summary = json.loads(summary_path.read_text())
+        if summary.get("completed") == len(plan.population) and summary.get("store_counted"):
+            return summary
+    with serve_store(config.catalog, plan.shop, db_path=run_dir.parent / f"{plan.shop}.store.db") as store:
+        sim = SimulationConfig(
+            store_url=store.url, shop=plan.shop, codebook_dir=work / "codebook", buyers=len(plan.population),
+            concurrency=config.concurrency, driver=driver, max_steps=config.max_steps, seed=config.seed,
+            out_dir=run_root, run_id=plan.shop, resume=(run_dir / "manifest.json").is_file(),
+            store_db=store.db_path, our_store=True, progress=config.progress,
+        )
+        result = await run_simulation(sim, policy, pool=pool, population=plan.population)
+    return result.summary
+
+
+def shop_row(policy: str, plan: ShopPlan, summary: dict, driver: str) -> dict:
+    """One line of results.json: the shop's simulated (store-counted) and real conversion."""
+    counted = summary["store_counted"]
+    completed = summary["completed"]
+    converted = counted["buyers_with_orders"]
+    simulated = converted / completed if completed else 0.0
+    return {
+        "policy": policy, "shop": plan.shop, "driver": driver,
+        "sim_buyers": completed, "sim_converted": converted, "cr_sim": simulated,
+        "cr_sim_ci": wilson_interval(converted, completed),
+        "real_buyers": plan.real_buyers, "real_converted": plan.real_converted, "cr_real": plan.real_rate,
+        "cr_real_ci": wilson_interval(plan.real_converted, plan.real_buyers),
+        "alignment": alignment_term(simulated, plan.real_rate),
+        "agent_said_converted": summary["converted"],
+        "store_agreement": counted["agreement"],
+        "outcomes": summary["outcomes"], "step_errors": summary["step_errors"],
+    }
+
+
+def plan_shops(config: EvaluateConfig, split: ShopSplit, codes: pd.DataFrame, real: pd.DataFrame) -> list[ShopPlan]:
+    plans = []
+    for shop in split.held_out:
+        members = codes[codes["shop_id"] == shop]
+        mix = members["code"].value_counts(normalize=True)
+        real_buyers, real_converted = int(real.loc[shop, "buyers"]), int(real.loc[shop, "converted"])
+        n = config.buyers_per_shop or buyers_needed(real_converted / real_buyers, config.max_buyers_per_shop,
+                                                    config.min_buyers_per_shop)
+        population = population_from_mix({int(c): float(s) for c, s in mix.items()}, n, config.seed)
+        plans.append(ShopPlan(shop, real_buyers, real_converted, {int(c): float(s) for c, s in mix.items()}, population))
+    return plans
+
+
+def per_type_behaviour(work: Path, run_group: str, shops: list[str]) -> dict:
+    """Per code, pooled over the shops' runs: buyers, mean steps, mean product views and cart rate
+    (from the store's own event log), conversion; Kruskal–Wallis of each across codes."""
+    from codebook.metrics import kruskal_across_types
+    from storefronts.orderlog import read_events, read_orders
+
+    rows = []
+    for shop in shops:
+        run_dir = work / "sim" / run_group / shop
+        trajectories = run_dir / "trajectories.jsonl"
+        db = work / "sim" / run_group / f"{shop}.store.db"
+        if not trajectories.is_file() or not db.is_file():
+            continue
+        views, carts, ordered = {}, {}, set()
+        for event in read_events(db):
+            tag = event.get("buyer_tag") or ""
+            views[tag] = views.get(tag, 0) + (event["event_type"] == "product_view")
+            carts[tag] = carts.get(tag, 0) + (event["event_type"] == "add_to_cart")
+        ordered = {order["buyer_tag"] for order in read_orders(db)}
+        for line in trajectories.read_text().splitlines():
+            record = json.loads(line)
+            tag = record["buyer_tag"]
+            rows.append({"code": record["code"], "steps": record["n_steps"], "product_views": views.get(tag, 0),
+                         "carted": carts.get(tag, 0) > 0, "converted": tag in ordered})
+    if not rows:
+        return {"types": {}, "kruskal": {}}
+    frame = pd.DataFrame(rows)
+    types = {
+        str(code): {"buyers": int(len(g)), "mean_steps": float(g["steps"].mean()),
+                    "mean_product_views": float(g["product_views"].mean()),
+                    "viewed_rate": float((g["product_views"] > 0).mean()), "cart_rate": float(g["carted"].mean()),
+                    "conversion_rate": float(g["converted"].mean())}
+        for code, g in frame.groupby("code")
+    }
+    codes = frame["code"].to_numpy()
+    kruskal = {name: kruskal_across_types(frame[column].to_numpy(dtype=float), codes)
+               for name, column in (("steps", "steps"), ("product_views", "product_views"), ("cart", "carted"),
+                                    ("conversion", "converted"))}
+    return {"types": types, "kruskal": kruskal}
+
+
+def trace_code_rates(traces_path: Path) -> dict[str, dict]:
+    from agent.traces import read_traces
+
+    frame = pd.DataFrame([{"code": t.code, "converted": t.converted} for t in read_traces(traces_path)])
+    return {str(code): {"traces": int(len(g)), "conversion_rate": float(g["converted"].mean())}
+            for code, g in frame.groupby("code")}
+
+
+def agent_code_check(trace_rates: dict, behaviour: dict) -> dict:
+    """Per code: the agent's store-counted conversion (pooled over held-out shops) next to the
+    conversion of that code's training traces; the agent should reproduce the latter."""
+    rows, agent, traced, weights = {}, [], [], []
+    for code, entry in behaviour.get("types", {}).items():
+        trace = trace_rates.get(code)
+        rows[code] = {"agent_buyers": entry["buyers"], "agent_conversion": entry["conversion_rate"],
+                      "trace_count": trace["traces"] if trace else 0,
+                      "trace_conversion": trace["conversion_rate"] if trace else None}
+        if trace:
+            agent.append(entry["conversion_rate"]), traced.append(trace["conversion_rate"]), weights.append(entry["buyers"])
+    gap = float(np.average(np.abs(np.array(agent) - np.array(traced)), weights=weights)) if agent else None
+    return {"per_code": rows, "weighted_mean_abs_gap": gap, **correlations(agent, traced)}
+
+
+# ---------------------------------------------------------------------------------------------
+# The pipeline
+
+
+def summarize_policy(rows: list[dict]) -> dict:
+    simulated, real = [r["cr_sim"] for r in rows], [r["cr_real"] for r in rows]
+    return {"shops": len(rows), "alignment": conversion_alignment(simulated, real), **correlations(simulated, real),
+            "mean_cr_sim": float(np.mean(simulated)) if rows else None,
+            "mean_cr_real": float(np.mean(real)) if rows else None,
+            "mean_abs_error": float(np.mean(np.abs(np.array(simulated) - np.array(real)))) if rows else None}
+
+
+async def run_protocol(config: EvaluateConfig, protocol: str, split: ShopSplit, real: pd.DataFrame, console: Console) -> dict:
+    work = config.out_dir / protocol
+    work.mkdir(parents=True, exist_ok=True)
+    features = build_protocol_features(config, protocol, console)
+    train_protocol_codebook(config, features, split, work, console)
+    codes = pd.read_parquet(work / "codes.parquet")
+    plans = plan_shops(config, split, codes, real)
+    needs_agent = any(p in LLM_POLICIES for p in config.policies)
+    traces_path = await make_protocol_traces(config, work, console) if needs_agent else None
+    if needs_agent:
+        train_protocol_agent(config, traces_path, work / "agent", False, console)
+    if "no_persona" in config.policies:
+        train_protocol_agent(config, traces_path, work / "agent_no_persona", True, console)
+
+    rows: list[dict] = []
+    for policy_name in config.policies:
+        policy = load_policy(policy_name, work, config)
+        for plan in plans:
+            console.print(f"[bold]{protocol}[/] · {policy_name} · shop {plan.shop}: {len(plan.population)} buyers "
+                          f"(real rate {plan.real_rate:.1%} of {plan.real_buyers})")
+            summary = await simulate_shop(config, work, policy_name, policy, plan, config.driver, policy_name)
+            rows.append(shop_row(policy_name, plan, summary, config.driver))
+    training_codes = codes[codes["split"] == "training"]
+    training_real = real.loc[real.index.isin(set(split.training))]
+    global_rate = float(training_real["converted"].sum() / training_real["buyers"].sum())
+    if "global_rate" in config.baselines:
+        for plan in plans:
+            rows.append({"policy": "global_rate", "shop": plan.shop, "driver": None, "cr_sim": global_rate,
+                         "cr_real": plan.real_rate, "real_buyers": plan.real_buyers, "real_converted": plan.real_converted,
+                         "cr_real_ci": wilson_interval(plan.real_converted, plan.real_buyers),
+                         "alignment": alignment_term(global_rate, plan.real_rate)})
+
+    browser = await browser_check(config, work, plans) if config.browser_check and config.driver != "browser" and plans else None
+    behaviour = per_type_behaviour(work, "persona", [p.shop for p in plans])
+    size = config.codebook_size
+    mixes = {p.shop: {"real": p.real_mix, "sampled": p.sampled_mix, "jsd": mix_jsd(p.sampled_mix, p.real_mix, size)} for p in plans}
+    result = {
+        "protocol": protocol,
+        "held_out_shops": [p.shop for p in plans],
+        "buyers_per_shop": {p.shop: len(p.population) for p in plans},
+        "training_buyers": int(len(training_codes)),
+        "training_conversion_rate": global_rate,
+        "policies": {name: summarize_policy([r for r in rows if r["policy"] == name])
+                     for name in dict.fromkeys(r["policy"] for r in rows)},
+        "type_mix": {"mean_jsd": float(np.mean([m["jsd"] for m in mixes.values()])) if mixes else None, "shops": mixes},
+        "per_type": behaviour,
+        "agent_check": agent_code_check(trace_code_rates(traces_path), behaviour) if traces_path else None,
+        "browser_check": browser,
+        "shops": rows,
+    }
+    (work / RESULTS_FILE).write_text(json.dumps(result, indent=1, default=_json_default) + "\n")
+    return result
+
+
+async def browser_check(config: EvaluateConfig, work: Path, plans: list[ShopPlan]) -> dict:
+    """The persona agent on one held-out shop (the largest) with the browser driver as well:
+    the two store-counted rates should agree within their Wilson intervals."""
+    plan = max(plans, key=lambda p: p.real_buyers)
+    plan = replace(plan, population=plan.population[: config.browser_buyers])
+    policy = load_policy("persona", work, config)
+    browser = await simulate_shop(config, work, "persona", policy, plan, "browser", "persona_browser")
+    http = await simulate_shop(config, work, "persona", policy, plan, config.driver, "persona_http_check")
+    rows = {driver: shop_row("persona", plan, summary, driver) for driver, summary in (("browser", browser), (config.driver, http))}
+    return {"shop": plan.shop, "buyers": len(plan.population),
+            "browser": {k: rows["browser"][k] for k in ("cr_sim", "cr_sim_ci", "sim_converted", "sim_buyers")},
+            "http": {k: rows[config.driver][k] for k in ("cr_sim", "cr_sim_ci", "sim_converted", "sim_buyers")},
+            "agree": intervals_overlap(rows["browser"]["cr_sim_ci"], rows[config.driver]["cr_sim_ci"])}
+
+
+def evaluate(config: EvaluateConfig, console: Console | None = None) -> dict:
+    """Run every step (skipping those already done) and write summary.json and report.html."""
+    console = console or Console(quiet=not config.progress)
+    started = time.perf_counter()
+    config.out_dir.mkdir(parents=True, exist_ok=True)
+    counts = buyers_per_shop(config.events)
+    split = make_or_load_split(config.out_dir / SPLIT_FILE, counts, SplitConfig(
+        config.held_out_fraction, config.min_buyers, config.max_held_out_shops, config.seed))
+    if not split.held_out:
+        raise ValueError(f"{config.events}: no shop has at least min_buyers={config.min_buyers} buyers; nothing to hold out")
+    console.print(f"[bold]split[/]: {len(split.training):,} training shops, {len(split.held_out)} held out "
+                  f"(of {len(split.eligible)} with ≥ {config.min_buyers} buyers)")
+    real = real_conversion(config.events)
+    protocols = {protocol: asyncio.run(run_protocol(config, protocol, split, real, console)) for protocol in config.protocols}
+    summary = {
+        "config": {k: _json_default(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
+        "split": {"training": len(split.training), "held_out": split.held_out, "eligible": len(split.eligible)},
+        "protocols": protocols,
+        "headline": {p: {name: r["policies"].get(name, {}).get("alignment") for name in r["policies"]} for p, r in protocols.items()},
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    (config.out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=1, default=_json_default) + "\n")
+    from harness.report import write_report
+
+    write_report(config.out_dir)
+    return summary
+
+
+def _json_default(value):
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

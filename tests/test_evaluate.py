@@ -1,0 +1,152 @@
+"""harness.evaluate: metrics on hand-made numbers, and a small end-to-end run on a Tmall subset
+(real data, real stores, real replay, a real tiny agent, the http and browser drivers)."""
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from harness.evaluate import (
+    EvaluateConfig,
+    alignment_term,
+    buyers_needed,
+    conversion_alignment,
+    correlations,
+    evaluate,
+    intervals_overlap,
+    mix_jsd,
+    population_from_mix,
+    select_trace_buyers,
+    wilson_interval,
+)
+
+TMALL_CSV = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tmall_brand_2014" / "t_alibaba_data.csv"
+
+
+# --- metrics on hand-made numbers ------------------------------------------------------------
+
+
+def test_alignment():
+    assert alignment_term(0.10, 0.10) == 1.0
+    assert alignment_term(0.12, 0.10) == pytest.approx(0.8)
+    assert alignment_term(0.05, 0.10) == pytest.approx(0.5)
+    assert alignment_term(0.35, 0.10) == 0.0  # the error is capped at 100 %
+    assert alignment_term(0.0, 0.0) == 1.0 and alignment_term(0.01, 0.0) == 0.0
+    assert conversion_alignment([0.12, 0.05, 0.35], [0.10, 0.10, 0.10]) == pytest.approx((0.8 + 0.5 + 0.0) / 3)
+    assert conversion_alignment([], []) is None
+
+
+def test_correlations():
+    perfect = correlations([0.1, 0.2, 0.3, 0.4], [0.2, 0.4, 0.6, 0.8])
+    assert perfect["pearson"] == pytest.approx(1.0) and perfect["spearman"] == pytest.approx(1.0)
+    # Monotone but not linear: Spearman 1, Pearson below 1. By hand: deviations from the means
+    # (-3, -2, -1, 6) and (-1.5, -0.5, 0.5, 1.5): r = 14 / sqrt(50 * 5).
+    curved = correlations([1.0, 2.0, 3.0, 10.0], [1.0, 2.0, 3.0, 4.0])
+    assert curved["spearman"] == pytest.approx(1.0) and curved["pearson"] == pytest.approx(14 / math.sqrt(250))
+    reversed_ = correlations([3.0, 2.0, 1.0], [1.0, 2.0, 3.0])
+    assert reversed_["pearson"] == pytest.approx(-1.0)
+    assert correlations([0.1, 0.2], [0.1, 0.2])["pearson"] is None  # too few shops
+    assert correlations([0.1, 0.1, 0.1], [0.1, 0.2, 0.3])["pearson"] is None  # constant side
+
+
+def test_jsd():
+    assert mix_jsd([0.5, 0.5], [0.5, 0.5]) == pytest.approx(0.0)
+    assert mix_jsd([1.0, 0.0], [0.0, 1.0]) == pytest.approx(1.0)  # disjoint: 1 bit
+    # p = (1, 0), q = (1/2, 1/2): m = (3/4, 1/4); JSD = 1/2 KL(p||m) + 1/2 KL(q||m) in bits.
+    expected = 0.5 * math.log2(4 / 3) + 0.5 * (0.5 * math.log2(0.5 / 0.75) + 0.5 * math.log2(0.5 / 0.25))
+    assert mix_jsd([1.0, 0.0], [0.5, 0.5]) == pytest.approx(expected)
+    # Dict mixes with different codes are aligned on the code.
+    assert mix_jsd({0: 1.0}, {3: 1.0}, size=4) == pytest.approx(1.0)
+    assert mix_jsd({2: 0.5, 5: 0.5}, {5: 0.5, 2: 0.5}) == pytest.approx(0.0)
+
+
+def test_wilson_and_buyers_needed():
+    low, high = wilson_interval(10, 100)
+    assert low == pytest.approx(0.0552, abs=1e-3) and high == pytest.approx(0.1744, abs=1e-3)
+    assert intervals_overlap((0.1, 0.2), (0.19, 0.3)) and not intervals_overlap((0.1, 0.2), (0.21, 0.3))
+    assert buyers_needed(0.5, cap=10_000) == 100
+    assert buyers_needed(0.0785, cap=10_000) == math.ceil(100 * 0.9215 / 0.0785)
+    assert buyers_needed(0.01, cap=500) == 500 and buyers_needed(0.0, cap=300) == 300
+    assert buyers_needed(0.9, cap=500, floor=50) == 50
+
+
+def test_population_from_mix_is_reproducible_and_follows_the_mix():
+    mix = {3: 0.25, 7: 0.75}
+    first = population_from_mix(mix, 2000, seed=1)
+    assert first == population_from_mix(mix, 2000, seed=1)
+    assert first[:10] == population_from_mix(mix, 10, seed=1)  # buyer i does not depend on N
+    share = sum(b.code == 7 for b in first) / len(first)
+    assert abs(share - 0.75) < 0.03
+
+
+def test_trace_buyers_come_from_training_shops_with_caps():
+    codes = pd.DataFrame({"shop_id": ["a"] * 10 + ["b"] * 10 + ["h"] * 10, "buyer_id": [str(i) for i in range(30)],
+                          "code": [0, 1] * 15, "split": ["training"] * 20 + ["held_out"] * 10})
+    chosen = select_trace_buyers(codes, per_code=3, per_shop=4, seed=0)
+    assert set(chosen["shop_id"]) <= {"a", "b"}
+    assert chosen.groupby("code").size().max() <= 3 and chosen.groupby("shop_id").size().max() <= 4
+    assert chosen.equals(select_trace_buyers(codes, per_code=3, per_shop=4, seed=0))
+
+
+# --- end to end on real data -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tmall_subset(tmp_path_factory):
+    """Ingested Tmall log of a few brands: two with >= 50 buyers (held-out candidates), the rest training."""
+    if not TMALL_CSV.is_file():
+        pytest.skip(f"real data not present: {TMALL_CSV}")
+    from codebook.ingest import IngestConfig, ingest
+
+    raw = pd.read_csv(TMALL_CSV)
+    visitors = raw.groupby("brand_id")["user_id"].nunique().sort_values(ascending=False)
+    brands = list(visitors.index[20:22]) + list(visitors[(visitors >= 8) & (visitors < 30)].index[:25])
+    out = tmp_path_factory.mktemp("tmall_subset")
+    raw[raw["brand_id"].isin(brands)].to_csv(out / "t_alibaba_data.csv", index=False)
+    ingest([out / "t_alibaba_data.csv"], out / "ingested", IngestConfig())
+    return out / "ingested"
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_end_to_end_on_a_tmall_subset(tmall_subset, tmp_path):
+    out = tmp_path / "eval"
+    config = EvaluateConfig(
+        out_dir=out, input_dir=tmall_subset, protocol="paper", held_out_fraction=0.5, min_buyers=50,
+        max_held_out_shops=1, buyers_per_shop=6, browser_buyers=3, codebook_size=4, codebook_epochs=2,
+        embedding="hashed", traces_per_code=3, traces_per_shop=3, trace_max_steps=12, sft_stage1_epochs=1,
+        sft_stage2_epochs=1, sft_max_steps=3, max_steps=4, concurrency=4, progress=False,
+    )
+    summary = evaluate(config)
+
+    split = json.loads((out / "shop_split.json").read_text())
+    assert split["n_held_out"] == 1 and split["held_out"][0] not in split["training"]
+    result = summary["protocols"]["paper"]
+    assert set(result["policies"]) == {"persona", "no_persona", "neutral", "type_profile", "global_rate"}
+    for figures in result["policies"].values():
+        assert figures["shops"] == 1 and 0.0 <= figures["alignment"] <= 1.0
+    shop = split["held_out"][0]
+    events = pd.read_parquet(tmall_subset / "events.parquet").astype({"shop_id": str})
+    mine = events[events["shop_id"] == shop]
+    real_rate = mine.loc[mine["event_type"] == "purchase", "buyer_id"].nunique() / mine["buyer_id"].nunique()
+    for row in result["shops"]:
+        assert row["cr_real"] == pytest.approx(real_rate)
+        if row["policy"] != "global_rate":
+            assert row["sim_buyers"] == 6 and row["store_agreement"] == 1.0
+    assert result["type_mix"]["mean_jsd"] >= 0.0 and shop in result["type_mix"]["shops"]
+    assert result["browser_check"]["browser"]["sim_buyers"] == 3
+    assert "agree" in result["browser_check"]
+    assert result["agent_check"]["per_code"]
+    assert (out / "paper" / "codebook" / "types.json").is_file()
+    # The codebook never saw the held-out shop.
+    mix = json.loads((out / "paper" / "codebook" / "shop_mix.json").read_text())
+    assert shop not in mix.get("shops", mix)
+    assert (out / "report.html").is_file() and list((out / "plots").glob("*.png"))
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk["headline"]["paper"]["persona"] == result["policies"]["persona"]["alignment"]
+
+    # Resumable: a second call reuses every step's file and gives the same figures.
+    again = evaluate(config)
+    assert again["protocols"]["paper"]["policies"] == result["policies"]
