@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Optional
@@ -102,35 +101,12 @@ def assign_command(
 def demo_command(
     data: Optional[list[Path]] = typer.Option(None, "--data", exists=True, dir_okay=False, help="Your own raw log (default: shared real data if present, else the embedded synthetic log)."),
     synthetic: bool = typer.Option(False, "--synthetic", help="Use the embedded synthetic log even where real data is present."),
-    k: int = typer.Option(32, "--k", help="Number of buyer types."),
+    k: int = typer.Option(32, "--k", help="Number of buyer types of the codebook over every shop."),
+    types_only: bool = typer.Option(False, "--types-only", help="Stop after the codebook (ingest → features → types)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/demo-<time>)."),
 ) -> None:
-    """Run the pipeline end to end: ingest → features → codebook → printed type table."""
-    run_dir = out or _new_run_dir("demo")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    chosen = pipeline.choose_demo_input(data, run_dir, synthetic)
-    console.rule("SimPersona demo")
-    console.print(f"input: {chosen.description}")
-    console.print(f"run directory: {run_dir}")
+    """The whole loop: ingest → types → replay traces → SFT → simulate held-out shops → A/B → report."""
+    from harness.demo import DemoConfig, run_demo
 
-    console.rule("1. ingest")
-    ingested = pipeline.run_ingest(chosen.paths, run_dir, console=console)
-    console.print(summary_table(ingested))
-
-    console.rule("2. buyer features")
-    features = pipeline.run_features(run_dir)
-    frame, columns, meta = read_features(features)
-    console.print(f"{len(frame):,} shop × buyer rows, {len(columns)} features (embedding: {meta.get('embedding')})")
-
-    console.rule("3. behaviour-aware VQ-VAE codebook")
-    config = TrainConfig(codebook_size=k, progress=console.is_terminal)
-    result = pipeline.run_codebook(features, run_dir / "codebook", config)
-    console.print(pipeline.types_table(result.types, max_rows=k))
-    console.print(pipeline.metrics_line(result.metrics))
-    console.print(compare_baselines(features, config, trained=result).table)
-    if chosen.synthetic_dir is not None:
-        console.rule("4. oracle check: recovery of the planted types")
-        recovery = pipeline.planted_type_recovery(chosen.synthetic_dir, run_dir)
-        console.print(f"browse-only features, one code per planted type: adjusted Rand index {recovery:.3f}")
-    (run_dir / "demo.json").write_text(json.dumps({"input": chosen.description, "k": k}, indent=2) + "\n")
-    console.print(f"[bold green]done[/] — artifacts in {run_dir}")
+    run_demo(DemoConfig(run_dir=out or _new_run_dir("demo"), data=data, synthetic=synthetic, k=k,
+                        types_only=types_only), console)

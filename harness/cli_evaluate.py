@@ -65,6 +65,7 @@ def evaluate(
     driver: Driver = typer.Option(Driver.http, "--driver", help="Driver of the main runs."),
     browser_check: bool = typer.Option(True, "--browser-check/--no-browser-check",
                                        help="Also run one held-out shop with headless Chromium and compare."),
+    variant: str = typer.Option(None, "--variant", help="Store layout of replays and simulations (default saved_details: signed-in buyers)."),
     codebook_size: int = typer.Option(None, "--codebook-size", min=2, help="Number of buyer types K."),
     agent_base: str = typer.Option("tiny", "--agent-base", help="'tiny', 'smollm2' or a model directory."),
     sft_max_steps: int = typer.Option(None, "--sft-max-steps", min=1, help="Cap on optimiser steps per SFT stage."),
@@ -85,7 +86,7 @@ def evaluate(
     # Options left out keep the default of the chosen preset (--fast or the full one).
     given = dict(max_held_out_shops=max_held_out, buyers_per_shop=buyers_per_shop, max_buyers_per_shop=max_buyers_per_shop,
                  codebook_size=codebook_size, sft_max_steps=sft_max_steps, traces_per_code=traces_per_code,
-                 concurrency=concurrency)
+                 concurrency=concurrency, variant=variant)
     options.update({k: v for k, v in given.items() if v is not None})
     if baselines is not None:
         options["baselines"] = tuple(name.strip() for name in baselines.split(",") if name.strip())

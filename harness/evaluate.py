@@ -71,6 +71,10 @@ class EvaluateConfig:
     max_buyers_per_shop: int = 1000
     min_buyers_per_shop: int = 50
     driver: str = "http"  # http | browser
+    # The store layout of every replay and simulation. "saved_details": buyers are signed in and
+    # check out with a saved address and wallet (Tmall's buyers do), so the agent has to learn the
+    # decisions, not a form's typing; "default" asks every buyer to type an address and a card.
+    variant: str = "saved_details"
     browser_check: bool = True  # also run one held-out shop with the browser driver
     browser_buyers: int = 200  # cap on that shop's browser-driven buyers
     # codebook
@@ -79,6 +83,9 @@ class EvaluateConfig:
     embedding: str = "auto"
     # traces and agent
     agent_base: str = "tiny"  # tiny | smollm2 | a model directory
+    # The tiny model's size (agent_base="tiny"): big enough to read which element to click
+    tiny_hidden_size: int = 128
+    tiny_layers: int = 4
     traces_per_code: int = 60  # training buyers replayed per code (random within the code)
     traces_per_shop: int = 50  # cap on replayed buyers per training shop
     trace_max_steps: int = 24  # the replay shortens longer buyers (browsing first, purchases kept)
@@ -132,9 +139,10 @@ class EvaluateConfig:
     def fast(cls, out_dir: Path, **options) -> "EvaluateConfig":
         """A small preset for demos and smoke runs: a few held-out shops, capped buyers, tiny agent."""
         preset = dict(
-            max_held_out_shops=4, max_buyers_per_shop=100, browser_buyers=30, codebook_size=16,
+            max_held_out_shops=3, max_buyers_per_shop=50, browser_buyers=20, codebook_size=16,
             codebook_epochs=8, embedding="hashed", traces_per_code=12, traces_per_shop=10,
-            sft_single_stage=True, sft_stage2_epochs=2, sft_max_steps=150, sft_max_length=512, max_steps=40,
+            sft_stage1_epochs=1, sft_stage2_epochs=4, sft_stage2_lr=3e-3, sft_max_steps=300, sft_max_length=512,
+            max_steps=40, baselines=("neutral", "type_profile", "global_rate"),
         )
         preset.update(options)
         return cls(out_dir=out_dir, **preset)
@@ -298,7 +306,7 @@ async def make_protocol_traces(config: EvaluateConfig, work: Path, console: Cons
     console.print(f"[bold]traces[/]: replaying {len(chosen):,} training buyers of {len(shops):,} shops")
     report = await replay(config.events, config.catalog, chosen[["shop_id", "buyer_id", "code"]], traces_dir,
                          # Buyers are chosen above: the replay's own per-shop sampling stays off.
-                         ReplayConfig(driver="http", concurrency=config.concurrency, shops=shops,
+                         ReplayConfig(driver="http", concurrency=config.concurrency, shops=shops, variant=config.variant,
                                       max_steps_per_buyer=config.trace_max_steps, seed=config.seed,
                                       progress=config.progress))
     path = Path(report.traces_path)
@@ -310,7 +318,6 @@ async def make_protocol_traces(config: EvaluateConfig, work: Path, console: Cons
 
 def train_protocol_agent(config: EvaluateConfig, traces_path: Path, out: Path, one_code: bool, console: Console) -> Path:
     """The persona agent, or (one_code) the no-persona agent: every trace's code mapped to 0."""
-    from agent.models import load_base
     from agent.sft import SFTConfig, save_agent, train_agent
     from agent.traces import read_traces
 
@@ -330,9 +337,20 @@ def train_protocol_agent(config: EvaluateConfig, traces_path: Path, out: Path, o
         max_length=config.sft_max_length, stage1_max_steps=config.sft_max_steps, stage2_max_steps=config.sft_max_steps,
         init_noise_scale=1.0 if tiny else 0.1, seed=config.seed,
     )
-    result = train_agent(traces, load_base(config.agent_base, texts), sft)
+    result = train_agent(traces, load_agent_base(config, texts), sft)
     save_agent(result, out, sft, {"traces": str(traces_path), "base_spec": config.agent_base, "one_code": one_code})
     return out
+
+
+def load_agent_base(config: EvaluateConfig, texts: list[str]):
+    from agent.models import TinyModelConfig, load_base, load_tiny
+
+    if config.agent_base != "tiny":
+        return load_base(config.agent_base, texts)
+    size = TinyModelConfig(hidden_size=config.tiny_hidden_size, intermediate_size=4 * config.tiny_hidden_size,
+                           num_hidden_layers=config.tiny_layers, num_attention_heads=4, num_key_value_heads=2,
+                           head_dim=config.tiny_hidden_size // 4, seed=config.seed)
+    return load_tiny(texts, size)
 
 
 @dataclass
@@ -404,12 +422,13 @@ async def simulate_shop(config: EvaluateConfig, work: Path, policy_name: str, po
         summary = json.loads(summary_path.read_text())
         if summary.get("completed") == len(plan.population) and summary.get("store_counted"):
             return summary
-    with serve_store(config.catalog, plan.shop, db_path=run_dir.parent / f"{plan.shop}.store.db") as store:
+    with serve_store(config.catalog, plan.shop, variant=config.variant,
+                     db_path=run_dir.parent / f"{plan.shop}.store.db") as store:
         sim = SimulationConfig(
             store_url=store.url, shop=plan.shop, codebook_dir=work / "codebook", buyers=len(plan.population),
             concurrency=config.concurrency, driver=driver, max_steps=config.max_steps, seed=config.seed,
             out_dir=run_root, run_id=plan.shop, resume=(run_dir / "manifest.json").is_file(),
-            store_db=store.db_path, our_store=True, progress=config.progress,
+            store_db=store.db_path, our_store=True, variant=config.variant, progress=config.progress,
         )
         result = await run_simulation(sim, policy, pool=pool, population=plan.population)
     return result.summary

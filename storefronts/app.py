@@ -36,7 +36,7 @@ from starlette.routing import Route
 
 from storefronts import presentation
 from storefronts.catalog import Product, StoreCatalog, category_label, sort_products
-from storefronts.checkout import STEPS, option_label, validate_step
+from storefronts.checkout import STEPS, option_label, saved_answers, validate_step
 from storefronts.faults import FaultInjection, Faults
 from storefronts.orderlog import OrderLog
 from storefronts.variants import SORT_LABELS, SORTS, Variant, load_variant
@@ -350,6 +350,8 @@ class Store:
             self.record(request, "checkout", step=step)
             saved = session.checkout.get(step, {})
             shown = {f.name: saved[f.name] for f in STEPS[step].fields if f.name in saved and not f.secret}
+            if self.variant.saved_details and not saved:
+                shown = saved_answers(STEPS[step])
             return self.render_step(request, step, values=shown, errors={})
         if step == "review":
             return await self.place_order(request)

@@ -124,6 +124,31 @@ STEPS: dict[str, CheckoutStep] = {
 }
 
 
+# A signed-in returning customer's saved answers (variant `saved_details`): the address and payment
+# steps open filled in, as on marketplaces where buyers check out with a stored address and wallet.
+# Test values only; any well-formed card number is accepted and nothing is charged.
+SAVED_CUSTOMER: dict[str, str] = {
+    "email": "returning.buyer@example.com",
+    "full_name": "Returning Buyer",
+    "street": "1 Saved Street",
+    "city": "Savedville",
+    "postcode": "10115",
+    "country": "DE",
+    "delivery": "standard",
+    "heard_from": "other",
+    "card_name": "Returning Buyer",
+    "card_number": "4242424242424242",
+    "card_expiry": "12/30",
+    "card_cvc": "123",
+}
+
+
+def saved_answers(step: CheckoutStep) -> dict[str, str]:
+    """The saved customer's values for this step's fields (secret ones included: they are the
+    customer's stored wallet, shown filled in; the order log still never keeps them)."""
+    return {f.name: SAVED_CUSTOMER[f.name] for f in step.fields if f.name in SAVED_CUSTOMER}
+
+
 def _check_email(value: str) -> str | None:
     if not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", value):
         return "Enter an email address such as name@example.com."

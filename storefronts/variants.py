@@ -65,6 +65,9 @@ class Variant:
     express_delivery_price: float = 4.99
     # Checkout: the step names, in order (see storefronts/checkout.py for what each asks).
     checkout_steps: tuple[str, ...] = ("address", "delivery", "payment", "review")
+    # A signed-in returning customer: every checkout step opens filled in with saved details
+    # (checkout.SAVED_CUSTOMER), so buying is a matter of confirming each step.
+    saved_details: bool = False
 
     def __post_init__(self) -> None:
         _check_choice("layout", self.layout, LAYOUTS)

@@ -149,7 +149,7 @@ def test_without_friction_the_worse_layout_costs_nothing(codebook_dir, catalog, 
     from agent.baselines import NO_FRICTION
 
     config = ab_config(codebook_dir, catalog, tmp_path, "nf", variant_a="default", variant_b="worse", buyers=16)
-    summary = asyncio.run(run_ab(config, TypeProfilePolicy.from_codebook(codebook_dir, friction=NO_FRICTION))).summary
+    asyncio.run(run_ab(config, TypeProfilePolicy.from_codebook(codebook_dir, friction=NO_FRICTION)))
     a, b = trajectories(config.run_dir / "A"), trajectories(config.run_dir / "B")
     clean = [i for i in a if not any(s["error"] for arm in (a, b) for s in arm[i]["steps"])]
     assert len(clean) >= 12

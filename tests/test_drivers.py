@@ -17,7 +17,6 @@ import pytest
 from agent.actions import parse_action
 from harness.browser import BrowserPool
 from harness.driver import BUYER_HEADER
-from harness.http_driver import HttpPool
 from harness.safety import SiteGuard
 from local_server import serve_pages
 

@@ -14,8 +14,6 @@ import pytest
 
 from agent.actions import parse_action
 from harness import safety
-from harness.browser import BrowserPool
-from harness.http_driver import HttpPool
 from harness.observation import RawElement, is_pay_control
 from harness.safety import SiteGuard
 from local_server import serve_pages
