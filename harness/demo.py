@@ -41,7 +41,7 @@ class DemoConfig:
     synthetic: bool = False  # use the embedded synthetic log even where real data is present
     k: int = 32  # buyer types of the step-3 codebook (the evaluation's own codebook uses its preset)
     types_only: bool = False  # stop after the codebook (steps 1 to 3)
-    ab_buyers: int = 120
+    ab_buyers: int = 80
     seed: int = 0
 
 

@@ -139,10 +139,10 @@ class EvaluateConfig:
     def fast(cls, out_dir: Path, **options) -> "EvaluateConfig":
         """A small preset for demos and smoke runs: a few held-out shops, capped buyers, tiny agent."""
         preset = dict(
-            max_held_out_shops=3, max_buyers_per_shop=50, browser_buyers=20, codebook_size=16,
+            max_held_out_shops=2, max_buyers_per_shop=40, browser_buyers=20, codebook_size=16,
             codebook_epochs=8, embedding="hashed", traces_per_code=12, traces_per_shop=10,
-            sft_stage1_epochs=1, sft_stage2_epochs=4, sft_stage2_lr=3e-3, sft_max_steps=300, sft_max_length=512,
-            max_steps=40, baselines=("neutral", "type_profile", "global_rate"),
+            sft_stage1_epochs=1, sft_stage2_epochs=4, sft_stage2_lr=3e-3, sft_max_steps=150, sft_max_length=384,
+            max_steps=30, baselines=("type_profile", "global_rate"),
         )
         preset.update(options)
         return cls(out_dir=out_dir, **preset)

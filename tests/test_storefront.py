@@ -444,7 +444,7 @@ def test_invalid_variant_file_is_a_clear_error(tmp_path, content, fragments):
 
 
 def test_unknown_variant_name_lists_builtins():
-    with pytest.raises(VariantError, match="default, list, worse"):
+    with pytest.raises(VariantError, match="default, list, saved_details, worse, worse_saved_details"):
         load_variant("shiny")
 
 
@@ -598,3 +598,22 @@ def test_cli_rejects_bad_variant(tmp_path):
     assert bad_variant.exit_code != 0 and "shiny" in bad_variant.output
     missing = CliRunner().invoke(cli, args)
     assert missing.exit_code == 1 and "catalog file not found" in missing.output
+
+
+def test_saved_details_checkout_opens_filled_in_and_orders_by_confirming(tmp_path):
+    """A signed-in returning buyer submits each step as shown: no field needs typing."""
+    db = tmp_path / "saved.sqlite"
+    with serve_store(demo_catalog(), DEMO_SHOP, "saved_details", db_path=db) as store, client(store) as http:
+        http.post("/cart/add", data={"product_id": "2003"})
+        for step in ("address", "delivery", "payment"):
+            form = soup(http.get(f"/checkout/{step}")).find("form", method=lambda m: m and m.lower() == "post")
+            fields = {tag["name"]: tag.get("value", "") for tag in form.find_all("input")
+                      if tag.get("name") and tag.get("type") not in ("radio", "checkbox")}
+            fields |= {tag["name"]: tag.find("option", selected=True)["value"] for tag in form.find_all("select")}
+            fields |= {tag["name"]: tag["value"] for tag in form.find_all("input", type="radio", checked=True)}
+            assert all(fields.values()), f"{step}: empty fields {[k for k, v in fields.items() if not v]}"
+            assert http.post(f"/checkout/{step}", data=fields).status_code in (200, 303)
+        assert http.post("/checkout/review").status_code in (200, 303)
+    (order,) = read_orders(db)
+    assert [item["product_id"] for item in order["items"]] == ["2003"]
+    assert "4242424242424242" not in json.dumps(order["details"])  # the saved card is never logged
