@@ -21,6 +21,8 @@ BENCHMARKS = [
     ("bench_simulate.py", [], ["--buyers", "8"]),
     ("bench_scale.py", [], ["--buyers", "6", "--levels", "1", "4", "--ray-concurrency", "2"]),
     ("bench_agent.py", [], ["--batch", "8", "--skip-smollm2"]),
+    ("bench_replay.py", ["--data", "tmall", "--buyers", "300", "--browser-buyers", "40"], ["--data", "tmall", "--buyers", "30", "--browser-buyers", "6"]),
+    ("bench_faults.py", [], ["--buyers", "40", "--resume-buyers", "12"]),
 ]
 
 

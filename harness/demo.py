@@ -120,7 +120,7 @@ def run_demo_ab(config: DemoConfig, eval_dir: Path, console: Console) -> dict:
     policy = LLMPolicy.from_dir(work / "agent", generation=GenerationSettings(temperature=1.0, seed=config.seed),
                                 name="persona")
     ab_config = ABConfig(shop=shop, codebook_dir=work / "codebook", catalog=catalog, variant_a=DEMO_VARIANT_A,
-                         variant_b=DEMO_VARIANT_B, buyers=config.ab_buyers, seed=config.seed, driver="http",
+                         variant_b=DEMO_VARIANT_B, buyers=config.ab_buyers, seed=config.seed, driver="http", max_steps=30,
                          out_dir=eval_dir, run_id="ab", progress=console.is_terminal)
     result = asyncio.run(run_ab(ab_config, policy))
     overall = result.overall
