@@ -97,7 +97,7 @@ def run_loop(config: DemoConfig, run_dir: Path, console: Console) -> dict:
                   + ", ".join(f"{name} {value:.3f}" for name, value in headline.items() if value is not None))
 
     console.rule("5. A/B what-if: the same buyers on two layouts")
-    ab = run_demo_ab(config, eval_dir, console)
+    ab = run_demo_ab(config, eval_dir, eval_config.catalog, console)
     console.print(f"{ab['variant_a']} → {ab['variant_b']}: ΔCR {ab['delta_cr']:+.3f} "
                   f"(95 % CI {ab['ci'][0]:+.3f} … {ab['ci'][1]:+.3f}), McNemar p = {ab['p_value']:.3g}")
 
@@ -106,7 +106,7 @@ def run_loop(config: DemoConfig, run_dir: Path, console: Console) -> dict:
     return {"evaluation": str(eval_dir / "summary.json"), "alignment": headline, "ab": ab, "report": str(report)}
 
 
-def run_demo_ab(config: DemoConfig, eval_dir: Path, console: Console) -> dict:
+def run_demo_ab(config: DemoConfig, eval_dir: Path, catalog: Path, console: Console) -> dict:
     """A/B of two layouts with the trained persona agent on the largest training shop's mix."""
     from agent.generate import GenerationSettings
     from agent.llm_policy import LLMPolicy
@@ -116,7 +116,6 @@ def run_demo_ab(config: DemoConfig, eval_dir: Path, console: Console) -> dict:
     work = eval_dir / "paper"
     mixes = json.loads((work / "codebook" / SHOP_MIX_FILE).read_text())["shops"]
     shop = max(mixes, key=lambda name: mixes[name].get("n_buyers", 0))
-    catalog = run_dir_catalog(eval_dir)
     policy = LLMPolicy.from_dir(work / "agent", generation=GenerationSettings(temperature=1.0, seed=config.seed),
                                 name="persona")
     ab_config = ABConfig(shop=shop, codebook_dir=work / "codebook", catalog=catalog, variant_a=DEMO_VARIANT_A,
@@ -128,7 +127,3 @@ def run_demo_ab(config: DemoConfig, eval_dir: Path, console: Console) -> dict:
             "delta_cr": overall.delta, "ci": [overall.ci_low, overall.ci_high], "p_value": overall.p_value,
             "summary": str(result.run_dir / "ab_summary.json")}
 
-
-def run_dir_catalog(eval_dir: Path) -> Path:
-    config = json.loads((eval_dir / "summary.json").read_text())["config"]
-    return Path(config["catalog"])

@@ -67,8 +67,14 @@ def plot_conversion(rows: list[dict], path: Path, title: str) -> None:
     axis.set_xlim(0, top), axis.set_ylim(0, top)
     axis.set_xlabel("real conversion rate (held-out shop)")
     axis.set_ylabel("simulated conversion rate (store-counted)")
+    _finish(plt, figure, axis, path, title, legend=True)
+
+
+def _finish(plt, figure, axis, path: Path, title: str, legend: bool = False) -> None:
+    """Title (and legend), tight layout, save as PNG, free the figure."""
     axis.set_title(title)
-    axis.legend(fontsize=8)
+    if legend:
+        axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -80,20 +86,16 @@ def plot_type_mix(shops: dict, path: Path, title: str) -> None:
     figure, axis = plt.subplots(figsize=(5.5, 5))
     real, sampled = [], []
     for entry in shops.values():
-        codes = set(map(str, entry["real"])) | set(map(str, entry["sampled"]))
         real_mix = {str(k): v for k, v in entry["real"].items()}
         sampled_mix = {str(k): v for k, v in entry["sampled"].items()}
-        for code in codes:
+        for code in real_mix.keys() | sampled_mix.keys():
             real.append(real_mix.get(code, 0.0)), sampled.append(sampled_mix.get(code, 0.0))
     axis.scatter(real, sampled, s=18, alpha=0.6)
     top = max([*real, *sampled, 0.01]) * 1.05
     axis.plot([0, top], [0, top], color="black", linewidth=1, linestyle="--")
     axis.set_xlabel("real share of the type in the shop")
     axis.set_ylabel("share among the sampled synthetic buyers")
-    axis.set_title(title)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    _finish(plt, figure, axis, path, title)
 
 
 def plot_funnels(types: dict, path: Path, title: str, max_types: int = 16) -> None:
@@ -114,11 +116,7 @@ def plot_funnels(types: dict, path: Path, title: str, max_types: int = 16) -> No
     axis.set_xlabel("buyer type (code)")
     axis.set_ylabel("share of the type's synthetic buyers")
     axis.set_ylim(0, 1.05)
-    axis.set_title(title)
-    axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    _finish(plt, figure, axis, path, title, legend=True)
 
 
 def plot_type_rates(per_type: dict, path: Path, title: str) -> None:
@@ -134,11 +132,7 @@ def plot_type_rates(per_type: dict, path: Path, title: str) -> None:
     axis.set_xticks(x, codes)
     axis.set_xlabel("buyer type (code)")
     axis.set_ylabel("conversion rate")
-    axis.set_title(title)
-    axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    _finish(plt, figure, axis, path, title, legend=True)
 
 
 # ---------------------------------------------------------------------------------------------
