@@ -53,6 +53,11 @@ from harness.safety import SiteGuard
 log = logging.getLogger("simpersona.browser")
 
 SYSTEM_CHROMIUM_PATHS = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
+# Chromium's headless shell (Debian's chromium-headless-shell, the browser Playwright itself uses for
+# headless runs) has no browser UI: measured on the mock store it costs 2.3 instead of 3.7 CPU
+# seconds per buyer, the browser process alone 0.5 instead of 1.3. The binary, not /usr/bin's wrapper
+# script, so that Playwright's handle on the process is the browser itself.
+SYSTEM_HEADLESS_SHELL_PATHS = ("/usr/lib/chromium/chromium-headless-shell", "/usr/bin/chromium-headless-shell")
 # Chromium keeps only the last --disable-features switch, so Playwright's own list is repeated here.
 PLAYWRIGHT_DISABLED_FEATURES = (
     "AvoidUnnecessaryBeforeUnloadCheckSync", "DestroyProfileOnBrowserClose", "HttpsUpgrades",
@@ -141,9 +146,11 @@ class BrowserSessionLost(RuntimeError):
     """The buyer's page can no longer be driven: its renderer crashed or the browser died."""
 
 
-def find_chromium() -> str | None:
-    """The system Chromium if there is one; None lets Playwright use its own download."""
-    for candidate in SYSTEM_CHROMIUM_PATHS:
+def find_chromium(headless: bool = True) -> str | None:
+    """The system Chromium if there is one (its headless shell first, for headless runs); None lets
+    Playwright use its own download."""
+    candidates = (SYSTEM_HEADLESS_SHELL_PATHS if headless else ()) + SYSTEM_CHROMIUM_PATHS
+    for candidate in candidates:
         if os.access(candidate, os.X_OK):
             return candidate
     return None
@@ -185,7 +192,7 @@ class BrowserPool:
                  viewport: tuple[int, int] = DEFAULT_VIEWPORT,
                  launch_args: tuple[str, ...] = CHROMIUM_ARGS):
         self.headless = headless
-        self.executable_path = executable_path or find_chromium()
+        self.executable_path = executable_path or find_chromium(headless)
         self.settle_ms = settle_ms
         self.max_concurrency = max_concurrency
         self.token_budget = token_budget
