@@ -95,6 +95,17 @@ class SiteGuard:
         netloc = parts.netloc.lower()
         return netloc in self.allow_hosts or (parts.hostname or "") in self.allow_hosts
 
+    def settings(self) -> dict:
+        """The effective safety settings, as a run's manifest records them (defaults resolved)."""
+        return {
+            "allow_hosts": sorted(self.allow_hosts) if self.allow_hosts is not None else None,
+            "rate_limit_per_s": self.rate_limit_per_s,
+            "burst": self.burst,
+            "respect_robots": self.respect_robots,
+            "payment_submits_intercepted": self.intercepts_payments,
+            "user_agent": self.user_agent,
+        }
+
     async def check(self, url: str, *, is_page: bool, rate_limited: bool = True) -> str | None:
         """The reason to block this request, or None; waits for the host's rate limit.
 

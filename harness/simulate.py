@@ -583,6 +583,7 @@ def build_manifest(config: SimulationConfig, population: list[SyntheticBuyer]) -
         },
         "versions": package_versions(),
         "store": {"url": config.store_url, "variant": config.variant, "ours": config.our_store},
+        "safety": make_guard(config).settings(),
         "git_revision": git_revision(),
     }
 

@@ -143,6 +143,12 @@ def test_manifest_records_the_safety_settings(tmp_path):
     default = SimulationConfig(store_url="https://shop.example/", shop="s1", codebook_dir=tmp_path, buyers=1)
     assert build_manifest(default, [])["config"]["rate_limit_per_s"] is None
     assert make_guard(default).rate_limit_per_s == DEFAULT_RATE_LIMIT_PER_S
+    # The manifest's "safety" block has the defaults resolved: what the guard actually enforced.
+    effective = build_manifest(default, [])["safety"]
+    assert effective["rate_limit_per_s"] == DEFAULT_RATE_LIMIT_PER_S and effective["allow_hosts"] == ["shop.example"]
+    assert effective["respect_robots"] is True and effective["payment_submits_intercepted"] is True
+    ours = SimulationConfig(store_url="http://127.0.0.1:8000/", shop="s1", codebook_dir=tmp_path, buyers=1, our_store=True)
+    assert build_manifest(ours, [])["safety"]["rate_limit_per_s"] is None
 
 
 async def test_a_run_on_a_live_store_refuses_the_partner_link_and_says_so(site, tmp_path):
