@@ -4,7 +4,8 @@ Every behavioural feature is computed by DuckDB straight over the Parquet file i
 one grouped pass per grain (buyer, with a window for inter-event gaps; visit; buyer×product;
 buyer×category), joined per buyer. The list of features is data: `FEATURES` below names each column, its
 group, transform and flags together with the SQL that computes it from the per-buyer aggregates,
-so adding a feature is one line and the metadata can never drift from the values.
+so adding a feature is one line and the metadata can never drift from the values. The rows are
+put in (shop_id, buyer_id) order afterwards, by sorting the two key columns alone.
 
 Features that a log cannot support are left out, not filled with zeros: time-of-day, gaps and
 session durations need second-level timestamps, price statistics need prices, diversity needs
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from rich.console import Console
@@ -179,6 +181,7 @@ def build_features(
             con.execute(FUNNEL_RATIO_MACRO)
             table = con.sql(_behaviour_sql(specs, capabilities, browse_only)).to_arrow_table()
             table = _without_key_collisions(table, events_path)
+            table = _sorted_by_key(con, table)
             rows_without_browsing = 0
             if browse_only:
                 # A row whose buyer did nothing but check out would itself say "converted".
@@ -466,8 +469,20 @@ def _behaviour_sql(specs: list[FeatureSpec], capabilities: set[str], browse_only
     LEFT JOIN p USING (k)
     LEFT JOIN c USING (k)
     LEFT JOIN category_names names ON names.category_hash = c.top_category_hash
-    ORDER BY b.shop_id, b.buyer_id
     """
+
+
+def _sorted_by_key(con: duckdb.DuckDBPyConnection, table: pa.Table) -> pa.Table:
+    """The rows in (shop_id, buyer_id) order, as DuckDB's ORDER BY puts them.
+
+    An ORDER BY in the behaviour query would drag some 50 feature columns through the sort;
+    sorting only the two key columns with a row index and taking the rows in that order
+    costs about half as much."""
+    keys = table.select(["shop_id", "buyer_id"])
+    con.register("buyer_keys", keys.append_column("row", pa.array(np.arange(keys.num_rows))))
+    order = con.sql("SELECT row FROM buyer_keys ORDER BY shop_id, buyer_id").to_arrow_table()
+    con.unregister("buyer_keys")
+    return table.take(order.column("row"))
 
 
 def _without_key_collisions(table: pa.Table, events_path: Path) -> pa.Table:

@@ -464,33 +464,44 @@ def _read_and_check(runner: "_Runner", index: int, src: _Source, shop_field: str
     """Read file `index`, validate every row and store it in table checked_<index>.
 
     One pass over the file: parse (all VARCHAR), number the rows, compute the canonical fields
-    and the reason a row is rejected (NULL when kept). Lines DuckDB cannot parse at all land in
+    and the reason a row is rejected (NULL when kept) into table rows_<index>, which the view
+    checked_<index> shows with its row numbers. Lines DuckDB cannot parse at all land in
     rejects_<index> with their line numbers. Returns the number of blank lines skipped.
     """
     con = runner.con
-    cols = ", ".join(f"c{i}" for i in range(len(src.columns)))
     if src.is_parquet:
         casts = ", ".join(
             f'CAST("{name}" AS VARCHAR) AS c{i}' for i, name in enumerate(src.columns)
         )
-        rows = (f"SELECT CAST(file_row_number + 1 AS BIGINT) AS source_row, {casts} "
-                f"FROM read_parquet({_quote(src.path)}, file_row_number = true)")
+        rows = f"SELECT {casts} FROM read_parquet({_quote(src.path)})"
     else:
         types = ", ".join(f"'c{i}': 'VARCHAR'" for i in range(len(src.columns)))
-        # row_number() follows the file order; it counts rows read, and is turned into line
-        # numbers below when some lines were rejected or blank.
         rows = (
-            f"SELECT row_number() OVER () AS source_row, {cols} "
-            f"FROM read_csv({_quote(src.path)}, header = {str(src.header_lines == 1).lower()}, "
+            f"SELECT * FROM read_csv({_quote(src.path)}, "
+            f"header = {str(src.header_lines == 1).lower()}, "
             f"delim = ',', quote = '\"', escape = '\"', columns = {{{types}}}, "
             f"auto_detect = false, strict_mode = true, store_rejects = true, "
             f"rejects_table = 'csv_errors_{index}', rejects_scan = 'csv_scans_{index}')"
         )
+    # Row numbers count rows read in file order; they are turned into line numbers below when
+    # some lines were rejected or blank. Where DuckDB inserts in parallel batches that keep the
+    # file order, rowid + 1 is that count for free. Otherwise (small files, which it reads on one
+    # thread) row_number() OVER () numbers them; that window runs on one thread, and on a large
+    # file it held the whole read (parse and validation) to one core.
+    con.execute("SET preserve_insertion_order = true")
     try:
-        runner.run(f"CREATE TABLE checked_{index} AS {_checked_sql(src, shop_field, rows)}",
-                   f"reading {src.path.name}")
+        create = f"CREATE TABLE rows_{index} AS {_checked_sql(src, shop_field, rows)}"
+        by_rowid = _is_batch_insert(con, create)
+        if not by_rowid:
+            numbered = f"SELECT row_number() OVER () AS source_row, * FROM ({rows})"
+            create = f"CREATE TABLE rows_{index} AS {_checked_sql(src, shop_field, numbered, True)}"
+        runner.run(create, f"reading {src.path.name}")
     except duckdb.Error as error:  # a file DuckDB cannot read at all, not single bad rows
         raise IngestError(f"{src.path}: cannot be read as {src.fmt.name}: {error}") from error
+    finally:
+        con.execute("SET preserve_insertion_order = false")
+    number = "CAST(rowid + 1 AS BIGINT) AS source_row, " if by_rowid else ""
+    con.execute(f"CREATE VIEW checked_{index} AS SELECT {number}* FROM rows_{index}")
     if src.is_parquet:
         con.execute(f"CREATE TABLE rejects_{index} (source_row BIGINT, reason VARCHAR, "
                     f"raw VARCHAR)")
@@ -512,6 +523,14 @@ def _read_and_check(runner: "_Runner", index: int, src: _Source, shop_field: str
     if blanks or n_rejected:
         _renumber(runner, index, src, blanks)
     return len(blanks)
+
+
+def _is_batch_insert(con, create: str) -> bool:
+    """Whether DuckDB plans this CREATE TABLE AS as a batch insert, which stores rows in the
+    order of the scan (rowid = position in the file) while reading in parallel. An operator
+    that cannot carry batch indices (a join, say) or a small file makes it a plain insert."""
+    plan = " ".join(str(row[-1]) for row in con.execute(f"EXPLAIN {create}").fetchall())
+    return "batch create table as" in plan.lower().replace("_", " ")
 
 
 def _renumber(runner: "_Runner", index: int, src: _Source, blanks: list[int]) -> None:
@@ -538,7 +557,8 @@ def _renumber(runner: "_Runner", index: int, src: _Source, blanks: list[int]) ->
         f"FROM checked_{index} c ASOF LEFT JOIN shifts_{index} s ON c.source_row >= s.first_row",
         f"numbering rows of {src.path.name}",
     )
-    con.execute(f"DROP TABLE checked_{index}")
+    con.execute(f"DROP VIEW checked_{index}")
+    con.execute(f"DROP TABLE rows_{index}")
     con.execute(f"ALTER TABLE numbered_{index} RENAME TO checked_{index}")
 
 
@@ -606,23 +626,26 @@ def _raw_line_sql(src: _Source) -> str:
     return " || ',' || ".join(parts)
 
 
-def _checked_sql(src: _Source, shop_field: str, rows: str) -> str:
+def _checked_sql(src: _Source, shop_field: str, rows: str, numbered: bool = False) -> str:
     """Canonical fields plus the reason each row is rejected (NULL when kept).
 
-    `rows` yields source_row, c0, c1, ... (the raw VARCHAR columns). The raw line is rebuilt
-    only for rejected rows; the CASE keeps it from being computed for the others.
+    `rows` yields c0, c1, ... (the raw VARCHAR columns), after source_row when `numbered`. The
+    raw line is rebuilt only for rejected rows; the CASE keeps it from being computed for the
+    others.
     """
     fmt = src.fmt
     f = _field_sql(src, fmt, shop_field)
     needs_product = src.has(fmt.fields.get("product")) or fmt.product_template is not None
     needs_session = src.has(fmt.fields.get("session"))
-    product_events = ", ".join(_quote(e) for e in PRODUCT_EVENT_TYPES)
+    # An OR chain, not IN (...): DuckDB plans an IN list of five or more as a join, which
+    # would lose the file order that numbers the rows (see _read_and_check).
+    product_event = " OR ".join(f"event_type = {_quote(e)}" for e in PRODUCT_EVENT_TYPES)
     checks = [
         # A NUL byte is corruption, not part of a name; ids carrying one would reach every output.
         ("contains(concat(buyer, shop, product, session), chr(0))", NUL_IN_ID),
         ("buyer IS NULL", MISSING_BUYER),
         ("shop IS NULL", MISSING_SHOP),
-        (f"product IS NULL AND event_type IN ({product_events})" if needs_product else "false",
+        (f"product IS NULL AND ({product_event})" if needs_product else "false",
          MISSING_PRODUCT),
         ("session IS NULL" if needs_session else "false", MISSING_SESSION),
         ("ts IS NULL OR NOT isfinite(ts)", BAD_TIMESTAMP),
@@ -632,8 +655,9 @@ def _checked_sql(src: _Source, shop_field: str, rows: str) -> str:
     ]
     reason = "CASE " + " ".join(f"WHEN {cond} THEN '{why}'" for cond, why in checks) + " END"
     raw_cols = ", ".join(f"c{i}" for i in range(len(src.columns)))
+    row = "source_row, " if numbered else ""
     return f"""
-        SELECT source_row, reason,
+        SELECT {row}reason,
                CASE WHEN reason IS NOT NULL THEN {_raw_line_sql(src)} END AS raw_line,
                shop, buyer, session, ts, event_type, product,
                coalesce(category_text, category) AS category, category_text, brand, price,
@@ -641,7 +665,7 @@ def _checked_sql(src: _Source, shop_field: str, rows: str) -> str:
         FROM (
             SELECT *, {reason} AS reason
             FROM (
-                SELECT source_row, {raw_cols},
+                SELECT {row}{raw_cols},
                        {f['shop']} AS shop, {f['buyer']} AS buyer, {f['session']} AS session,
                        {_ts_sql(src, fmt)} AS ts, {_event_sql(fmt, f['event'])} AS event_type,
                        {f['product']} AS product, {f['category']} AS category,
