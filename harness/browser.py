@@ -24,6 +24,7 @@ pool, also after a crash or a cancellation, leaves no Chromium process behind;
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import logging
 import os
@@ -31,6 +32,7 @@ import uuid
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import AsyncIterator
+from urllib.parse import urljoin, urlsplit
 
 import psutil
 
@@ -140,6 +142,33 @@ _SETTLE_JS = """async ([quietMs, capMs]) => {
   const m = document.querySelector('meta[name="sp-order-id"]');
   return m ? (m.getAttribute('content') || '') : '';
 }"""
+
+
+MAX_REDIRECT_HOPS = 20   # what browsers allow before calling it a loop
+
+
+def client_redirect_page(target: str) -> str:
+    """A page that sends the browser on to `target` at once, replacing itself in the history."""
+    attribute = html.escape(target)
+    script_string = json.dumps(target).replace("</", "<\\/")   # cannot close the script element
+    return ("<!doctype html><title>Redirecting</title>"
+            f'<meta http-equiv="refresh" content="0;url={attribute}">'
+            f"<script>location.replace({script_string})</script>"
+            f'<p>Redirecting to <a href="{attribute}">{attribute}</a></p>')
+
+
+def _redirect_page_headers(redirect_headers: dict[str, str]) -> dict[str, str]:
+    """The redirect's own headers (cookies it sets among them) on the page that replaces it."""
+    kept = {name: value for name, value in redirect_headers.items()
+            if name.lower() not in ("location", "content-length", "content-type", "content-encoding", "transfer-encoding")}
+    return {**kept, "content-type": "text/html; charset=utf-8", "cache-control": "no-store"}
+
+
+def _next_hop_headers(headers: dict[str, str], from_url: str, to_url: str) -> dict[str, str]:
+    """The request's headers for the next hop; credentials stay with their own origin."""
+    same_origin = urlsplit(from_url)[:2] == urlsplit(to_url)[:2]
+    return {name: value for name, value in headers.items()
+            if same_origin or name.lower() not in ("cookie", "authorization")}
 
 
 class BrowserSessionLost(RuntimeError):
@@ -389,6 +418,8 @@ class BrowserSession:
             outcome = StepOutcome(error=self._navigation_error(url, error))
         else:
             outcome = await self._settle_and_arrive()
+            if outcome.error is None and self._blocked_pages:   # a redirect on the way was refused
+                outcome = StepOutcome(error=f"not visited: {self._blocked_pages[-1]}")
         self._error = outcome.error
         return outcome
 
@@ -574,10 +605,12 @@ class BrowserSession:
             pass   # the page or context closed meanwhile
 
     async def _forward(self, route: Route, request: Request, is_page: bool) -> None:
-        """Send an allowed request; a redirect reaches the browser only if the guard allows its target.
+        """Send an allowed request; every hop of a redirect chain is checked by the guard.
 
-        Chromium follows redirects without routing them again, so the request is fetched here
-        without following, and the hop is checked before the browser sees the redirect.
+        Chromium follows a redirect without routing the next request, so the browser is never
+        handed one: each hop is fetched here without following. A page's redirect becomes a tiny
+        page that sends the browser on to the target (a new navigation, routed again, with the
+        right URL and history); a subresource's chain is followed here, hop by hop.
         """
         if not request.url.startswith(("http:", "https:")):
             await route.continue_()   # data:, blob: and the like never leave the browser
@@ -587,19 +620,34 @@ class BrowserSession:
             # request through Playwright would cost about a quarter of each buyer's CPU.
             await route.continue_()
             return
-        try:
-            response = await route.fetch(max_redirects=0, timeout=self.pool.navigation_timeout_ms)
-        except PlaywrightError:
-            await route.abort("failed")   # unreachable host, reset connection: the page sees a network error
-            return
-        reason = await self.guard.check_redirect(request.url, response.status, response.headers.get("location"),
-                                                 is_page=is_page)
-        if reason:
-            if is_page and request.frame == self.page.main_frame:
-                self._blocked_pages.append(reason)
-            await route.abort("blockedbyclient")
-        else:
-            await route.fulfill(response=response)
+        url, method, body, headers = request.url, request.method, request.post_data_buffer, None
+        for _ in range(MAX_REDIRECT_HOPS):
+            try:
+                response = await route.fetch(url=url, method=method, post_data=body, headers=headers,
+                                             max_redirects=0, timeout=self.pool.navigation_timeout_ms)
+            except PlaywrightError:
+                await route.abort("failed")   # unreachable host, reset connection: the page sees a network error
+                return
+            location = response.headers.get("location")
+            reason = await self.guard.check_redirect(url, response.status, location, is_page=is_page)
+            if reason:
+                if is_page and request.frame == self.page.main_frame:
+                    self._blocked_pages.append(reason)
+                await route.abort("blockedbyclient")
+                return
+            if not (300 <= response.status < 400 and location):
+                await route.fulfill(response=response)
+                return
+            target = urljoin(url, location)
+            if is_page:
+                await route.fulfill(status=200, body=client_redirect_page(target),
+                                    headers=_redirect_page_headers(response.headers))
+                return
+            headers = _next_hop_headers(request.headers, url, target)
+            url = target
+            if response.status == 303 or (response.status in (301, 302) and method == "POST"):
+                method, body = "GET", None   # what browsers do (Fetch standard, "HTTP-redirect fetch")
+        await route.abort("failed")   # a redirect loop
 
     def _on_navigated(self, frame) -> None:
         if frame == self.page.main_frame:

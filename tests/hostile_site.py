@@ -54,7 +54,8 @@ class HostileHandler(QuietHandler):
         self._record()
         path = urlsplit(self.path).path
         redirects = {"/redirect-out": self._offsite() + "/landed", "/redirect-hop": "/redirect-out",
-                     "/redirect-private": "/private/index.html"}
+                     "/redirect-private": "/private/index.html",
+                     "/redirect-inside": "/redirect-inside-2", "/redirect-inside-2": "/product.html"}
         if path == "/robots.txt":
             self._send(200, ROBOTS_TXT, "text/plain")
         elif path in redirects:
