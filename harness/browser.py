@@ -402,9 +402,6 @@ class BrowserSession:
         page.on("crash", lambda _: self._mark_lost("the page's renderer process crashed"))
         page.on("close", lambda _: self._mark_lost("the page was closed"))
         context.on("page", self._on_popup)
-        # A later hop of a redirect chain is not routed (see _forward); one that leaves the
-        # allow-list is at least logged as a blocked request.
-        context.on("request", lambda request: request.redirected_from and guard.note_unrouted_request(request.url))
 
     # -- the BuyerSession interface -------------------------------------------------------------
 
@@ -629,7 +626,9 @@ class BrowserSession:
                 await route.abort("failed")   # unreachable host, reset connection: the page sees a network error
                 return
             location = response.headers.get("location")
-            reason = await self.guard.check_redirect(url, response.status, location, is_page=is_page)
+            # A page's hop becomes a navigation of its own (below), which the route counts.
+            reason = await self.guard.check_redirect(url, response.status, location, is_page=is_page,
+                                                     rate_limited=not is_page)
             if reason:
                 if is_page and request.frame == self.page.main_frame:
                     self._blocked_pages.append(reason)

@@ -3,8 +3,8 @@
 A SiteGuard is consulted by both drivers before every request:
 - only allow-listed hosts are visited (default: the host of the first URL a session opens);
   everything else is blocked and logged, page sub-resources included (Playwright `context.route`);
-- a redirect is checked like a link before anyone follows it (`check_redirect`; the http driver
-  checks every hop, the browser the first hop of a chain and logs any later hop off the list);
+- a redirect is checked like a link before anyone follows it (`check_redirect`; both drivers
+  check every hop of a chain);
 - requests per host are rate-limited by a token bucket (pages, form posts, XHR/fetch);
 - robots.txt is fetched once per host and honoured: a disallowed page is an error, not a visit;
 - on a store that is not ours, nothing that pays is ever sent: a click on a place-order/pay
@@ -122,21 +122,18 @@ class SiteGuard:
             await self.wait_turn(url)
         return None
 
-    async def check_redirect(self, from_url: str, status: int, location: str | None, *, is_page: bool) -> str | None:
+    async def check_redirect(self, from_url: str, status: int, location: str | None, *, is_page: bool,
+                             rate_limited: bool = True) -> str | None:
         """The reason to refuse a redirect response, or None (also None when it is no redirect).
 
         A browser follows a redirect without asking again (Playwright routes only the first
-        request of a chain), so the driver fetches without following and asks here first; the
-        hop the browser then makes counts against its host's rate limit now.
+        request of a chain), so the drivers fetch without following and ask here first.
+        `rate_limited`: the hop counts against its host's budget now (False where the hop will be
+        requested, and counted, as a request of its own).
         """
         if not (300 <= status < 400 and location):
             return None
-        return await self.check(urljoin(from_url, location), is_page=is_page)
-
-    def note_unrouted_request(self, url: str) -> None:
-        """A request the driver could not stop (a later hop of a redirect chain): log it loudly."""
-        if not self.host_allowed(url):
-            self.block(url, f"host {urlsplit(url).netloc or url} reached by a redirect chain (not stoppable in-browser)")
+        return await self.check(urljoin(from_url, location), is_page=is_page, rate_limited=rate_limited)
 
     def block(self, url: str, reason: str) -> str:
         self.blocked.append(BlockedRequest(url, reason, time.time()))
