@@ -13,7 +13,15 @@ and the action as the answer; the loss covers the answer tokens only. With proba
 `neutral_dropout` an example gets the neutral token instead, so `<persona_neutral>` learns the
 population's average buyer, which the token ablation compares against.
 
-Batches group examples of similar length (less padding); everything random draws from `seed`.
+Two details decide whether the persona token is learned at all (measured on Tmall traces: without
+them the trained tiny agent's action probabilities were identical under every persona token):
+- Batches are drawn at random. Grouping examples by length made each batch one page type (product
+  pages, carts, checkout steps have their own lengths), and the model swung from one page type's
+  answers to the next instead of learning them together.
+- Persona tokens are input-only, so they are left out of the answer's softmax (`action_loss`). In
+  the softmax every answer token pushes all of them down the same way; with tied embeddings that
+  common push outweighs the small per-persona signal, and the tokens stay interchangeable.
+Everything random draws from `seed`.
 `accelerate` places the model (CPU here; GPU with bf16 autocast where present).
 """
 
@@ -114,17 +122,11 @@ def _example(tokenizer, token, observation, history, action, config: SFTConfig) 
     return Example(prompt_ids + answer_ids, [IGNORE_INDEX] * len(prompt_ids) + answer_ids)
 
 
-def length_grouped_batches(examples: list[Example], batch_size: int, rng: random.Random) -> list[list[int]]:
-    """Shuffle, sort by length within chunks of 16 batches, then shuffle the batches."""
-    order = list(range(len(examples)))
+def random_batches(count: int, batch_size: int, rng: random.Random) -> list[list[int]]:
+    """Every example index once, in random batches (see the module docstring for why not by length)."""
+    order = list(range(count))
     rng.shuffle(order)
-    chunk = batch_size * 16
-    batches = []
-    for start in range(0, len(order), chunk):
-        part = sorted(order[start : start + chunk], key=lambda i: len(examples[i].input_ids), reverse=True)
-        batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
-    rng.shuffle(batches)
-    return batches
+    return [order[start : start + batch_size] for start in range(0, count, batch_size)]
 
 
 def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
@@ -139,6 +141,15 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
         labels[row, :length] = torch.tensor(example.labels)
         attention_mask[row, :length] = 1
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+
+
+def action_loss(logits: torch.Tensor, labels: torch.Tensor, blocked_ids: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of the answer tokens, with `blocked_ids` (the persona tokens) out of the softmax."""
+    targets = labels[:, 1:]
+    answer = targets != IGNORE_INDEX
+    answer_logits = logits[:, :-1][answer].float()  # only the answer positions: small even for a 49k vocabulary
+    answer_logits = answer_logits.index_fill(-1, blocked_ids.to(answer_logits.device), float("-inf"))
+    return torch.nn.functional.cross_entropy(answer_logits, targets[answer])
 
 
 # --- stages ----------------------------------------------------------------------------------------
@@ -157,7 +168,8 @@ def freeze_all_but_rows(model, row_ids: list[int]):
 
 
 def _run_stage(stage: str, model, parameters, examples, config: SFTConfig, epochs: int, lr: float,
-               max_steps: int | None, accelerator: Accelerator, pad_id: int, curves: list[dict]) -> None:
+               max_steps: int | None, accelerator: Accelerator, pad_id: int, curves: list[dict],
+               persona_ids: list[int]) -> None:
     rng = random.Random(f"{config.seed}-{stage}")
     batches_per_epoch = math.ceil(len(examples) / config.batch_size)
     total = epochs * batches_per_epoch
@@ -168,14 +180,16 @@ def _run_stage(stage: str, model, parameters, examples, config: SFTConfig, epoch
     optimizer, schedule = accelerator.prepare(optimizer, schedule)
     model.train()
     step = 0
+    blocked = torch.tensor(persona_ids)
     progress = tqdm(total=total, desc=f"SFT {stage}", leave=False)
     for epoch in range(epochs):
-        for batch_indices in length_grouped_batches(examples, config.batch_size, rng):
+        for batch_indices in random_batches(len(examples), config.batch_size, rng):
             if step >= total:
                 break
             batch = {k: v.to(accelerator.device) for k, v in collate([examples[i] for i in batch_indices], pad_id).items()}
             with accelerator.autocast():
-                loss = model(**batch).loss
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                loss = action_loss(logits, batch["labels"], blocked)
             accelerator.backward(loss)
             accelerator.clip_grad_norm_(parameters, config.max_grad_norm)
             optimizer.step()
@@ -193,7 +207,7 @@ def run_stage1(model, persona_ids, examples, config, accelerator, pad_id, curves
     handle = freeze_all_but_rows(model, persona_ids)
     try:
         parameters = [model.get_input_embeddings().weight]
-        _run_stage("stage1", model, parameters, examples, config, config.stage1_epochs, config.stage1_lr, config.stage1_max_steps, accelerator, pad_id, curves)
+        _run_stage("stage1", model, parameters, examples, config, config.stage1_epochs, config.stage1_lr, config.stage1_max_steps, accelerator, pad_id, curves, persona_ids)
     finally:
         handle.remove()
         for parameter in model.parameters():
@@ -204,7 +218,7 @@ def run_stage2(model, persona_ids, examples, config, accelerator, pad_id, curves
     """Returns the trained model with plain (merged) weights."""
     if config.stage2 == "full":
         parameters = [p for p in model.parameters() if p.requires_grad]
-        _run_stage("stage2", model, parameters, examples, config, config.stage2_epochs, config.stage2_lr, config.stage2_max_steps, accelerator, pad_id, curves)
+        _run_stage("stage2", model, parameters, examples, config, config.stage2_epochs, config.stage2_lr, config.stage2_max_steps, accelerator, pad_id, curves, persona_ids)
         return model
     from peft import LoraConfig, get_peft_model
 
@@ -212,7 +226,7 @@ def run_stage2(model, persona_ids, examples, config, accelerator, pad_id, curves
                       trainable_token_indices=persona_ids, task_type="CAUSAL_LM")
     peft_model = get_peft_model(model, lora)
     parameters = [p for p in peft_model.parameters() if p.requires_grad]
-    _run_stage("stage2", peft_model, parameters, examples, config, config.stage2_epochs, config.lora_lr, config.stage2_max_steps, accelerator, pad_id, curves)
+    _run_stage("stage2", peft_model, parameters, examples, config, config.stage2_epochs, config.lora_lr, config.stage2_max_steps, accelerator, pad_id, curves, persona_ids)
     return peft_model.merge_and_unload()
 
 

@@ -72,6 +72,11 @@ def evaluate(
     traces_per_code: int = typer.Option(None, "--traces-per-code", min=1, help="Training buyers replayed per code."),
     baselines: str = typer.Option(None, "--baselines", help="Comma-separated: no_persona,neutral,type_profile,global_rate."),
     concurrency: int = typer.Option(None, "--concurrency", min=1, help="Buyers in flight per simulation."),
+    calibrate_temperatures: str = typer.Option(
+        None, "--calibrate-temperatures",
+        help="Comma-separated sampling temperatures tried on training shops; the best is used (default 1,0.7,0.5; "
+             "'none' keeps --temperature)."),
+    temperature: float = typer.Option(None, "--temperature", min=0.0, help="Sampling temperature when not calibrating."),
     fast: bool = typer.Option(False, "--fast", help="The small preset (few shops, capped buyers; minutes on a laptop)."),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
@@ -88,6 +93,14 @@ def evaluate(
                  codebook_size=codebook_size, sft_max_steps=sft_max_steps, traces_per_code=traces_per_code,
                  concurrency=concurrency, variant=variant)
     options.update({k: v for k, v in given.items() if v is not None})
+    if temperature is not None:
+        options["temperature"] = temperature
+    if calibrate_temperatures is not None:
+        names = [name.strip() for name in calibrate_temperatures.split(",") if name.strip()]
+        try:
+            options["calibrate_temperatures"] = () if names == ["none"] else tuple(float(name) for name in names)
+        except ValueError:
+            raise typer.BadParameter(f"--calibrate-temperatures: expected numbers like 1,0.7,0.5 or 'none', got {calibrate_temperatures!r}") from None
     if baselines is not None:
         options["baselines"] = tuple(name.strip() for name in baselines.split(",") if name.strip())
     try:

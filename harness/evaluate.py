@@ -9,6 +9,7 @@ into `out_dir`, so a rerun skips the steps already done (resumable):
     <protocol>/codes.parquet           every buyer's code (training and held-out), one forward pass
     <protocol>/traces/                 replayed traces of training buyers (harness.replay)
     <protocol>/agent/                  persona agent;  <protocol>/agent_no_persona/: the baseline agent
+    <protocol>/calibration.json        sampling temperature chosen on training shops (when asked)
     <protocol>/sim/<policy>/<shop>/    one simulation run per held-out shop and policy (harness.simulate)
     <protocol>/results.json            per shop and policy: simulated vs real conversion, type mixes
     summary.json, report.html          every figure, and the report (harness.report)
@@ -30,6 +31,7 @@ order log (summary["store_counted"]), not what the agent believes it did.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import math
 import time
@@ -41,7 +43,13 @@ import pandas as pd
 from rich.console import Console
 
 from harness.population import SyntheticBuyer, buyer_seed
-from harness.split import SPLIT_FILE, ShopSplit, SplitConfig, buyers_per_shop, make_or_load_split
+from harness.split import (
+    SPLIT_FILE,
+    ShopSplit,
+    SplitConfig,
+    buyers_per_shop,
+    make_or_load_split,
+)
 
 PROTOCOLS = ("paper", "strict")
 LLM_POLICIES = ("persona", "neutral", "no_persona")
@@ -49,6 +57,7 @@ BASELINES = ("no_persona", "neutral", "type_profile", "global_rate")
 FEATURE_FILES = {"paper": "features_all.parquet", "strict": "features_browse_only.parquet"}
 SUMMARY_FILE = "summary.json"
 RESULTS_FILE = "results.json"
+CALIBRATION_FILE = "calibration.json"
 
 
 @dataclass
@@ -98,6 +107,12 @@ class EvaluateConfig:
     sft_max_steps: int | None = None  # cap on optimiser steps per stage
     sft_max_length: int = 768
     temperature: float = 1.0  # the agent SAMPLES its actions: rates follow the learned frequencies
+    # Candidate temperatures tried on a few TRAINING shops (never held-out ones) before the held-out
+    # runs; the one with the best alignment there replaces `temperature` (calibration.json). A small
+    # model's probabilities are blurred, and every extra product view is another chance to buy.
+    calibrate_temperatures: tuple[float, ...] = (1.0, 0.7, 0.5)
+    calibration_shops: int = 3
+    calibration_buyers: int = 400  # cap per calibration shop (the N rule below, with this cap)
     # simulation
     baselines: tuple[str, ...] = BASELINES
     concurrency: int = 16
@@ -125,6 +140,9 @@ class EvaluateConfig:
         if self.driver not in ("http", "browser"):
             raise ValueError(f"driver must be http or browser; got {self.driver!r}")
         self.baselines = tuple(self.baselines)
+        self.calibrate_temperatures = tuple(float(t) for t in self.calibrate_temperatures)
+        if any(t <= 0 for t in self.calibrate_temperatures):
+            raise ValueError(f"calibration temperatures must be > 0 (sampling), got {self.calibrate_temperatures}")
 
     @property
     def protocols(self) -> tuple[str, ...]:
@@ -136,13 +154,13 @@ class EvaluateConfig:
         return ("persona",) + tuple(p for p in self.baselines if p != "global_rate")
 
     @classmethod
-    def fast(cls, out_dir: Path, **options) -> "EvaluateConfig":
+    def fast(cls, out_dir: Path, **options) -> EvaluateConfig:
         """A small preset for demos and smoke runs: a few held-out shops, capped buyers, tiny agent."""
         preset = dict(
             max_held_out_shops=2, max_buyers_per_shop=40, browser_buyers=20, codebook_size=16,
             codebook_epochs=8, embedding="hashed", traces_per_code=12, traces_per_shop=10,
             sft_stage1_epochs=1, sft_stage2_epochs=4, sft_stage2_lr=3e-3, sft_max_steps=150, sft_max_length=384,
-            max_steps=30, baselines=("type_profile", "global_rate"),
+            max_steps=30, baselines=("type_profile", "global_rate"), calibrate_temperatures=(),
         )
         preset.update(options)
         return cls(out_dir=out_dir, **preset)
@@ -453,9 +471,9 @@ def shop_row(policy: str, plan: ShopPlan, summary: dict, driver: str) -> dict:
     }
 
 
-def plan_shops(config: EvaluateConfig, split: ShopSplit, codes: pd.DataFrame, real: pd.DataFrame) -> list[ShopPlan]:
+def plan_shops(config: EvaluateConfig, shops: list[str], codes: pd.DataFrame, real: pd.DataFrame) -> list[ShopPlan]:
     plans = []
-    for shop in split.held_out:
+    for shop in shops:
         members = codes[codes["shop_id"] == shop]
         mix = members["code"].value_counts(normalize=True)
         real_buyers, real_converted = int(real.loc[shop, "buyers"]), int(real.loc[shop, "converted"])
@@ -494,7 +512,7 @@ def per_type_behaviour(work: Path, run_group: str, shops: list[str]) -> dict:
         return {"types": {}, "kruskal": {}}
     frame = pd.DataFrame(rows)
     types = {
-        str(code): {"buyers": int(len(g)), "mean_steps": float(g["steps"].mean()),
+        str(code): {"buyers": len(g), "mean_steps": float(g["steps"].mean()),
                     "mean_product_views": float(g["product_views"].mean()),
                     "viewed_rate": float((g["product_views"] > 0).mean()), "cart_rate": float(g["carted"].mean()),
                     "conversion_rate": float(g["converted"].mean())}
@@ -511,7 +529,7 @@ def trace_code_rates(traces_path: Path) -> dict[str, dict]:
     from agent.traces import read_traces
 
     frame = pd.DataFrame([{"code": t.code, "converted": t.converted} for t in read_traces(traces_path)])
-    return {str(code): {"traces": int(len(g)), "conversion_rate": float(g["converted"].mean())}
+    return {str(code): {"traces": len(g), "conversion_rate": float(g["converted"].mean())}
             for code, g in frame.groupby("code")}
 
 
@@ -548,11 +566,15 @@ async def run_protocol(config: EvaluateConfig, protocol: str, split: ShopSplit, 
     features = build_protocol_features(config, protocol, console)
     train_protocol_codebook(config, features, split, work, console)
     codes = pd.read_parquet(work / "codes.parquet")
-    plans = plan_shops(config, split, codes, real)
+    plans = plan_shops(config, split.held_out, codes, real)
     needs_agent = any(p in LLM_POLICIES for p in config.policies)
     traces_path = await make_protocol_traces(config, work, console) if needs_agent else None
+    calibration = None
     if needs_agent:
         train_protocol_agent(config, traces_path, work / "agent", False, console)
+        calibration = await calibrate_temperature(config, work, split, codes, real, console)
+        if calibration is not None:
+            config = replace(config, temperature=calibration["chosen"])
     if "no_persona" in config.policies:
         train_protocol_agent(config, traces_path, work / "agent_no_persona", True, console)
 
@@ -582,7 +604,7 @@ async def run_protocol(config: EvaluateConfig, protocol: str, split: ShopSplit, 
         "protocol": protocol,
         "held_out_shops": [p.shop for p in plans],
         "buyers_per_shop": {p.shop: len(p.population) for p in plans},
-        "training_buyers": int(len(training_codes)),
+        "training_buyers": len(training_codes),
         "training_conversion_rate": global_rate,
         "policies": {name: summarize_policy([r for r in rows if r["policy"] == name])
                      for name in dict.fromkeys(r["policy"] for r in rows)},
@@ -590,10 +612,51 @@ async def run_protocol(config: EvaluateConfig, protocol: str, split: ShopSplit, 
         "per_type": behaviour,
         "agent_check": agent_code_check(trace_code_rates(traces_path), behaviour) if traces_path else None,
         "browser_check": browser,
+        "calibration": calibration,
+        "temperature": config.temperature,
         "shops": rows,
     }
     (work / RESULTS_FILE).write_text(json.dumps(result, indent=1, default=_json_default) + "\n")
     return result
+
+
+def calibration_shop_ids(split: ShopSplit, real: pd.DataFrame, count: int, seed: int) -> list[str]:
+    """`count` TRAINING shops with at least one real purchase (alignment is undefined
+    without), eligible ones (>= min_buyers) first, each group ordered by sha256(f"{seed}:calibration:{shop}")."""
+    eligible = set(split.eligible)
+    candidates = [shop for shop in split.training if shop in real.index and real.loc[shop, "converted"] > 0]
+    digest = lambda shop: hashlib.sha256(f"{seed}:calibration:{shop}".encode()).hexdigest()
+    return sorted(candidates, key=lambda shop: (shop not in eligible, digest(shop)))[:count]
+
+
+async def calibrate_temperature(config: EvaluateConfig, work: Path, split: ShopSplit, codes: pd.DataFrame,
+                                real: pd.DataFrame, console: Console) -> dict | None:
+    """Simulate calibration shops at each candidate temperature with the persona agent; keep the best."""
+    if not config.calibrate_temperatures:
+        return None
+    path = work / CALIBRATION_FILE
+    if path.is_file():
+        return json.loads(path.read_text())
+    shops = calibration_shop_ids(split, real, config.calibration_shops, config.seed)
+    if not shops:
+        console.print(f"calibration skipped: no training shop has a purchase; sampling at T={config.temperature:g}")
+        return None
+    plans = plan_shops(replace(config, max_buyers_per_shop=config.calibration_buyers), shops, codes, real)
+    tried = {}
+    for temperature in config.calibrate_temperatures:
+        policy = load_policy("persona", work, replace(config, temperature=temperature))
+        rows = []
+        for plan in plans:
+            console.print(f"[bold]calibration[/] · T={temperature:g} · training shop {plan.shop}: {len(plan.population)} buyers")
+            summary = await simulate_shop(config, work, "persona", policy, plan, config.driver, f"calibration/T{temperature:g}")
+            rows.append(shop_row("persona", plan, summary, config.driver))
+        tried[f"{temperature:g}"] = {"temperature": temperature, **summarize_policy(rows), "rows": rows}
+    chosen = max(tried.values(), key=lambda result: result["alignment"])["temperature"]
+    record = {"shops": shops, "chosen": chosen, "tried": tried}
+    path.write_text(json.dumps(record, indent=1, default=_json_default) + "\n")
+    console.print("calibration: alignment on training shops " + ", ".join(
+        f"T={t} {r['alignment']:.3f}" for t, r in tried.items()) + f"; sampling at T={chosen:g}")
+    return record
 
 
 async def browser_check(config: EvaluateConfig, work: Path, plans: list[ShopPlan]) -> dict:

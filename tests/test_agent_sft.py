@@ -20,8 +20,24 @@ from agent.generate import score_answers
 from agent.models import TinyModelConfig, load_tiny
 from agent.persona import PersonaMap, add_persona_tokens
 from agent.prompt import render_prompt
-from agent.sft import IGNORE_INDEX, SFTConfig, build_examples, length_grouped_batches, save_agent, train_agent
-from agent.traces import TraceError, decision_index, make_synthetic_traces, read_traces, write_traces
+from agent.sft import (
+    IGNORE_INDEX,
+    Example,
+    SFTConfig,
+    action_loss,
+    build_examples,
+    collate,
+    random_batches,
+    save_agent,
+    train_agent,
+)
+from agent.traces import (
+    TraceError,
+    decision_index,
+    make_synthetic_traces,
+    read_traces,
+    write_traces,
+)
 
 torch.set_num_threads(1)  # the machine is shared; one thread wastes least time waiting
 
@@ -82,21 +98,41 @@ def test_loss_covers_the_action_tokens_only():
         assert example.input_ids[first:] == answer
 
 
-def test_length_grouped_batches_cover_every_example_once_with_little_padding():
-    class Stub:
-        def __init__(self, n):
-            self.input_ids = [0] * n
-
-    rng = random.Random(0)
-    examples = [Stub(rng.randint(10, 500)) for _ in range(200)]
-    batches = length_grouped_batches(examples, 8, random.Random(1))
+def test_random_batches_cover_every_example_once_and_mix_page_types():
+    # Two page types of different lengths: batches by length would hold one type each, which made
+    # the agent swing between page types' answers instead of learning them together.
+    lengths = [40] * 100 + [300] * 100
+    batches = random_batches(len(lengths), 8, random.Random(1))
     assert sorted(i for batch in batches for i in batch) == list(range(200))
-    padding = sum(max(len(examples[i].input_ids) for i in b) * len(b) - sum(len(examples[i].input_ids) for i in b) for b in batches)
-    shuffled = list(range(200))
-    random.Random(1).shuffle(shuffled)
-    naive = [shuffled[i : i + 8] for i in range(0, 200, 8)]
-    naive_padding = sum(max(len(examples[i].input_ids) for i in b) * len(b) - sum(len(examples[i].input_ids) for i in b) for b in naive)
-    assert padding < naive_padding / 4
+    mixed = [batch for batch in batches if len({lengths[i] for i in batch}) == 2]
+    assert len(mixed) > 0.8 * len(batches)
+
+
+def test_action_loss_keeps_persona_rows_out_of_the_output_softmax():
+    traces = make_synthetic_traces(2, seed=4, compact=True)
+    local = load_tiny(_texts(traces))
+    persona_map = add_persona_tokens(local.model, local.tokenizer, 2, noise_scale=1.0)
+    persona_ids = [local.tokenizer.convert_tokens_to_ids(token) for token in persona_map.tokens]
+    example = build_examples(traces, local.tokenizer, persona_map, SFTConfig(neutral_dropout=0.0))[0]
+    # The persona token taken out of the input: any gradient left on its row comes from the softmax.
+    kept = [i for i, token in enumerate(example.input_ids) if token not in persona_ids]
+    batch = collate([Example([example.input_ids[i] for i in kept], [example.labels[i] for i in kept])], local.tokenizer.pad_token_id)
+    embeddings = local.model.get_input_embeddings().weight
+    assert local.model.get_output_embeddings().weight is embeddings  # tied, as SmolLM2's are
+
+    def persona_row_gradient(blocked: list[int]) -> float:
+        local.model.zero_grad()
+        logits = local.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        action_loss(logits, batch["labels"], torch.tensor(blocked, dtype=torch.long)).backward()
+        return float(embeddings.grad[persona_ids].abs().sum())
+
+    assert persona_row_gradient([]) > 0
+    assert persona_row_gradient(persona_ids) == 0.0
+    # Without blocked ids it is the usual answer-token cross-entropy (what transformers computes).
+    with torch.no_grad():
+        reference = local.model(**batch).loss
+        logits = local.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        assert torch.allclose(action_loss(logits, batch["labels"], torch.tensor([], dtype=torch.long)), reference, atol=1e-5)
 
 
 # --- the controlled persona check ---------------------------------------------------------------------

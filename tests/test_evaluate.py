@@ -12,6 +12,7 @@ from harness.evaluate import (
     EvaluateConfig,
     alignment_term,
     buyers_needed,
+    calibration_shop_ids,
     conversion_alignment,
     correlations,
     evaluate,
@@ -21,6 +22,7 @@ from harness.evaluate import (
     select_trace_buyers,
     wilson_interval,
 )
+from harness.split import ShopSplit, SplitConfig
 
 TMALL_CSV = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tmall_brand_2014" / "t_alibaba_data.csv"
 
@@ -90,6 +92,27 @@ def test_trace_buyers_come_from_training_shops_with_caps():
     assert chosen.equals(select_trace_buyers(codes, per_code=3, per_shop=4, seed=0))
 
 
+def test_calibration_shops_are_training_shops_with_purchases_eligible_first():
+    split = ShopSplit(SplitConfig(), training=["a", "b", "c", "d"], held_out=["h"], eligible=["b", "c", "h"])
+    real = pd.DataFrame({"buyers": [60, 80, 70, 9, 90], "converted": [3, 5, 0, 1, 7]}, index=["a", "b", "c", "d", "h"])
+    shops = calibration_shop_ids(split, real, count=3, seed=0)
+    assert shops[0] == "b"  # the only eligible training shop with a purchase
+    assert set(shops) == {"a", "b", "d"}  # never the held-out shop, never a shop without purchases
+    assert shops == calibration_shop_ids(split, real, count=3, seed=0)
+
+
+def test_cli_rejects_bad_calibration_temperatures(tmp_path):
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
+    for bad, expected in (("1,abc", "expected numbers like 1,0.7,0.5 or 'none'"), ("1,0", "must be > 0")):
+        result = CliRunner().invoke(app, ["evaluate", "--out", str(tmp_path / "eval"), "--events", __file__,
+                                          "--catalog", __file__, "--calibrate-temperatures", bad])
+        assert result.exit_code != 0
+        assert expected in " ".join(result.output.replace("│", " ").split()), result.output
+
+
 # --- end to end on real data -------------------------------------------------------------------
 
 
@@ -118,6 +141,7 @@ def test_end_to_end_on_a_tmall_subset(tmall_subset, tmp_path):
         max_held_out_shops=1, buyers_per_shop=6, browser_buyers=3, codebook_size=4, codebook_epochs=2,
         embedding="hashed", traces_per_code=3, traces_per_shop=3, trace_max_steps=12, sft_stage1_epochs=1,
         sft_stage2_epochs=1, sft_max_steps=3, max_steps=4, concurrency=4, progress=False,
+        calibrate_temperatures=(1.0, 0.5), calibration_shops=1, calibration_buyers=4,
     )
     summary = evaluate(config)
 
@@ -139,6 +163,11 @@ def test_end_to_end_on_a_tmall_subset(tmall_subset, tmp_path):
     assert result["browser_check"]["browser"]["sim_buyers"] == 3
     assert "agree" in result["browser_check"]
     assert result["agent_check"]["per_code"]
+    # The temperature is chosen on a training shop, and the held-out runs sample at it.
+    calibration = json.loads((out / "paper" / "calibration.json").read_text())
+    assert calibration["shops"] and set(calibration["shops"]) <= set(split["training"])
+    assert set(calibration["tried"]) == {"1", "0.5"} and calibration["chosen"] in (1.0, 0.5)
+    assert result["temperature"] == calibration["chosen"]
     assert (out / "paper" / "codebook" / "types.json").is_file()
     # The codebook never saw the held-out shop.
     mix = json.loads((out / "paper" / "codebook" / "shop_mix.json").read_text())
