@@ -642,9 +642,12 @@ async def calibrate_temperature(config: EvaluateConfig, work: Path, split: ShopS
         console.print(f"calibration skipped: no training shop has a purchase; sampling at T={config.temperature:g}")
         return None
     plans = plan_shops(replace(config, max_buyers_per_shop=config.calibration_buyers), shops, codes, real)
+    from agent.generate import GenerationSettings
+
+    agent = load_policy("persona", work, config)  # loaded once; only the sampling temperature changes
     tried = {}
     for temperature in config.calibrate_temperatures:
-        policy = load_policy("persona", work, replace(config, temperature=temperature))
+        policy = replace(agent, generation=GenerationSettings(temperature=temperature, seed=config.seed))
         rows = []
         for plan in plans:
             console.print(f"[bold]calibration[/] · T={temperature:g} · training shop {plan.shop}: {len(plan.population)} buyers")

@@ -21,20 +21,25 @@
   const roleOf = (el) => attr(el, "role").trim().split(/\s+/)[0].toLowerCase();
   const inputType = (el) => (el.localName === "input" ? (attr(el, "type").toLowerCase() || "text") : "");
 
-  // Both answers are asked many times per element (walk, names, context): cache them per pass.
-  const hiddenCache = new Map();
-  const interactiveCache = new Map();
+  // Asked many times per node (walk, names, context scans) while the DOM does not change during
+  // the pass: each answer is computed once per node and pass.
+  function cachedPerPass(compute) {
+    const cache = new Map();
+    return (node) => {
+      let value = cache.get(node);
+      if (value === undefined) {
+        value = compute(node);
+        cache.set(node, value);
+      }
+      return value;
+    };
+  }
+  const selfHidden = cachedPerPass(computeHidden);
+  const isInteractive = cachedPerPass(computeInteractive);
+  // Building child lists was a fifth of the pass on a theme-sized page before it was cached.
+  const childrenOf = cachedPerPass(computeChildren);
 
   // Hidden for everyone: the hidden attribute, aria-hidden, type=hidden, display:none, visibility.
-  function selfHidden(el) {
-    let hidden = hiddenCache.get(el);
-    if (hidden === undefined) {
-      hidden = computeHidden(el);
-      hiddenCache.set(el, hidden);
-    }
-    return hidden;
-  }
-
   function computeHidden(el) {
     if (el.hasAttribute("hidden") || attr(el, "aria-hidden") === "true") return true;
     if (el.localName === "input" && inputType(el) === "hidden") return true;
@@ -44,19 +49,7 @@
   }
 
   // Rendered children: an open shadow root's content, then the light children (only those slotted
-  // when there is a shadow root); a closed <details> shows only its summary. Cached per pass: names
-  // and context scans visit the same subtrees again, and building these lists was a fifth of the
-  // pass on a theme-sized page (the DOM does not change during the pass).
-  const childrenCache = new Map();
-  function childrenOf(node) {
-    let children = childrenCache.get(node);
-    if (children === undefined) {
-      children = computeChildren(node);
-      childrenCache.set(node, children);
-    }
-    return children;
-  }
-
+  // when there is a shadow root); a closed <details> shows only its summary.
   function computeChildren(node) {
     const out = [];
     if (node.shadowRoot) {
@@ -76,15 +69,6 @@
     if (node.parentElement) return node.parentElement;
     const root = node.parentNode;
     return root && root.host ? root.host : null;
-  }
-
-  function isInteractive(el) {
-    let interactive = interactiveCache.get(el);
-    if (interactive === undefined) {
-      interactive = computeInteractive(el);
-      interactiveCache.set(el, interactive);
-    }
-    return interactive;
   }
 
   function computeInteractive(el) {
