@@ -35,7 +35,7 @@ from harness.observation import (
     CONTEXT_MAX_DEPTH, CONTEXT_SCAN_CHARS, CONTROL_TEXT_TAGS, DEFAULT_TOKEN_BUDGET,
     ICON_CLASS_PATTERN, ICON_STOP_WORDS, INTERACTIVE_ROLES, INTERACTIVE_TAGS, MAX_ALERTS,
     PAGE_TEXT_MAX_CHARS, PRODUCT_NAME_SELECTORS, SKIP_TAGS, PageSnapshot, RawElement,
-    accessible_name, collapse, find_element, interception_detail, is_form_field, is_pay_control,
+    accessible_name, collapse, disabled_error, find_element, interception_detail, is_form_field, is_pay_control,
     listed_elements, match_option, no_option_error, render, stale_id_error,
     scroll_window,
 )
@@ -531,6 +531,9 @@ class HttpSession:
         self._start = 0                       # index of the first element shown (scroll position)
         self._scrolled_from: list[int] = []   # earlier starts, for `scroll up`
         self._error: str | None = None
+        # What the agent read last (page, snapshot, tags by id), until it acts: only our own actions
+        # change a page here, so the action needs no second walk over it.
+        self._observed: tuple[_Page, PageSnapshot, dict[int, Tag]] | None = None
 
     # -- the BuyerSession interface -------------------------------------------------------------
 
@@ -544,7 +547,8 @@ class HttpSession:
         if self.page is None:   # nothing opened (or the first page failed): like a blank tab
             rendered = render(PageSnapshot("about:blank", "", []), error=self._error)
             return Observation("about:blank", "", rendered.text, [])
-        snapshot, _ = self.snapshot()
+        snapshot, by_id = self.snapshot()
+        self._observed = (self.page, snapshot, by_id)
         rendered = render(snapshot, start=self._start, error=self._error, token_budget=self.pool.token_budget)
         return Observation(snapshot.url, snapshot.title, rendered.text, rendered.shown_ids)
 
@@ -566,6 +570,13 @@ class HttpSession:
         snapshot, by_id, self.page.next_id = walker.snapshot(self.page.url, self.page.next_id)
         return snapshot, by_id
 
+    def _snapshot_for_action(self) -> tuple[PageSnapshot, dict[int, Tag]]:
+        """The walk the agent just read if it was over this page, else a new one; an action uses it up."""
+        observed, self._observed = self._observed, None
+        if observed is not None and observed[0] is self.page:
+            return observed[1], observed[2]
+        return self.snapshot()
+
     # -- actions --------------------------------------------------------------------------------
 
     async def _dispatch(self, action: Action) -> StepOutcome:
@@ -579,7 +590,7 @@ class HttpSession:
             return await self._navigate("GET", previous)
         if self.page is None:
             return StepOutcome(error="no page is open; nothing to act on")
-        snapshot, by_id = self.snapshot()
+        snapshot, by_id = self._snapshot_for_action()
         if action.verb == "scroll":
             return self._scroll(snapshot, action.text or "down")
         raw = find_element(snapshot, action.element_id)
@@ -617,6 +628,8 @@ class HttpSession:
         raise ActionError(f"unknown action {action.verb!r}")
 
     async def _click(self, tag: Tag, raw: RawElement, walker: SoupWalker) -> StepOutcome:
+        if raw.disabled:
+            return StepOutcome(error=disabled_error(raw.id))
         kind = input_type(tag)
         if tag.name == "a" and tag.has_attr("href"):
             href = tag["href"].strip()

@@ -494,6 +494,10 @@ def stale_id_error(element_id: int) -> str:
     return f"no element [{element_id}] on this page (stale or unknown id); use an id from the current list"
 
 
+def disabled_error(element_id: int) -> str:
+    return f"[{element_id}] is disabled"
+
+
 def find_element(snapshot: PageSnapshot, element_id: int) -> RawElement | None:
     return next((raw for raw in snapshot.elements if raw.id == element_id), None)
 

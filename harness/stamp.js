@@ -50,9 +50,11 @@
 
   // Rendered children: an open shadow root's content, then the light children (only those slotted
   // when there is a shadow root); a closed <details> shows only its summary.
+  const shadowRoots = new Set();
   function computeChildren(node) {
     const out = [];
     if (node.shadowRoot) {
+      shadowRoots.add(node.shadowRoot);
       out.push(...node.shadowRoot.childNodes);
       for (const child of node.childNodes) if (child.assignedSlot) out.push(child);
       return out;
@@ -317,6 +319,16 @@
     const link = el.closest("a[target]");
     if (link) link.removeAttribute("target");
   }
+
+  // From here on, any change to the document (or to a shadow tree the walk went through) marks
+  // this snapshot out of date: the driver acts on it without a second pass while the page stays
+  // as it was (window.__spChanged === false). Our own writes above are taken back out.
+  if (!window.__spWatch) window.__spWatch = new MutationObserver(() => { window.__spChanged = true; });
+  const watchOptions = {subtree: true, childList: true, attributes: true, characterData: true};
+  window.__spWatch.observe(document, watchOptions);
+  for (const root of shadowRoots) window.__spWatch.observe(root, watchOptions);
+  window.__spWatch.takeRecords();
+  window.__spChanged = false;
 
   const meta = document.querySelector('meta[name="sp-order-id"]');
   const alerts = alertNodes.map((a) => nameText(a)).filter(Boolean).slice(0, rules.maxAlerts);

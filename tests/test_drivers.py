@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.server
 import re
+import time
 from urllib.parse import parse_qs, urlsplit
 
 import psutil
@@ -21,6 +22,7 @@ from harness.safety import SiteGuard
 from local_server import serve_pages
 
 DRIVERS = ("browser", "http")
+SLOW_ANSWER_S = 0.3
 pytestmark = pytest.mark.anyio
 
 
@@ -54,6 +56,9 @@ class _ShopHandler(http.server.SimpleHTTPRequestHandler):
             order_id = parts.path.rsplit("/", 1)[-1]
             self._html(f"<!doctype html><head><meta name='sp-order-id' content='{order_id}'><title>Thanks</title></head>"
                        f"<h1>Order {order_id} placed</h1>")
+        elif parts.path == "/slow":
+            time.sleep(SLOW_ANSWER_S)
+            self._html("<!doctype html><title>Slow page</title><h1>Slow page</h1>")
         elif parts.path == "/robots.txt":
             self._html("", status=404)
         else:
@@ -62,6 +67,8 @@ class _ShopHandler(http.server.SimpleHTTPRequestHandler):
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         self._record(self.rfile.read(length).decode("utf-8", "replace"))
+        if self.path == "/slow":
+            time.sleep(SLOW_ANSWER_S)
         self._html("<!doctype html><title>Posted</title><h1>Posted</h1>")
 
 
@@ -145,6 +152,74 @@ async def test_stale_malformed_and_wrong_actions_become_errors(buyer, server):
     ok = await buyer.act(parse_action("scroll down"))
     assert ok.error == "already at the bottom of the page"
     assert "Error:" not in (await buyer.observe()).text.replace("Error: already", "")
+
+
+def count_snapshots(buyer) -> list[int]:
+    """Counts the driver's full passes over the page from now on (one entry per pass)."""
+    passes, original = [], buyer.snapshot
+    def counting(*args, **kwargs):
+        passes.append(1)
+        return original(*args, **kwargs)
+    buyer.snapshot = counting
+    return passes
+
+
+async def test_an_action_on_the_page_just_read_needs_no_second_pass_over_it(buyer, server):
+    await buyer.goto(server.url + "forms.html")
+    text = (await buyer.observe()).text
+    passes = count_snapshots(buyer)
+    assert (await buyer.act(parse_action(f'select [{id_of(text, "combobox")}] "Price: low to high"'))).error is None
+    assert passes == []
+    # The observation is used up by the action: the next action, unobserved, reads the page anew.
+    assert (await buyer.act(parse_action(click(text, 'checkbox "In stock only"')))).error is None
+    assert passes == [1]
+
+
+@pytest.mark.parametrize("page, removed, pattern", [
+    ("forms.html", "document.querySelector('#sort').remove()", 'combobox "Sort by"'),
+    ("shadow.html", "document.querySelector('#card').shadowRoot.querySelector('button').remove()", 'button "Add to cart"'),
+])
+async def test_a_page_that_changed_after_the_observation_is_read_again_before_the_action(
+        pools, server, page, removed, pattern):
+    async with pools["browser"].session("test-changed", SiteGuard.for_url(server.url, rate_limit_per_s=None)) as buyer:
+        await buyer.goto(server.url + page)
+        text = (await buyer.observe()).text
+        gone = id_of(text, pattern)
+        await buyer.page.evaluate(removed)   # as the page's own script would, after the agent read it
+        passes = count_snapshots(buyer)
+        outcome = await buyer.act(parse_action(f"click [{gone}]"))
+        assert passes == [1]
+        assert outcome.error.startswith(f"no element [{gone}] on this page"), outcome.error
+
+
+async def test_a_disabled_control_is_an_error_not_a_click(buyer, server):
+    await buyer.goto(server.url + "covered.html")
+    sold_out = id_of((await buyer.observe()).text, 'button "Sold out"')
+    assert (await buyer.act(parse_action(f"click [{sold_out}]"))).error == f"[{sold_out}] is disabled"
+
+
+async def test_a_click_on_a_covered_element_names_what_covers_it(pools, server):
+    """A real mouse click lands on whatever is on top: the agent is told, and clears it first."""
+    async with pools["browser"].session("test-covered", SiteGuard.for_url(server.url, rate_limit_per_s=None)) as buyer:
+        await buyer.goto(server.url + "covered.html")
+        text = (await buyer.observe()).text
+        covered = await buyer.act(parse_action(click(text, 'link "Bestsellers"')))
+        assert covered.error == f'[{id_of(text, "Bestsellers")}] is covered by <div> "We use cookies Accept cookies"'
+        assert (await buyer.act(parse_action(click(text, 'button "Accept cookies"')))).error is None
+        assert (await buyer.act(parse_action(click((await buyer.observe()).text, 'link "Bestsellers"')))).error is None
+        assert (await buyer.observe()).url == server.url + "duplicates.html"
+
+
+@pytest.mark.parametrize("control, next_title", [('button "Send"', "Posted"), ('link "Open slowly"', "Slow page")])
+async def test_a_click_that_leaves_the_page_is_over_when_the_next_page_is_there(server, control, next_title):
+    """Even with no settle time: a form is sent in a task after the click, and a slow answer keeps
+    the old page up meanwhile; the agent must not be shown the old page as the click's result."""
+    async with BrowserPool(settle_ms=0) as pool:
+        async with pool.session("test-slow", SiteGuard.for_url(server.url, rate_limit_per_s=None)) as buyer:
+            await buyer.goto(server.url + "slow.html")
+            outcome = await buyer.act(parse_action(click((await buyer.observe()).text, control)))
+            assert outcome.error is None
+            assert (await buyer.observe()).title == next_title
 
 
 async def test_back_stop_and_conversion(buyer, server):

@@ -321,7 +321,8 @@ def test_sigint_stops_cleanly_and_resume_matches_an_uninterrupted_run(codebook_d
     for record in after:
         twin = expected[record["buyer_index"]]
         assert (record["outcome"], record["terminate_reason"]) == (twin["outcome"], twin["terminate_reason"])
-        assert [s["action"] for s in record["steps"]] == [s["action"] for s in twin["steps"]]
+        assert [s["action"] for s in record["steps"]] == [s["action"] for s in twin["steps"]], (
+            [(s["action"], s.get("error")) for s in record["steps"]], [(s["action"], s.get("error")) for s in twin["steps"]])
     assert conversion_figures(summary) == conversion_figures(json.loads((out / "uninterrupted" / "summary.json").read_text()))
     assert summary["complete"] is True
 
