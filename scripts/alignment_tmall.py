@@ -1,7 +1,9 @@
-"""Held-out conversion alignment on the Tmall 2014 brand log, paper protocol, tiny agent on the CPU.
+"""Held-out conversion alignment on the Tmall 2014 brand log (paper or strict protocol), tiny agent on the CPU.
 
     .venv/bin/simpersona ingest ../shared/data/tmall_brand_2014/t_alibaba_data.csv --out runs/tmall
     .venv/bin/python scripts/alignment_tmall.py runs/tmall runs/tmall/alignment
+    .venv/bin/python scripts/alignment_tmall.py runs/tmall runs/tmall/strict --protocol strict \
+        --baselines no_persona,neutral,type_profile,global_rate
 
 The configuration behind the README's alignment figure: the demo's codebook (K=16, hashed
 embedding) and its 3 held-out shops, but 60 replayed training buyers per code (960 traces; with
@@ -27,18 +29,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("input_dir", help="directory from `simpersona ingest` of the Tmall 2014 brand log")
     parser.add_argument("out_dir", help="evaluation directory (resumable)")
+    parser.add_argument("--protocol", choices=("paper", "strict", "both"), default="paper",
+                        help="strict: types learned from browse-only features (no purchase information)")
     parser.add_argument("--baselines", default="neutral,type_profile,global_rate",
                         help="comma-separated; add no_persona for the no-persona agent (another 15 min of SFT)")
     args = parser.parse_args()
     config = EvaluateConfig.fast(
-        args.out_dir, input_dir=args.input_dir, protocol="paper", max_held_out_shops=3, buyers_per_shop=None,
+        args.out_dir, input_dir=args.input_dir, protocol=args.protocol, max_held_out_shops=3, buyers_per_shop=None,
         max_buyers_per_shop=1000, traces_per_code=60, traces_per_shop=50, sft_single_stage=True,
         sft_stage2_epochs=3, sft_max_steps=700, sft_max_length=512, baselines=tuple(args.baselines.split(",")),
         calibrate_temperatures=(1.0, 0.5), calibration_shops=3, calibration_buyers=400, concurrency=16,
     )
     console = Console()
     summary = evaluate(config, console)
-    console.print(results_table("paper", summary["protocols"]["paper"]))
+    for protocol in summary["protocols"]:
+        console.print(results_table(protocol, summary["protocols"][protocol]))
     console.print(json.dumps(summary["headline"]))
 
 
