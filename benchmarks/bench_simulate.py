@@ -1,10 +1,13 @@
 """Throughput of the population simulation against the mock store, all measured in one run.
 
-    .venv/bin/python benchmarks/bench_simulate.py [--buyers 16] [--levels 1,2,4,8]
+    .venv/bin/python benchmarks/bench_simulate.py [--buyers 16] [--levels 1,2,4,8] [--rounds 2]
 
 Runs of the same population (same shop mix, same seed, so the same buyers doing the same things)
 with the type-profile policy, all through one BrowserPool (the same code path and settings at
-every concurrency):
+every concurrency). The levels take turns, round after round (1, 8, 1, 8, ...), and each level's
+rounds are added up: this machine's speed drifts by tens of percent over minutes, and a drift
+then falls on every level alike instead of on whichever ran last. Each round's own ratio is
+printed too.
 
     browser, concurrency 1          the baseline
     browser, concurrency 2, 4, 8    target at the highest level: at least 4x the baseline's buyers/min
@@ -147,7 +150,26 @@ class CpuMeter:
         self._last.update(self._read())
 
 
-async def measure(store, codebook: Path, out: Path, buyers: int, levels: list[int]) -> dict:
+def combine(rounds: list[dict]) -> dict:
+    """One level's rounds as one run: totals of buyers, steps and seconds, so rates are pooled."""
+    throughputs = [r["throughput"] for r in rounds]
+    buyers = sum(t["buyers_this_session"] for t in throughputs)
+    steps = sum(t["steps_this_session"] for t in throughputs)
+    seconds = sum(t["wall_s"] for t in throughputs)
+    return {
+        "throughput": {"buyers_this_session": buyers, "steps_this_session": steps, "wall_s": seconds,
+                       "buyers_per_min": 60 * buyers / seconds, "steps_per_s": steps / seconds,
+                       "mean_batch_size": sum(t["mean_batch_size"] for t in throughputs) / len(rounds)},
+        "converted": sum(r["converted"] for r in rounds),
+        "completed": sum(r["completed"] for r in rounds),
+        "store_counted": {"agreement": min(r["store_counted"]["agreement"] for r in rounds)},
+        "cpu_idle_share": sum(r["cpu_idle_share"] * r["throughput"]["wall_s"] for r in rounds) / seconds,
+        "cpu_s_per_buyer": sum(r["cpu_s_per_buyer"] * r["throughput"]["buyers_this_session"] for r in rounds) / buyers,
+        "rounds": rounds,
+    }
+
+
+async def measure(store, codebook: Path, out: Path, buyers: int, levels: list[int], rounds: int) -> dict:
     def config(run_id: str, driver: str, c: int) -> SimulationConfig:
         return SimulationConfig(
             store_url=store.url, shop=SHOP, codebook_dir=codebook, buyers=buyers, concurrency=c, driver=driver,
@@ -171,16 +193,21 @@ async def measure(store, codebook: Path, out: Path, buyers: int, levels: list[in
 
     top = max(levels)
     results = {"http": await timed(f"http-c{top}", "http", top), "browser": {}}
+    per_level: dict[int, list[dict]] = {c: [] for c in levels}
+    sampler = PssSampler()
     async with BrowserPool(max_concurrency=top) as pool:
         await asyncio.sleep(1.0)
         idle = PssSampler.current()  # browser open, no context
         results["processes_before"] = (len(pool.processes()), pool_rss_mb(pool.processes()))
-        for c in levels:
-            if c == top:
-                with PssSampler() as sampler:
-                    results["browser"][c] = await timed(f"browser-c{c}", "browser", c, pool)
-            else:
-                results["browser"][c] = await timed(f"browser-c{c}", "browser", c, pool)
+        for round_index in range(rounds):
+            for c in levels:
+                run_id = f"browser-c{c}-r{round_index}"
+                if c == top:
+                    with sampler:
+                        per_level[c].append(await timed(run_id, "browser", c, pool))
+                else:
+                    per_level[c].append(await timed(run_id, "browser", c, pool))
+        results["browser"] = {c: combine(runs) for c, runs in per_level.items()}
         await asyncio.sleep(1.0)  # closed contexts take their renderers down asynchronously
         results["processes_after"] = (len(pool.processes()), pool_rss_mb(pool.processes()))
         results["relaunches"] = pool.relaunches
@@ -193,6 +220,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--buyers", type=int, default=16, help="buyers per run (the same population each time)")
     parser.add_argument("--levels", default="1,2,4,8", help="browser concurrency levels, comma-separated")
+    parser.add_argument("--rounds", type=int, default=2, help="turns of every level, added up per level")
     args = parser.parse_args()
     args.levels = sorted({int(level) for level in args.levels.split(",")})
     if args.levels[0] != 1:
@@ -207,7 +235,7 @@ def main() -> None:
         variant = Variant()  # the built-in default store, payment step included
         started = time.perf_counter()
         with serve_store(real_catalog(), SHOP, variant=variant, db_path=work / "store.sqlite") as store:
-            results = asyncio.run(measure(store, codebook, work / "runs", args.buyers, args.levels))
+            results = asyncio.run(measure(store, codebook, work / "runs", args.buyers, args.levels, args.rounds))
         report(console, results, args, time.perf_counter() - started)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -218,7 +246,8 @@ def report(console: Console, results: dict, args, total_s: float) -> None:
     rows = [("browser", level, results["browser"][level]) for level in args.levels] + [("http", c, results["http"])]
     baseline = results["browser"][1]["throughput"]["buyers_per_min"]
     browser_top = results["browser"][c]["throughput"]["buyers_per_min"]
-    table = Table(title=f"simulate throughput: {args.buyers} buyers per run, type-profile policy, {os.cpu_count()} CPUs")
+    table = Table(title=f"simulate throughput: {args.buyers} buyers per run, browser runs x {args.rounds} rounds, "
+                        f"type-profile policy, {os.cpu_count()} CPUs")
     for column in ("driver", "C", "buyers/min", "steps/s", "steps", "converted", "store agrees", "mean batch", "CPU idle",
                    "CPU s/buyer", "vs browser C=1"):
         table.add_column(column, justify="right")
@@ -234,6 +263,9 @@ def report(console: Console, results: dict, args, total_s: float) -> None:
     console.print(table)
     per_context = (results["pss_peak_mb"] - results["pss_idle_mb"]) / c
     console.print(f"concurrency speed-up (browser c={c} / c=1): {browser_top / baseline:.2f}x  (target >= 4x)")
+    by_round = [top["throughput"]["buyers_per_min"] / one["throughput"]["buyers_per_min"]
+                for one, top in zip(results["browser"][1]["rounds"], results["browser"][c]["rounds"])]
+    console.print(f"  round by round: {', '.join(f'{ratio:.2f}x' for ratio in by_round)}")
     # What a machine with nothing else running could reach: c buyers at the C=1 pace, or all cores
     # busy with this run's own CPU cost per buyer, whichever is lower.
     c1 = results["browser"][1]

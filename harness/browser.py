@@ -144,8 +144,8 @@ _UNCHANGED_SINCE_STAMP_JS = "() => window.__spChanged === false"
 # Where a real mouse click on element `id` lands: the element is scrolled into view, then the
 # centre of its first box whose top-most element is the element itself (or inside it, or a label of
 # it) is the point; an element covered everywhere (a banner, an overlay) is named instead. One round
-# trip and a mouse click, where Playwright's locator click needs its selector engine injected into
-# every new document and several round trips: about a tenth of a step's CPU (measured).
+# trip and a mouse click, where Playwright's locator click injects its selector engine into every
+# new document and makes several round trips (waiting for animation frames among them).
 _CLICK_POINT_JS = """(id) => {
   const selector = `[data-sp-id="${id}"]`;
   const find = (root) => {
