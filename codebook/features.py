@@ -4,8 +4,8 @@ Every behavioural feature is computed by DuckDB straight over the Parquet file i
 one grouped pass per grain (buyer, with a window for inter-event gaps; visit; buyer×product;
 buyer×category), joined per buyer. The list of features is data: `FEATURES` below names each column, its
 group, transform and flags together with the SQL that computes it from the per-buyer aggregates,
-so adding a feature is one line and the metadata can never drift from the values. The rows are
-put in (shop_id, buyer_id) order afterwards, by sorting the two key columns alone.
+so adding a feature is one line and the metadata can never drift from the values. The rows come
+out in (shop_id, buyer_id) order from the query's own ORDER BY.
 
 Features that a log cannot support are left out, not filled with zeros: time-of-day, gaps and
 session durations need second-level timestamps, price statistics need prices, diversity needs
@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from rich.console import Console
@@ -111,7 +110,7 @@ FEATURES: tuple[FeatureSpec, ...] = (
     *(_spec(f"share_{part}", "time", f"b.share_{part}", needs=[CLOCK]) for part in DAY_PARTS),
     _spec("weekend_share", "time", "b.weekend_share"),
     _spec("tenure_days", "time", "b.tenure_days", log=True),
-    _spec("recency_days", "time", "(max(b.last_seen) OVER () - b.last_seen) / 86400", log=True),
+    _spec("recency_days", "time", "((SELECT t FROM latest) - b.last_seen) / 86400", log=True),
 )
 
 
@@ -181,7 +180,6 @@ def build_features(
             con.execute(FUNNEL_RATIO_MACRO)
             table = con.sql(_behaviour_sql(specs, capabilities, browse_only)).to_arrow_table()
             table = _without_key_collisions(table, events_path)
-            table = _sorted_by_key(con, table)
             rows_without_browsing = 0
             if browse_only:
                 # A row whose buyer did nothing but check out would itself say "converted".
@@ -419,6 +417,9 @@ def _behaviour_sql(specs: list[FeatureSpec], capabilities: set[str], browse_only
                count(*) FILTER (WHERE et = 'purchase') AS n_purchases{price_stats}
         FROM ev GROUP BY k
     ),
+    latest AS (  -- the log's last event, for recency (a window over all buyers cost more)
+        SELECT max(t) AS t FROM ev {where_kept}
+    ),
     {timeline}
     visits AS (
         SELECT k, count(*) AS events, max(t) - min(t) AS duration,
@@ -469,20 +470,10 @@ def _behaviour_sql(specs: list[FeatureSpec], capabilities: set[str], browse_only
     LEFT JOIN p USING (k)
     LEFT JOIN c USING (k)
     LEFT JOIN category_names names ON names.category_hash = c.top_category_hash
+    -- Sorting here beats sorting the two keys and reordering the Arrow table with take():
+    -- take() filled some 50 fresh columns, and zeroing their pages cost more than the sort.
+    ORDER BY b.shop_id, b.buyer_id
     """
-
-
-def _sorted_by_key(con: duckdb.DuckDBPyConnection, table: pa.Table) -> pa.Table:
-    """The rows in (shop_id, buyer_id) order, as DuckDB's ORDER BY puts them.
-
-    An ORDER BY in the behaviour query would drag some 50 feature columns through the sort;
-    sorting only the two key columns with a row index and taking the rows in that order
-    costs about half as much."""
-    keys = table.select(["shop_id", "buyer_id"])
-    con.register("buyer_keys", keys.append_column("row", pa.array(np.arange(keys.num_rows))))
-    order = con.sql("SELECT row FROM buyer_keys ORDER BY shop_id, buyer_id").to_arrow_table()
-    con.unregister("buyer_keys")
-    return table.take(order.column("row"))
 
 
 def _without_key_collisions(table: pa.Table, events_path: Path) -> pa.Table:

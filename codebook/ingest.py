@@ -48,6 +48,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import mmap
 import re
 import shutil
 import tempfile
@@ -426,15 +427,15 @@ _BLANK_LINE = re.compile(rb"\n\r?\n")  # one regex pass is ~3x faster than two `
 
 
 def _has_blank_line(path: Path) -> bool:
-    """Whether the file holds an empty line; a quick byte search, as most logs have none."""
-    tail = b"\n"  # the virtual newline before the first byte: an empty first line counts
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            data = tail + chunk
-            if _BLANK_LINE.search(data):
-                return True
-            tail = data[-2:]
-    return False
+    """Whether the file holds an empty line; a quick byte search, as most logs have none.
+
+    The regex runs over a memory map of the file: reading it in chunks copied every byte twice
+    (read, then tail + chunk) and took twice as long as the search itself."""
+    if path.stat().st_size == 0:
+        return False
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        # an empty first line: the virtual newline before the first byte, then one
+        return data[:1] == b"\n" or data[:2] == b"\r\n" or _BLANK_LINE.search(data) is not None
 
 
 def _blank_line_numbers(path: Path) -> list[int]:

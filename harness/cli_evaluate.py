@@ -74,7 +74,7 @@ def evaluate(
     concurrency: int = typer.Option(None, "--concurrency", min=1, help="Buyers in flight per simulation."),
     calibrate_temperatures: str = typer.Option(
         None, "--calibrate-temperatures",
-        help="Comma-separated sampling temperatures tried on training shops; the best is used (default 1,0.7,0.5; "
+        help="Comma-separated sampling temperatures tried on training shops; the best is used (default 1.5,1,0.7,0.5; "
              "'none' keeps --temperature)."),
     temperature: float = typer.Option(None, "--temperature", min=0.0, help="Sampling temperature when not calibrating."),
     fast: bool = typer.Option(False, "--fast", help="The small preset (few shops, capped buyers; minutes on a laptop)."),

@@ -107,10 +107,12 @@ class EvaluateConfig:
     sft_max_steps: int | None = None  # cap on optimiser steps per stage
     sft_max_length: int = 768
     temperature: float = 1.0  # the agent SAMPLES its actions: rates follow the learned frequencies
-    # Candidate temperatures tried on a few TRAINING shops (never held-out ones) before the held-out
-    # runs; the one with the best alignment there replaces `temperature` (calibration.json). A small
-    # model's probabilities are blurred, and every extra product view is another chance to buy.
-    calibrate_temperatures: tuple[float, ...] = (1.0, 0.7, 0.5)
+    # Candidate temperatures tried on a few TRAINING shops (never held-out ones, never ones replayed
+    # into the traces) before the held-out runs; the one with the best alignment there replaces
+    # `temperature` (calibration.json). A small model's probabilities are blurred, and every extra
+    # product view is another chance to buy (T < 1); on pages it has never seen it may also hold
+    # back from a purchase its type would make (T > 1).
+    calibrate_temperatures: tuple[float, ...] = (1.5, 1.0, 0.7, 0.5)
     calibration_shops: int = 3
     calibration_buyers: int = 400  # cap per calibration shop (the N rule below, with this cap)
     # simulation
@@ -572,7 +574,7 @@ async def run_protocol(config: EvaluateConfig, protocol: str, split: ShopSplit, 
     calibration = None
     if needs_agent:
         train_protocol_agent(config, traces_path, work / "agent", False, console)
-        calibration = await calibrate_temperature(config, work, split, codes, real, console)
+        calibration = await calibrate_temperature(config, work, split, codes, real, traces_path, console)
         if calibration is not None:
             config = replace(config, temperature=calibration["chosen"])
     if "no_persona" in config.policies:
@@ -620,24 +622,35 @@ async def run_protocol(config: EvaluateConfig, protocol: str, split: ShopSplit, 
     return result
 
 
-def calibration_shop_ids(split: ShopSplit, real: pd.DataFrame, count: int, seed: int) -> list[str]:
-    """`count` TRAINING shops with at least one real purchase (alignment is undefined
-    without), eligible ones (>= min_buyers) first, each group ordered by sha256(f"{seed}:calibration:{shop}")."""
+def calibration_shop_ids(split: ShopSplit, real: pd.DataFrame, count: int, seed: int,
+                         seen: frozenset[str] = frozenset()) -> list[str]:
+    """`count` TRAINING shops with at least one real purchase (alignment is undefined without) and
+    none of whose buyers were replayed into the traces (`seen`): the agent has learned those shops'
+    pages, so it is kinder to them than to a held-out shop and would pick too low a temperature.
+    Eligible shops (>= min_buyers) come first, each group ordered by sha256(f"{seed}:calibration:{shop}")."""
     eligible = set(split.eligible)
-    candidates = [shop for shop in split.training if shop in real.index and real.loc[shop, "converted"] > 0]
+    candidates = [shop for shop in split.training
+                  if shop not in seen and shop in real.index and real.loc[shop, "converted"] > 0]
     digest = lambda shop: hashlib.sha256(f"{seed}:calibration:{shop}".encode()).hexdigest()
     return sorted(candidates, key=lambda shop: (shop not in eligible, digest(shop)))[:count]
 
 
+def traced_shops(traces_path: Path) -> frozenset[str]:
+    """The shops whose buyers the agent was trained on."""
+    with traces_path.open() as lines:
+        return frozenset(str(json.loads(line)["shop_id"]) for line in lines if line.strip())
+
+
 async def calibrate_temperature(config: EvaluateConfig, work: Path, split: ShopSplit, codes: pd.DataFrame,
-                                real: pd.DataFrame, console: Console) -> dict | None:
+                                real: pd.DataFrame, traces_path: Path, console: Console) -> dict | None:
     """Simulate calibration shops at each candidate temperature with the persona agent; keep the best."""
     if not config.calibrate_temperatures:
         return None
     path = work / CALIBRATION_FILE
     if path.is_file():
         return json.loads(path.read_text())
-    shops = calibration_shop_ids(split, real, config.calibration_shops, config.seed)
+    seen = traced_shops(traces_path)
+    shops = calibration_shop_ids(split, real, config.calibration_shops, config.seed, seen)
     if not shops:
         console.print(f"calibration skipped: no training shop has a purchase; sampling at T={config.temperature:g}")
         return None
@@ -655,7 +668,7 @@ async def calibrate_temperature(config: EvaluateConfig, work: Path, split: ShopS
             rows.append(shop_row("persona", plan, summary, config.driver))
         tried[f"{temperature:g}"] = {"temperature": temperature, **summarize_policy(rows), "rows": rows}
     chosen = max(tried.values(), key=lambda result: result["alignment"])["temperature"]
-    record = {"shops": shops, "chosen": chosen, "tried": tried}
+    record = {"shops": shops, "chosen": chosen, "skipped_traced_shops": len(seen), "tried": tried}
     path.write_text(json.dumps(record, indent=1, default=_json_default) + "\n")
     console.print("calibration: alignment on training shops " + ", ".join(
         f"T={t} {r['alignment']:.3f}" for t, r in tried.items()) + f"; sampling at T={chosen:g}")

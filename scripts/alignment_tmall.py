@@ -9,9 +9,10 @@ The configuration behind the README's alignment figure: the demo's codebook (K=1
 embedding) and its 3 held-out shops, but 60 replayed training buyers per code (960 traces; with
 the demo's 12 per code the agent learns each training shop's page instead of the persona), 700
 SFT steps, synthetic buyers per shop by the N = 100 (1 - p) / p rule capped at 1,000, and the
-sampling temperature chosen among 1.0 and 0.5 on 3 training shops. About 50 min on 2 cores
-(replay 3, SFT 14, calibration 11, held-out runs with the baselines 23). Resumable: rerun with the
-same output directory.
+sampling temperature chosen among 1.5, 1.0 and 0.5 on 3 training shops none of whose buyers were
+replayed into the traces. About 50 min on 2 cores per protocol (replay 3, SFT 14, calibration 10,
+held-out runs with the baselines 23; no_persona adds another SFT). Resumable: rerun with the same
+output directory.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def main() -> None:
         args.out_dir, input_dir=args.input_dir, protocol=args.protocol, max_held_out_shops=3, buyers_per_shop=None,
         max_buyers_per_shop=1000, traces_per_code=60, traces_per_shop=50, sft_single_stage=True,
         sft_stage2_epochs=3, sft_max_steps=700, sft_max_length=512, baselines=tuple(args.baselines.split(",")),
-        calibrate_temperatures=(1.0, 0.5), calibration_shops=3, calibration_buyers=400, concurrency=16,
+        calibrate_temperatures=(1.5, 1.0, 0.5), calibration_shops=3, calibration_buyers=400, concurrency=16,
     )
     console = Console()
     summary = evaluate(config, console)

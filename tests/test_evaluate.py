@@ -13,6 +13,7 @@ from harness.evaluate import (
     alignment_term,
     buyers_needed,
     calibration_shop_ids,
+    traced_shops,
     conversion_alignment,
     correlations,
     evaluate,
@@ -99,6 +100,15 @@ def test_calibration_shops_are_training_shops_with_purchases_eligible_first():
     assert shops[0] == "b"  # the only eligible training shop with a purchase
     assert set(shops) == {"a", "b", "d"}  # never the held-out shop, never a shop without purchases
     assert shops == calibration_shop_ids(split, real, count=3, seed=0)
+    # a shop the agent was trained on is never a calibration shop: it flatters the agent
+    assert calibration_shop_ids(split, real, count=3, seed=0, seen=frozenset({"b"})) == [s for s in shops if s != "b"]
+
+
+def test_traced_shops_reads_every_trace_line(tmp_path):
+    path = tmp_path / "traces.jsonl"
+    path.write_text('{"shop_id": "7", "buyer_id": "1", "code": 0, "steps": []}\n\n'
+                    '{"shop_id": 12, "buyer_id": "2", "code": 1, "steps": []}\n')
+    assert traced_shops(path) == frozenset({"7", "12"})
 
 
 def test_cli_rejects_bad_calibration_temperatures(tmp_path):
@@ -166,6 +176,7 @@ def test_end_to_end_on_a_tmall_subset(tmall_subset, tmp_path):
     # The temperature is chosen on a training shop, and the held-out runs sample at it.
     calibration = json.loads((out / "paper" / "calibration.json").read_text())
     assert calibration["shops"] and set(calibration["shops"]) <= set(split["training"])
+    assert not set(calibration["shops"]) & traced_shops(out / "paper" / "traces" / "traces.jsonl")
     assert set(calibration["tried"]) == {"1", "0.5"} and calibration["chosen"] in (1.0, 0.5)
     assert result["temperature"] == calibration["chosen"]
     assert (out / "paper" / "codebook" / "types.json").is_file()

@@ -2,7 +2,7 @@
 
 - features: DuckDB's numbers equal the straightforward pandas groupby of
   benchmarks/bench_pipeline.py on the real logs, and the rows come out in (shop_id, buyer_id)
-  order (sorted apart from the query, see features._sorted_by_key);
+  order (the behaviour query's own ORDER BY);
 - ingest: a large file is read in parallel and numbered by rowid (_is_batch_insert), and the
   row numbers stay exact past rejected and blank lines.
 """
