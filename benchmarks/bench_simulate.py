@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -201,12 +202,8 @@ async def measure(store, codebook: Path, out: Path, buyers: int, levels: list[in
         results["processes_before"] = (len(pool.processes()), pool_rss_mb(pool.processes()))
         for round_index in range(rounds):
             for c in levels:
-                run_id = f"browser-c{c}-r{round_index}"
-                if c == top:
-                    with sampler:
-                        per_level[c].append(await timed(run_id, "browser", c, pool))
-                else:
-                    per_level[c].append(await timed(run_id, "browser", c, pool))
+                with sampler if c == top else contextlib.nullcontext():  # peak memory at the top level
+                    per_level[c].append(await timed(f"browser-c{c}-r{round_index}", "browser", c, pool))
         results["browser"] = {c: combine(runs) for c, runs in per_level.items()}
         await asyncio.sleep(1.0)  # closed contexts take their renderers down asynchronously
         results["processes_after"] = (len(pool.processes()), pool_rss_mb(pool.processes()))

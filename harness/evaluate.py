@@ -637,8 +637,9 @@ def calibration_shop_ids(split: ShopSplit, real: pd.DataFrame, count: int, seed:
 
 def traced_shops(traces_path: Path) -> frozenset[str]:
     """The shops whose buyers the agent was trained on."""
-    with traces_path.open() as lines:
-        return frozenset(str(json.loads(line)["shop_id"]) for line in lines if line.strip())
+    from agent.traces import read_traces
+
+    return frozenset(trace.shop_id for trace in read_traces(traces_path))
 
 
 async def calibrate_temperature(config: EvaluateConfig, work: Path, split: ShopSplit, codes: pd.DataFrame,
@@ -652,7 +653,8 @@ async def calibrate_temperature(config: EvaluateConfig, work: Path, split: ShopS
     seen = traced_shops(traces_path)
     shops = calibration_shop_ids(split, real, config.calibration_shops, config.seed, seen)
     if not shops:
-        console.print(f"calibration skipped: no training shop has a purchase; sampling at T={config.temperature:g}")
+        console.print("calibration skipped: no training shop outside the traces has a purchase; "
+                      f"sampling at T={config.temperature:g}")
         return None
     plans = plan_shops(replace(config, max_buyers_per_shop=config.calibration_buyers), shops, codes, real)
     from agent.generate import GenerationSettings

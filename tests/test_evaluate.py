@@ -106,8 +106,8 @@ def test_calibration_shops_are_training_shops_with_purchases_eligible_first():
 
 def test_traced_shops_reads_every_trace_line(tmp_path):
     path = tmp_path / "traces.jsonl"
-    path.write_text('{"shop_id": "7", "buyer_id": "1", "code": 0, "steps": []}\n\n'
-                    '{"shop_id": 12, "buyer_id": "2", "code": 1, "steps": []}\n')
+    path.write_text('{"shop_id": "7", "buyer_id": "1", "code": 0, "steps": [], "converted": false}\n\n'
+                    '{"shop_id": 12, "buyer_id": "2", "code": 1, "steps": [], "converted": true}\n')
     assert traced_shops(path) == frozenset({"7", "12"})
 
 
