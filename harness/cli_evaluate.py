@@ -76,6 +76,9 @@ def evaluate(
         None, "--calibrate-temperatures",
         help="Comma-separated sampling temperatures tried on training shops; the best is used (default 1.5,1,0.7,0.5; "
              "'none' keeps --temperature)."),
+    calibration_shops: int = typer.Option(
+        None, "--calibration-shops", min=1,
+        help="Training shops the temperatures are tried on (shops with >= 5 real purchases first; default 3)."),
     temperature: float = typer.Option(None, "--temperature", min=0.0, help="Sampling temperature when not calibrating."),
     fast: bool = typer.Option(False, "--fast", help="The small preset (few shops, capped buyers; minutes on a laptop)."),
     seed: int = typer.Option(0, "--seed"),
@@ -91,7 +94,7 @@ def evaluate(
     # Options left out keep the default of the chosen preset (--fast or the full one).
     given = dict(max_held_out_shops=max_held_out, buyers_per_shop=buyers_per_shop, max_buyers_per_shop=max_buyers_per_shop,
                  codebook_size=codebook_size, sft_max_steps=sft_max_steps, traces_per_code=traces_per_code,
-                 concurrency=concurrency, variant=variant)
+                 concurrency=concurrency, variant=variant, calibration_shops=calibration_shops)
     options.update({k: v for k, v in given.items() if v is not None})
     if temperature is not None:
         options["temperature"] = temperature

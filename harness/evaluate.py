@@ -115,6 +115,9 @@ class EvaluateConfig:
     calibrate_temperatures: tuple[float, ...] = (1.5, 1.0, 0.7, 0.5)
     calibration_shops: int = 3
     calibration_buyers: int = 400  # cap per calibration shop (the N rule below, with this cap)
+    # A shop with one real purchase has a rate known to +-100 %: its alignment is mostly noise and
+    # can decide the temperature alone. Shops with at least this many purchases come first.
+    calibration_min_purchases: int = 5
     # simulation
     baselines: tuple[str, ...] = BASELINES
     concurrency: int = 16
@@ -623,16 +626,18 @@ async def run_protocol(config: EvaluateConfig, protocol: str, split: ShopSplit, 
 
 
 def calibration_shop_ids(split: ShopSplit, real: pd.DataFrame, count: int, seed: int,
-                         seen: frozenset[str] = frozenset()) -> list[str]:
+                         seen: frozenset[str] = frozenset(), min_purchases: int = 1) -> list[str]:
     """`count` TRAINING shops with at least one real purchase (alignment is undefined without) and
     none of whose buyers were replayed into the traces (`seen`): the agent has learned those shops'
     pages, so it is kinder to them than to a held-out shop and would pick too low a temperature.
-    Eligible shops (>= min_buyers) come first, each group ordered by sha256(f"{seed}:calibration:{shop}")."""
+    Eligible shops (>= min_buyers) come first, then shops with >= `min_purchases` purchases (a
+    rate measured on fewer is mostly noise); within a group, sha256(f"{seed}:calibration:{shop}") order."""
     eligible = set(split.eligible)
     candidates = [shop for shop in split.training
                   if shop not in seen and shop in real.index and real.loc[shop, "converted"] > 0]
     digest = lambda shop: hashlib.sha256(f"{seed}:calibration:{shop}".encode()).hexdigest()
-    return sorted(candidates, key=lambda shop: (shop not in eligible, digest(shop)))[:count]
+    order = lambda shop: (shop not in eligible, real.loc[shop, "converted"] < min_purchases, digest(shop))
+    return sorted(candidates, key=order)[:count]
 
 
 def traced_shops(traces_path: Path) -> frozenset[str]:
@@ -651,7 +656,8 @@ async def calibrate_temperature(config: EvaluateConfig, work: Path, split: ShopS
     if path.is_file():
         return json.loads(path.read_text())
     seen = traced_shops(traces_path)
-    shops = calibration_shop_ids(split, real, config.calibration_shops, config.seed, seen)
+    shops = calibration_shop_ids(split, real, config.calibration_shops, config.seed, seen,
+                                 config.calibration_min_purchases)
     if not shops:
         console.print("calibration skipped: no training shop outside the traces has a purchase; "
                       f"sampling at T={config.temperature:g}")

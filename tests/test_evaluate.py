@@ -104,6 +104,18 @@ def test_calibration_shops_are_training_shops_with_purchases_eligible_first():
     assert calibration_shop_ids(split, real, count=3, seed=0, seen=frozenset({"b"})) == [s for s in shops if s != "b"]
 
 
+def test_calibration_prefers_shops_whose_rate_rests_on_enough_purchases():
+    shops = [f"s{i}" for i in range(8)]
+    split = ShopSplit(SplitConfig(), training=shops, held_out=[], eligible=shops)
+    purchases = [1, 6, 1, 1, 5, 1, 9, 2]
+    real = pd.DataFrame({"buyers": [80] * 8, "converted": purchases}, index=shops)
+    chosen = calibration_shop_ids(split, real, count=3, seed=0, min_purchases=5)
+    assert set(chosen) == {"s1", "s4", "s6"}
+    # too few such shops: the rest are filled from the others, in the seeded order
+    chosen = calibration_shop_ids(split, real, count=5, seed=0, min_purchases=7)
+    assert chosen[0] == "s6" and len(chosen) == 5
+
+
 def test_traced_shops_reads_every_trace_line(tmp_path):
     path = tmp_path / "traces.jsonl"
     path.write_text('{"shop_id": "7", "buyer_id": "1", "code": 0, "steps": [], "converted": false}\n\n'
