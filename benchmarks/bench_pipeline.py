@@ -9,10 +9,9 @@ means something (every copy gets its own buyer ids, so copies are new buyers, no
 - baseline: what one would write without the pipeline: pd.read_csv, map event codes, cut
   sessions, then groupby per shop×buyer for the same features (`pandas_features` below).
 
-It prints events/s for both and their ratio (targets: pipeline ≥ 1M events/s, ≥ 3× the baseline),
-and a floor: DuckDB copying the same CSV to Parquet with nothing checked or computed, the most
-any pipeline on this reader could reach on this machine,
-checks that both computed the same numbers, and times the embedding step apart (cold and warm
+It prints events/s for both and their ratio (targets: pipeline ≥ 1M events/s, ≥ 3× the baseline)
+and a floor (DuckDB copying the same CSV to Parquet with nothing checked or computed: the most any
+pipeline on this reader could reach on this machine), checks that both computed the same numbers, and times the embedding step apart (cold and warm
 title cache). Not a test: run it by hand.
 
     .venv/bin/python benchmarks/bench_pipeline.py [--events-per-dataset 1500000] [--work /tmp/...]
@@ -36,7 +35,7 @@ from rich.console import Console
 from rich.table import Table
 
 from codebook.features import DAY_PARTS, build_features
-from codebook.ingest import ingest
+from codebook.ingest import PARQUET_OPTIONS, ingest
 from codebook.schema import CATALOG_FILE, EVENT_TYPES, EVENTS_FILE, FEATURES_FILE
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -232,7 +231,7 @@ def time_floor(dataset: Dataset, csv: Path, work: Path) -> dict:
     clock = Clock()
     with duckdb.connect() as con:
         con.execute(f"COPY (SELECT * FROM read_csv('{csv}', all_varchar = true, header = {header})) "
-                    f"TO '{work / 'floor.parquet'}' (FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 1)")
+                    f"TO '{work / 'floor.parquet'}' ({PARQUET_OPTIONS})")  # as ingest writes events.parquet
     wall, cpu = clock.read()
     (work / "floor.parquet").unlink()
     return {"total_s": wall, "total_cpu": cpu}

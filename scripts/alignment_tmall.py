@@ -38,7 +38,7 @@ def main() -> None:
     parser.add_argument("--protocol", choices=("paper", "strict", "both"), default="paper",
                         help="strict: types learned from browse-only features (no purchase information)")
     parser.add_argument("--baselines", default="neutral,type_profile,global_rate",
-                        help="comma-separated; add no_persona for the no-persona agent (another 15 min of SFT)")
+                        help="comma-separated; add no_persona for the no-persona agent (another SFT, about 10 min)")
     parser.add_argument("--seed", type=int, default=0, help="split, trace selection, training and sampling seed")
     parser.add_argument("--sft-max-steps", type=int, default=None,
                         help="cap on SFT steps (default: none, the 3 epochs run out, about 1,400 steps; "

@@ -27,13 +27,10 @@ from agent.traces import Trace, decision_index, read_traces
 
 def action_probabilities(policy: LLMPolicy, trace: Trace) -> list[float]:
     """P(the trace's action | its observation, its history, its own persona) at every step."""
-    model, tokenizer = policy.backend.model, policy.backend.tokenizer
-    history, probabilities = [], []
-    for step in trace.steps:
-        prompt = policy.prompts([BuyerTurn(0, trace.code, step.observation, list(history))])[0]
-        probabilities.append(math.exp(score_answers(model, tokenizer, [prompt], [step.action])[0]))
-        history.append(step.action)
-    return probabilities
+    actions = [step.action for step in trace.steps]
+    turns = [BuyerTurn(0, trace.code, step.observation, actions[:index]) for index, step in enumerate(trace.steps)]
+    scores = score_answers(policy.backend.model, policy.backend.tokenizer, policy.prompts(turns), actions)
+    return [math.exp(score) for score in scores]
 
 
 def main() -> None:

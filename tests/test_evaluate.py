@@ -13,7 +13,6 @@ from harness.evaluate import (
     alignment_term,
     buyers_needed,
     calibration_shop_ids,
-    traced_shops,
     conversion_alignment,
     correlations,
     evaluate,
@@ -21,6 +20,7 @@ from harness.evaluate import (
     mix_jsd,
     population_from_mix,
     select_trace_buyers,
+    traced_shops,
     wilson_interval,
 )
 from harness.split import ShopSplit, SplitConfig
