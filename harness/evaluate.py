@@ -23,6 +23,10 @@ Policies compared on the same shops with the same synthetic populations:
     no_persona    an agent trained on the same traces with every code mapped to one token
     type_profile  agent.baselines.TypeProfilePolicy from the training-shop codebook
     global_rate   no simulation: the training buyers' overall conversion rate for every shop
+A reference row comes with every protocol, whatever the baselines:
+    type_oracle   no simulation: each type at its training buyers' conversion rate, weighted by the
+                  held-out shop's real type mix; what an agent that plays every type exactly reaches,
+                  so the gap between it and persona is the agent's, the rest the types' own
 
 Conversion of a simulated buyer is STORE-COUNTED: the buyer has an order in the store's SQLite
 order log (summary["store_counted"]), not what the agent believes it did.
@@ -476,6 +480,20 @@ def shop_row(policy: str, plan: ShopPlan, summary: dict, driver: str) -> dict:
     }
 
 
+def type_oracle_rate(mix: dict[int, float], code_rates: dict[int, float], fallback: float) -> float:
+    """The shop's rate if every buyer converted at its type's training rate (a code no training
+    buyer has, at the fallback)."""
+    return float(sum(share * code_rates.get(code, fallback) for code, share in mix.items()))
+
+
+def reference_row(policy: str, plan: ShopPlan, rate: float) -> dict:
+    """A results.json line for a rate that needs no simulation (global_rate, type_oracle)."""
+    return {"policy": policy, "shop": plan.shop, "driver": None, "cr_sim": rate,
+            "cr_real": plan.real_rate, "real_buyers": plan.real_buyers, "real_converted": plan.real_converted,
+            "cr_real_ci": wilson_interval(plan.real_converted, plan.real_buyers),
+            "alignment": alignment_term(rate, plan.real_rate)}
+
+
 def plan_shops(config: EvaluateConfig, shops: list[str], codes: pd.DataFrame, real: pd.DataFrame) -> list[ShopPlan]:
     plans = []
     for shop in shops:
@@ -595,11 +613,9 @@ async def run_protocol(config: EvaluateConfig, protocol: str, split: ShopSplit, 
     training_real = real.loc[real.index.isin(set(split.training))]
     global_rate = float(training_real["converted"].sum() / training_real["buyers"].sum())
     if "global_rate" in config.baselines:
-        for plan in plans:
-            rows.append({"policy": "global_rate", "shop": plan.shop, "driver": None, "cr_sim": global_rate,
-                         "cr_real": plan.real_rate, "real_buyers": plan.real_buyers, "real_converted": plan.real_converted,
-                         "cr_real_ci": wilson_interval(plan.real_converted, plan.real_buyers),
-                         "alignment": alignment_term(global_rate, plan.real_rate)})
+        rows += [reference_row("global_rate", plan, global_rate) for plan in plans]
+    code_rates = training_codes.groupby("code")["converted"].mean().to_dict()
+    rows += [reference_row("type_oracle", plan, type_oracle_rate(plan.real_mix, code_rates, global_rate)) for plan in plans]
 
     browser = await browser_check(config, work, plans) if config.browser_check and config.driver != "browser" and plans else None
     behaviour = per_type_behaviour(work, "persona", [p.shop for p in plans])

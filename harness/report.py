@@ -22,7 +22,7 @@ from pathlib import Path
 REPORT_FILE = "report.html"
 PLOTS_DIR = "plots"
 POLICY_COLOURS = {"persona": "#1f77b4", "neutral": "#ff7f0e", "no_persona": "#2ca02c", "type_profile": "#9467bd",
-                  "global_rate": "#7f7f7f"}
+                  "global_rate": "#7f7f7f", "type_oracle": "#8c564b"}
 
 
 class ReportError(ValueError):
@@ -60,7 +60,7 @@ def plot_conversion(rows: list[dict], path: Path, title: str) -> None:
         mine = [r for r in rows if r["policy"] == policy]
         real, simulated = [r["cr_real"] for r in mine], [r["cr_sim"] for r in mine]
         top = max(top, *real, *simulated)
-        marker = "_" if policy == "global_rate" else "o"
+        marker = "_" if policy in ("global_rate", "type_oracle") else "o"
         axis.scatter(real, simulated, label=policy, marker=marker, s=36, alpha=0.8, color=POLICY_COLOURS.get(policy))
     top = top * 1.1 or 1.0
     axis.plot([0, top], [0, top], color="black", linewidth=1, linestyle="--", label="y = x")

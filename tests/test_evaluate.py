@@ -21,6 +21,7 @@ from harness.evaluate import (
     population_from_mix,
     select_trace_buyers,
     traced_shops,
+    type_oracle_rate,
     wilson_interval,
 )
 from harness.split import ShopSplit, SplitConfig
@@ -39,6 +40,14 @@ def test_alignment():
     assert alignment_term(0.0, 0.0) == 1.0 and alignment_term(0.01, 0.0) == 0.0
     assert conversion_alignment([0.12, 0.05, 0.35], [0.10, 0.10, 0.10]) == pytest.approx((0.8 + 0.5 + 0.0) / 3)
     assert conversion_alignment([], []) is None
+
+
+def test_type_oracle_weights_each_type_rate_by_the_shop_mix():
+    rates = {0: 0.0, 1: 0.5, 2: 1.0}
+    assert type_oracle_rate({0: 0.5, 1: 0.5}, rates, fallback=0.1) == pytest.approx(0.25)
+    assert type_oracle_rate({2: 0.2, 0: 0.8}, rates, fallback=0.1) == pytest.approx(0.2)
+    # A code without training buyers counts at the fallback (the global rate), not at zero.
+    assert type_oracle_rate({1: 0.5, 7: 0.5}, rates, fallback=0.1) == pytest.approx(0.3)
 
 
 def test_correlations():
@@ -170,7 +179,7 @@ def test_end_to_end_on_a_tmall_subset(tmall_subset, tmp_path):
     split = json.loads((out / "shop_split.json").read_text())
     assert split["n_held_out"] == 1 and split["held_out"][0] not in split["training"]
     result = summary["protocols"]["paper"]
-    assert set(result["policies"]) == {"persona", "no_persona", "neutral", "type_profile", "global_rate"}
+    assert set(result["policies"]) == {"persona", "no_persona", "neutral", "type_profile", "global_rate", "type_oracle"}
     for figures in result["policies"].values():
         assert figures["shops"] == 1 and 0.0 <= figures["alignment"] <= 1.0
     shop = split["held_out"][0]
@@ -179,8 +188,14 @@ def test_end_to_end_on_a_tmall_subset(tmall_subset, tmp_path):
     real_rate = mine.loc[mine["event_type"] == "purchase", "buyer_id"].nunique() / mine["buyer_id"].nunique()
     for row in result["shops"]:
         assert row["cr_real"] == pytest.approx(real_rate)
-        if row["policy"] != "global_rate":
+        if row["policy"] not in ("global_rate", "type_oracle"):
             assert row["sim_buyers"] == 6 and row["store_agreement"] == 1.0
+    # The oracle: the shop's real type mix, each type at its training buyers' conversion rate.
+    codes = pd.read_parquet(out / "paper" / "codes.parquet")
+    code_rates = codes[codes["split"] == "training"].groupby("code")["converted"].mean()
+    mine_codes = codes[codes["shop_id"] == shop]["code"]
+    oracle = next(row for row in result["shops"] if row["policy"] == "type_oracle")
+    assert oracle["cr_sim"] == pytest.approx(mine_codes.map(code_rates).mean())
     assert result["type_mix"]["mean_jsd"] >= 0.0 and shop in result["type_mix"]["shops"]
     assert result["browser_check"]["browser"]["sim_buyers"] == 3
     assert "agree" in result["browser_check"]
