@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -43,7 +44,7 @@ from transformers import get_linear_schedule_with_warmup
 from agent.models import LocalModel
 from agent.persona import PersonaMap, add_persona_tokens, persona_token_ids
 from agent.prompt import PromptConfig, answer_text, render_prompt
-from agent.traces import Trace
+from agent.traces import Trace, decision_index, rename_shop
 
 IGNORE_INDEX = -100
 STAGE2_MODES = ("full", "lora")
@@ -63,6 +64,15 @@ class SFTConfig:
     batch_size: int = 8
     max_length: int = 1024  # tokens per example; longer observations are cut (prompt.shorten_observation)
     neutral_dropout: float = 0.1
+    # Copies of each trace's decision step (its first product page: buy, save or leave). A type that
+    # buys sometimes gets its rate from this one step per trace, outweighed by the many steps every
+    # trace shares; extra copies make the persona's rate worth learning. 1: no extra copies.
+    decision_repeats: int = 1
+    # Every epoch sees each trace in a renamed shop (agent.traces.rename_shop: a fresh shop id of
+    # the same form, a fresh store port). With one or two traces per shop, the tiny model otherwise
+    # pins a type's buy-or-leave decision to the shop's page and, on a page it never saw, falls back
+    # to the average buyer: a type that buys half the time then buys a quarter of the time.
+    rename_shops: bool = False
     num_codes: int | None = None  # default: largest code in the traces + 1
     init: str = "mean"  # persona-row initialisation, see agent/persona.py
     init_noise_scale: float = 0.1  # spread of the new rows relative to the existing rows' spread
@@ -78,6 +88,8 @@ class SFTConfig:
             raise ValueError(f"stage2 must be one of {STAGE2_MODES}, got {self.stage2!r}")
         if not 0.0 <= self.neutral_dropout < 1.0:
             raise ValueError(f"neutral_dropout must be in [0, 1), got {self.neutral_dropout}")
+        if self.decision_repeats < 1:
+            raise ValueError(f"decision_repeats must be >= 1, got {self.decision_repeats}")
 
 
 @dataclass
@@ -97,16 +109,25 @@ class TrainResult:
 
 
 def build_examples(traces: list[Trace], tokenizer, persona_map: PersonaMap, config: SFTConfig) -> list[Example]:
-    """One example per trace step; prompt tokens are masked out of the loss."""
+    """One example per trace step (the decision step `decision_repeats` times); prompt tokens are
+    masked out of the loss."""
     rng = random.Random(config.seed)
     examples = []
     for trace in traces:
+        decision = _decision_step(trace)
         for index, step in enumerate(trace.steps):
-            neutral = rng.random() < config.neutral_dropout
-            token = persona_map.token_for(trace.code, neutral=neutral)
             history = [earlier.action for earlier in trace.steps[:index]]
-            examples.append(_example(tokenizer, token, step.observation, history, step.action, config))
+            for _ in range(config.decision_repeats if index == decision else 1):
+                token = persona_map.token_for(trace.code, neutral=rng.random() < config.neutral_dropout)
+                examples.append(_example(tokenizer, token, step.observation, history, step.action, config))
     return examples
+
+
+def _decision_step(trace: Trace) -> int | None:
+    try:
+        return decision_index(trace)
+    except ValueError:  # a trace that never reached a product page has no decision step
+        return None
 
 
 def _example(tokenizer, token, observation, history, action, config: SFTConfig) -> Example:
@@ -167,11 +188,32 @@ def freeze_all_but_rows(model, row_ids: list[int]):
     return embeddings.register_hook(lambda grad: grad * mask.to(grad.dtype))
 
 
+def epoch_examples(traces: list[Trace], tokenizer, persona_map: PersonaMap, config: SFTConfig) -> Callable[[int], list[Example]]:
+    """epoch -> that epoch's examples: the same list every epoch, or with `rename_shops` the traces
+    in freshly renamed shops (seeded per epoch)."""
+    if not config.rename_shops:
+        examples = build_examples(traces, tokenizer, persona_map, config)
+        return lambda epoch: examples
+
+    def renamed(epoch: int) -> list[Example]:
+        rng = random.Random(f"{config.seed}-rename-{epoch}")
+        return build_examples([rename_shop(trace, rng) for trace in traces], tokenizer, persona_map, config)
+
+    return renamed
+
+
+def _per_epoch(examples: list[Example] | Callable[[int], list[Example]]) -> Callable[[int], list[Example]]:
+    """A plain list of examples is the same list every epoch."""
+    return examples if callable(examples) else (lambda epoch: examples)
+
+
 def _run_stage(stage: str, model, parameters, examples, config: SFTConfig, epochs: int, lr: float,
                max_steps: int | None, accelerator: Accelerator, pad_id: int, curves: list[dict],
                persona_ids: list[int]) -> None:
+    examples_for = _per_epoch(examples)
     rng = random.Random(f"{config.seed}-{stage}")
-    batches_per_epoch = math.ceil(len(examples) / config.batch_size)
+    examples = examples_for(0)
+    batches_per_epoch = math.ceil(len(examples) / config.batch_size)  # renaming keeps the count
     total = epochs * batches_per_epoch
     if max_steps is not None:
         total = min(total, max_steps)
@@ -183,6 +225,7 @@ def _run_stage(stage: str, model, parameters, examples, config: SFTConfig, epoch
     blocked = torch.tensor(persona_ids)
     progress = tqdm(total=total, desc=f"SFT {stage}", leave=False)
     for epoch in range(epochs):
+        examples = examples if epoch == 0 else examples_for(epoch)
         for batch_indices in random_batches(len(examples), config.batch_size, rng):
             if step >= total:
                 break
@@ -243,13 +286,13 @@ def train_agent(traces: list[Trace], base: LocalModel, config: SFTConfig = SFTCo
     model, tokenizer = base.model, base.tokenizer
     persona_map = add_persona_tokens(model, tokenizer, num_codes, config.init, centroids, config.init_noise_scale, config.seed)
     persona_ids = persona_token_ids(tokenizer, persona_map)
-    examples = build_examples(traces, tokenizer, persona_map, config)
+    examples_for = epoch_examples(traces, tokenizer, persona_map, config)
     accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
     model.to(accelerator.device)
     curves: list[dict] = []
     if not config.single_stage:
-        run_stage1(model, persona_ids, examples, config, accelerator, tokenizer.pad_token_id, curves)
-    model = run_stage2(model, persona_ids, examples, config, accelerator, tokenizer.pad_token_id, curves)
+        run_stage1(model, persona_ids, examples_for, config, accelerator, tokenizer.pad_token_id, curves)
+    model = run_stage2(model, persona_ids, examples_for, config, accelerator, tokenizer.pad_token_id, curves)
     return TrainResult(LocalModel(model.eval(), tokenizer, base.name), persona_map, curves)
 
 

@@ -7,13 +7,23 @@ persona token, teacher-forced: at the first product page (the step where a Tmall
 leaves, saves or carts) and averaged over every step. A persona the agent has learned gives its
 traces' actions a probability near 1. Near 0.5 on the product page, it buys about as often as it
 leaves whatever its traces did: the held-out conversion of that type drifts towards the other
-types'. Reads `WORK/agent` and `WORK/traces/traces.jsonl` as `simpersona evaluate` writes them.
+types'.
+
+Held-out shops are pages the agent never saw. The last two columns ask whether a type's purchase
+rate survives that: how often the code's traces open the buyers' path on the product page (the
+action most converted traces take there, e.g. "click [10]", add to cart), and the probability the
+agent gives that action on the same pages with the shop renamed (its id replaced by another of the
+same length, the store's port changed). A persona that generalises gives about its traces' share.
+Reads `WORK/agent` and `WORK/traces/traces.jsonl` as `simpersona evaluate` writes them.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import random
+import re
+from collections import Counter
 from pathlib import Path
 
 from rich.console import Console
@@ -33,6 +43,37 @@ def action_probabilities(policy: LLMPolicy, trace: Trace) -> list[float]:
     return [math.exp(score) for score in scores]
 
 
+def renamed_shop(observation: str, shop_id: str, rng: random.Random) -> str:
+    """The same page as if it belonged to a shop the agent never saw."""
+    fresh = shop_id
+    while fresh == shop_id:  # same length, so the page stays in the form the agent knows
+        fresh = str(rng.randrange(10 ** (len(shop_id) - 1), 10 ** len(shop_id)))
+    observation = re.sub(rf"(?<![0-9]){re.escape(shop_id)}(?![0-9])", fresh, observation)
+    return re.sub(r"127\.0\.0\.1:\d+", f"127.0.0.1:{rng.randrange(30000, 60000)}", observation)
+
+
+def decision_action_probability(policy: LLMPolicy, trace: Trace, action: str, rng: random.Random) -> float:
+    """P(action | the trace's product page with its shop renamed, the trace's history, its persona)."""
+    index = decision_index(trace)
+    page = renamed_shop(trace.steps[index].observation, trace.shop_id, rng)
+    turn = BuyerTurn(0, trace.code, page, [step.action for step in trace.steps[:index]])
+    return math.exp(score_answers(policy.backend.model, policy.backend.tokenizer, policy.prompts([turn]), [action])[0])
+
+
+def buyers_first_action(traces: list[Trace]) -> str | None:
+    """The product-page action most converted traces take (None without a converted trace)."""
+    taken = Counter(t.steps[decision_index(t)].action for t in traces if t.converted and _has_decision(t))
+    return taken.most_common(1)[0][0] if taken else None
+
+
+def _has_decision(trace: Trace) -> bool:
+    try:
+        decision_index(trace)
+        return True
+    except ValueError:
+        return False
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("work", type=Path, help="a protocol directory of `simpersona evaluate` (agent/, traces/)")
@@ -43,8 +84,12 @@ def main() -> None:
     for trace in read_traces(args.work / "traces" / "traces.jsonl"):
         by_code.setdefault(trace.code, []).append(trace)
 
-    table = Table(title=f"persona fit of {args.work / 'agent'} on its own training traces")
-    for name in ("code", "traces", "converted", "P(action) on the product page", "P(action), every step"):
+    buy_action = buyers_first_action([t for traces in by_code.values() for t in traces])
+    rng = random.Random(0)
+    table = Table(title=f"persona fit of {args.work / 'agent'} on its own training traces "
+                        f"(buyers' first action on the product page: {buy_action!r})")
+    for name in ("code", "traces", "converted", "P(action) on the product page", "P(action), every step",
+                 "traces taking the buyers' action", "P(buyers' action), shop renamed"):
         table.add_column(name, justify="right")
     page_means = []
     for code in sorted(by_code):
@@ -60,7 +105,13 @@ def main() -> None:
         page = sum(on_page) / len(on_page) if on_page else float("nan")
         page_means.append(page)
         converted = sum(t.converted for t in traces) / len(traces)
-        table.add_row(str(code), str(len(traces)), f"{converted:.0%}", f"{page:.3f}", f"{sum(every) / len(every):.3f}")
+        deciding = [t for t in traces if _has_decision(t)]
+        took, renamed = "—", "—"
+        if buy_action and deciding:
+            took = f"{sum(t.steps[decision_index(t)].action == buy_action for t in deciding) / len(deciding):.0%}"
+            renamed = f"{sum(decision_action_probability(policy, t, buy_action, rng) for t in deciding) / len(deciding):.3f}"
+        table.add_row(str(code), str(len(traces)), f"{converted:.0%}", f"{page:.3f}", f"{sum(every) / len(every):.3f}",
+                      took, renamed)
     console = Console()
     console.print(table)
     known = [p for p in page_means if not math.isnan(p)]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 import statistics
 
 import pytest
@@ -27,15 +28,19 @@ from agent.sft import (
     action_loss,
     build_examples,
     collate,
+    epoch_examples,
     random_batches,
     save_agent,
     train_agent,
 )
 from agent.traces import (
+    Step,
+    Trace,
     TraceError,
     decision_index,
     make_synthetic_traces,
     read_traces,
+    rename_shop,
     write_traces,
 )
 
@@ -96,6 +101,60 @@ def test_loss_covers_the_action_tokens_only():
         first = example.labels.index(answer[0])
         assert all(label == IGNORE_INDEX for label in example.labels[:first])
         assert example.input_ids[first:] == answer
+
+
+def test_decision_repeats_copy_the_product_page_step_and_nothing_else():
+    traces = make_synthetic_traces(3, seed=2, compact=True)
+    local = load_tiny(_texts(traces))
+    persona_map = PersonaMap.for_codes(2)
+    local.tokenizer.add_special_tokens({"extra_special_tokens": persona_map.tokens})
+    once = build_examples(traces, local.tokenizer, persona_map, SFTConfig(neutral_dropout=0.0))
+    thrice = build_examples(traces, local.tokenizer, persona_map, SFTConfig(neutral_dropout=0.0, decision_repeats=3))
+    assert len(thrice) == len(once) + 2 * len(traces)
+    # The extra examples are exactly two more copies of each trace's decision step (prompt and answer).
+    extra = Counter(tuple(e.input_ids) for e in thrice) - Counter(tuple(e.input_ids) for e in once)
+    decision_examples = [once[sum(len(u.steps) for u in traces[:i]) + decision_index(t)] for i, t in enumerate(traces)]
+    assert extra == Counter({tuple(e.input_ids): 2 for e in decision_examples})
+    with pytest.raises(ValueError, match="decision_repeats"):
+        SFTConfig(decision_repeats=0)
+
+
+def _tmall_like_trace(shop="10072", port=40187):
+    page = (f"URL: http://127.0.0.1:{port}/p/brand%3A{shop}\nHeading: Brand {shop} (all items)\n"
+            f"[8] link \"Brand {shop} (all items)\"\n[10] button \"Add to cart\" — {shop} €103.99 (also at 1{shop}0)")
+    return Trace(shop, "b1", 3, [Step(page, "click [10]"), Step(page, f'type [2] "Brand {shop} (all items)"')], True)
+
+
+def test_rename_shop_replaces_the_id_and_port_everywhere_and_nothing_else():
+    trace = _tmall_like_trace()
+    renamed = rename_shop(trace, random.Random(7))
+    fresh = renamed.shop_id
+    assert fresh != "10072" and len(fresh) == 5 and fresh.isdigit() and not fresh.startswith("0")
+    page = renamed.steps[0].observation
+    assert "10072" not in page.replace("1100720", "") and page.count(fresh) == 4
+    assert "1100720" in page and "€103.99" in page and "[10]" in page  # other numbers stay
+    assert ":40187/" not in page and "http://127.0.0.1:" in page
+    assert renamed.steps[1].action == f'type [2] "Brand {fresh} (all items)"'
+    assert (renamed.code, renamed.converted, renamed.buyer_id) == (3, True, "b1")
+    assert rename_shop(trace, random.Random(7)) == renamed  # seeded
+    lettered = rename_shop(Trace("acme", "b", 0, [Step("Brand acme, acmeish", "stop")], False), random.Random(1))
+    assert lettered.shop_id.isalpha() and lettered.steps[0].observation == f"Brand {lettered.shop_id}, acmeish"
+
+
+def test_rename_shops_gives_each_epoch_its_own_shop_names():
+    traces = [_tmall_like_trace("10072"), _tmall_like_trace("2231", port=51000)]
+    local = load_tiny(_texts(traces))
+    persona_map = PersonaMap.for_codes(4)
+    local.tokenizer.add_special_tokens({"extra_special_tokens": persona_map.tokens})
+    fixed = epoch_examples(traces, local.tokenizer, persona_map, SFTConfig(neutral_dropout=0.0))
+    assert fixed(0) is fixed(2)
+    renaming = epoch_examples(traces, local.tokenizer, persona_map, SFTConfig(neutral_dropout=0.0, rename_shops=True))
+    first, second = renaming(0), renaming(1)
+    assert len(first) == len(second) == len(fixed(0))
+    assert [e.input_ids for e in first] == [e.input_ids for e in renaming(0)]  # seeded per epoch
+    assert [e.input_ids for e in first] != [e.input_ids for e in second]
+    shown = local.tokenizer.decode(first[0].input_ids)
+    assert "Brand 10072" not in shown and "40187" not in shown
 
 
 def test_random_batches_cover_every_example_once_and_mix_page_types():
