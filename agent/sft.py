@@ -44,7 +44,7 @@ from transformers import get_linear_schedule_with_warmup
 from agent.models import LocalModel
 from agent.persona import PersonaMap, add_persona_tokens, persona_token_ids
 from agent.prompt import PromptConfig, answer_text, render_prompt
-from agent.traces import Trace, decision_index, rename_shop
+from agent.traces import Trace, rename_shop
 
 IGNORE_INDEX = -100
 STAGE2_MODES = ("full", "lora")
@@ -64,10 +64,6 @@ class SFTConfig:
     batch_size: int = 8
     max_length: int = 1024  # tokens per example; longer observations are cut (prompt.shorten_observation)
     neutral_dropout: float = 0.1
-    # Copies of each trace's decision step (its first product page: buy, save or leave). A type that
-    # buys sometimes gets its rate from this one step per trace, outweighed by the many steps every
-    # trace shares; extra copies make the persona's rate worth learning. 1: no extra copies.
-    decision_repeats: int = 1
     # Every epoch sees each trace in a renamed shop (agent.traces.rename_shop: a fresh shop id of
     # the same form, a fresh store port). With one or two traces per shop, the tiny model otherwise
     # pins a type's buy-or-leave decision to the shop's page and, on a page it never saw, falls back
@@ -88,8 +84,6 @@ class SFTConfig:
             raise ValueError(f"stage2 must be one of {STAGE2_MODES}, got {self.stage2!r}")
         if not 0.0 <= self.neutral_dropout < 1.0:
             raise ValueError(f"neutral_dropout must be in [0, 1), got {self.neutral_dropout}")
-        if self.decision_repeats < 1:
-            raise ValueError(f"decision_repeats must be >= 1, got {self.decision_repeats}")
 
 
 @dataclass
@@ -109,25 +103,16 @@ class TrainResult:
 
 
 def build_examples(traces: list[Trace], tokenizer, persona_map: PersonaMap, config: SFTConfig) -> list[Example]:
-    """One example per trace step (the decision step `decision_repeats` times); prompt tokens are
-    masked out of the loss."""
+    """One example per trace step; prompt tokens are masked out of the loss."""
     rng = random.Random(config.seed)
     examples = []
     for trace in traces:
-        decision = _decision_step(trace)
         for index, step in enumerate(trace.steps):
+            neutral = rng.random() < config.neutral_dropout
+            token = persona_map.token_for(trace.code, neutral=neutral)
             history = [earlier.action for earlier in trace.steps[:index]]
-            for _ in range(config.decision_repeats if index == decision else 1):
-                token = persona_map.token_for(trace.code, neutral=rng.random() < config.neutral_dropout)
-                examples.append(_example(tokenizer, token, step.observation, history, step.action, config))
+            examples.append(_example(tokenizer, token, step.observation, history, step.action, config))
     return examples
-
-
-def _decision_step(trace: Trace) -> int | None:
-    try:
-        return decision_index(trace)
-    except ValueError:  # a trace that never reached a product page has no decision step
-        return None
 
 
 def _example(tokenizer, token, observation, history, action, config: SFTConfig) -> Example:

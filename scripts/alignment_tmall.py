@@ -43,8 +43,6 @@ def main() -> None:
     parser.add_argument("--sft-max-steps", type=int, default=None,
                         help="cap on SFT steps (default: none, the 3 epochs run out, about 1,400 steps; "
                              "the seed 0 and 1 figures used 700, which ended in epoch 2)")
-    parser.add_argument("--sft-decision-repeats", type=int, default=1,
-                        help="copies of each trace's product-page decision in SFT (agent.sft.SFTConfig.decision_repeats)")
     parser.add_argument("--sft-rename-shops", action="store_true",
                         help="each SFT epoch sees every trace in a renamed shop (agent.sft.SFTConfig.rename_shops)")
     args = parser.parse_args()
@@ -52,7 +50,7 @@ def main() -> None:
         args.out_dir, input_dir=args.input_dir, protocol=args.protocol, max_held_out_shops=3, buyers_per_shop=None,
         max_buyers_per_shop=1000, traces_per_code=60, traces_per_shop=50, sft_single_stage=True,
         sft_stage2_epochs=3, sft_max_steps=args.sft_max_steps, sft_max_length=512,
-        sft_decision_repeats=args.sft_decision_repeats, sft_rename_shops=args.sft_rename_shops, baselines=tuple(args.baselines.split(",")),
+        sft_rename_shops=args.sft_rename_shops, baselines=tuple(args.baselines.split(",")),
         calibrate_temperatures=(1.5, 1.0, 0.5), calibration_shops=5, calibration_buyers=300, concurrency=16,
         seed=args.seed,
     )

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import random
-from collections import Counter
 import statistics
 
 import pytest
@@ -101,22 +100,6 @@ def test_loss_covers_the_action_tokens_only():
         first = example.labels.index(answer[0])
         assert all(label == IGNORE_INDEX for label in example.labels[:first])
         assert example.input_ids[first:] == answer
-
-
-def test_decision_repeats_copy_the_product_page_step_and_nothing_else():
-    traces = make_synthetic_traces(3, seed=2, compact=True)
-    local = load_tiny(_texts(traces))
-    persona_map = PersonaMap.for_codes(2)
-    local.tokenizer.add_special_tokens({"extra_special_tokens": persona_map.tokens})
-    once = build_examples(traces, local.tokenizer, persona_map, SFTConfig(neutral_dropout=0.0))
-    thrice = build_examples(traces, local.tokenizer, persona_map, SFTConfig(neutral_dropout=0.0, decision_repeats=3))
-    assert len(thrice) == len(once) + 2 * len(traces)
-    # The extra examples are exactly two more copies of each trace's decision step (prompt and answer).
-    extra = Counter(tuple(e.input_ids) for e in thrice) - Counter(tuple(e.input_ids) for e in once)
-    decision_examples = [once[sum(len(u.steps) for u in traces[:i]) + decision_index(t)] for i, t in enumerate(traces)]
-    assert extra == Counter({tuple(e.input_ids): 2 for e in decision_examples})
-    with pytest.raises(ValueError, match="decision_repeats"):
-        SFTConfig(decision_repeats=0)
 
 
 def _tmall_like_trace(shop="10072", port=40187):
