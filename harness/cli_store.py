@@ -45,12 +45,13 @@ def serve_store_command(
         db = Path("runs") / "store" / f"{shop}-{chosen.name}-{stamp}.sqlite"
     try:
         with serve_store(catalog, shop, variant=chosen, db_path=db, host=host, port=port, faults=faults) as store:
-            console.print(f"Store for shop [bold]{shop}[/] ({chosen.name} layout) at [bold]{store.url}[/]")
-            console.print(f"Order log: {store.db_path}")
-            if store.prices_synthetic:
-                console.print(f"{len(store.prices_synthetic)} products had no price; synthetic prices are shown.")
-            console.print("Press Ctrl-C to stop.")
+            # Ctrl-C may come as soon as the URL is out, so the announcement is inside the try too.
             try:
+                console.print(f"Store for shop [bold]{shop}[/] ({chosen.name} layout) at [bold]{store.url}[/]")
+                console.print(f"Order log: {store.db_path}")
+                if store.prices_synthetic:
+                    console.print(f"{len(store.prices_synthetic)} products had no price; synthetic prices are shown.")
+                console.print("Press Ctrl-C to stop.")
                 while True:
                     time.sleep(0.5)
             except KeyboardInterrupt:

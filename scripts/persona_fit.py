@@ -12,8 +12,9 @@ types'.
 Held-out shops are pages the agent never saw. The last two columns ask whether a type's purchase
 rate survives that: how often the code's traces open the buyers' path on the product page (the
 action most converted traces take there, e.g. "click [10]", add to cart), and the probability the
-agent gives that action on the same pages with the shop renamed (its id replaced by another of the
-same length, the store's port changed). A persona that generalises gives about its traces' share.
+agent gives that action on the same pages with the shop renamed (agent.traces.rename_shop, as
+SFT's rename_shops uses it: the id replaced by another of the same form, the store's port changed).
+A persona that generalises gives about its traces' share.
 Reads `WORK/agent` and `WORK/traces/traces.jsonl` as `simpersona evaluate` writes them.
 """
 
@@ -22,7 +23,6 @@ from __future__ import annotations
 import argparse
 import math
 import random
-import re
 from collections import Counter
 from pathlib import Path
 
@@ -32,7 +32,7 @@ from rich.table import Table
 from agent.generate import score_answers
 from agent.llm_policy import LLMPolicy
 from agent.policy import BuyerTurn
-from agent.traces import Trace, decision_index, read_traces
+from agent.traces import Trace, decision_index, read_traces, rename_shop
 
 
 def action_probabilities(policy: LLMPolicy, trace: Trace) -> list[float]:
@@ -43,20 +43,11 @@ def action_probabilities(policy: LLMPolicy, trace: Trace) -> list[float]:
     return [math.exp(score) for score in scores]
 
 
-def renamed_shop(observation: str, shop_id: str, rng: random.Random) -> str:
-    """The same page as if it belonged to a shop the agent never saw."""
-    fresh = shop_id
-    while fresh == shop_id:  # same length, so the page stays in the form the agent knows
-        fresh = str(rng.randrange(10 ** (len(shop_id) - 1), 10 ** len(shop_id)))
-    observation = re.sub(rf"(?<![0-9]){re.escape(shop_id)}(?![0-9])", fresh, observation)
-    return re.sub(r"127\.0\.0\.1:\d+", f"127.0.0.1:{rng.randrange(30000, 60000)}", observation)
-
-
 def decision_action_probability(policy: LLMPolicy, trace: Trace, action: str, rng: random.Random) -> float:
     """P(action | the trace's product page with its shop renamed, the trace's history, its persona)."""
     index = decision_index(trace)
-    page = renamed_shop(trace.steps[index].observation, trace.shop_id, rng)
-    turn = BuyerTurn(0, trace.code, page, [step.action for step in trace.steps[:index]])
+    renamed = rename_shop(trace, rng)
+    turn = BuyerTurn(0, trace.code, renamed.steps[index].observation, [step.action for step in renamed.steps[:index]])
     return math.exp(score_answers(policy.backend.model, policy.backend.tokenizer, policy.prompts([turn]), [action])[0])
 
 
