@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -46,6 +47,9 @@ def serve_store_command(
     try:
         with serve_store(catalog, shop, variant=chosen, db_path=db, host=host, port=port, faults=faults) as store:
             # Ctrl-C may come as soon as the URL is out, so the announcement is inside the try too.
+            # A shell without job control starts background commands with SIGINT ignored, and the
+            # child inherits that; we tell the user Ctrl-C stops the store, so it must.
+            signal.signal(signal.SIGINT, signal.default_int_handler)
             try:
                 console.print(f"Store for shop [bold]{shop}[/] ({chosen.name} layout) at [bold]{store.url}[/]")
                 console.print(f"Order log: {store.db_path}")
