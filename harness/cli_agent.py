@@ -38,6 +38,9 @@ def train_agent_command(
     batch_size: int = typer.Option(8),
     max_length: int = typer.Option(1024, help="tokens per example; longer pages are shown cut"),
     max_steps: int = typer.Option(None, help="cap on optimiser steps per stage (smoke runs)"),
+    rename_shops: bool = typer.Option(False, "--rename-shops",
+                                      help="each epoch, every trace in a renamed shop, so a type's buy-or-leave rate "
+                                           "is learned rather than which pages it bought on"),
     seed: int = typer.Option(0),
 ) -> None:
     """Fine-tune a base model on replayed traces: persona-token warm-up, then full or LoRA SFT."""
@@ -61,7 +64,8 @@ def train_agent_command(
     config = SFTConfig(
         stage2=stage2, single_stage=single_stage, num_codes=num_codes, init="centroid" if centroids else "mean",
         stage1_epochs=stage1_epochs, stage2_epochs=stage2_epochs, stage1_lr=stage1_lr, batch_size=batch_size,
-        max_length=max_length, stage1_max_steps=max_steps, stage2_max_steps=max_steps, seed=seed,
+        max_length=max_length, stage1_max_steps=max_steps, stage2_max_steps=max_steps, rename_shops=rename_shops,
+        seed=seed,
     )
     if stage2_lr is not None:
         config.stage2_lr = config.lora_lr = stage2_lr

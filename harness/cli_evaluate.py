@@ -69,6 +69,8 @@ def evaluate(
     codebook_size: int = typer.Option(None, "--codebook-size", min=2, help="Number of buyer types K."),
     agent_base: str = typer.Option("tiny", "--agent-base", help="'tiny', 'smollm2' or a model directory."),
     sft_max_steps: int = typer.Option(None, "--sft-max-steps", min=1, help="Cap on optimiser steps per SFT stage."),
+    sft_rename_shops: bool = typer.Option(False, "--sft-rename-shops",
+                                          help="Each SFT epoch shows every trace in a renamed shop (types keep their purchase rate on unseen pages)."),
     traces_per_code: int = typer.Option(None, "--traces-per-code", min=1, help="Training buyers replayed per code."),
     baselines: str = typer.Option(None, "--baselines", help="Comma-separated: no_persona,neutral,type_profile,global_rate."),
     concurrency: int = typer.Option(None, "--concurrency", min=1, help="Buyers in flight per simulation."),
@@ -90,7 +92,7 @@ def evaluate(
     console = Console()
     options = dict(events=events, catalog=catalog, input_dir=input_dir, protocol=protocol.value,
                    held_out_fraction=held_out_fraction, min_buyers=min_buyers, driver=driver.value,
-                   browser_check=browser_check, agent_base=agent_base, seed=seed)
+                   browser_check=browser_check, agent_base=agent_base, sft_rename_shops=sft_rename_shops, seed=seed)
     # Options left out keep the default of the chosen preset (--fast or the full one).
     given = dict(max_held_out_shops=max_held_out, buyers_per_shop=buyers_per_shop, max_buyers_per_shop=max_buyers_per_shop,
                  codebook_size=codebook_size, sft_max_steps=sft_max_steps, traces_per_code=traces_per_code,
