@@ -94,14 +94,18 @@ def read_traces(path: str | Path) -> list[Trace]:
     return traces
 
 
+_PORT = re.compile(r"(?<=//127\.0\.0\.1):\d+/")  # the local store's port in a URL
+
+
 def rename_shop(trace: Trace, rng: random.Random) -> Trace:
     """The same trace as if it had happened in a shop the agent never saw: the shop id, wherever
     the pages or the typed queries show it, becomes a random id of the same form (digits for
     digits, letters for letters, same length), and the store's port in URLs a random port."""
     fresh = trace.shop_id
-    while fresh == trace.shop_id:
+    while fresh == trace.shop_id:  # checked after the leading-zero fix, which could give the old id back
         fresh = "".join(rng.choice("0123456789" if c.isdigit() else "abcdefghijklmnopqrstuvwxyz") for c in trace.shop_id)
-    fresh = fresh if not trace.shop_id[:1].isdigit() or fresh[0] != "0" else "1" + fresh[1:]
+        if fresh[:1] == "0":  # a number does not start with 0
+            fresh = "1" + fresh[1:]
     edge = "0-9" if trace.shop_id.isdigit() else "0-9A-Za-z"  # "brand%3A10014": a letter may touch a numeric id
     own_id = re.compile(rf"(?<![{edge}]){re.escape(trace.shop_id)}(?![{edge}])")
     port = f":{rng.randrange(30000, 60000)}/"
@@ -111,9 +115,6 @@ def rename_shop(trace: Trace, rng: random.Random) -> Trace:
 
     steps = [Step(renamed(step.observation), renamed(step.action)) for step in trace.steps]
     return Trace(fresh, trace.buyer_id, trace.code, steps, trace.converted)
-
-
-_PORT = re.compile(r"(?<=//127\.0\.0\.1):\d+/")
 
 
 def write_traces(traces: list[Trace], path: str | Path) -> Path:

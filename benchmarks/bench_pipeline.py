@@ -11,8 +11,8 @@ means something (every copy gets its own buyer ids, so copies are new buyers, no
 
 It prints events/s for both and their ratio (targets: pipeline ≥ 1M events/s, ≥ 3× the baseline)
 and a floor (DuckDB copying the same CSV to Parquet with nothing checked or computed: the most any
-pipeline on this reader could reach on this machine), checks that both computed the same numbers, and times the embedding step apart (cold and warm
-title cache). Not a test: run it by hand.
+pipeline on this reader could reach on this machine), checks that both computed the same numbers,
+and times the embedding step apart (cold and warm title cache). Not a test: run it by hand.
 
     .venv/bin/python benchmarks/bench_pipeline.py [--events-per-dataset 1500000] [--work /tmp/...]
 """

@@ -362,7 +362,8 @@ def train_protocol_agent(config: EvaluateConfig, traces_path: Path, out: Path, o
         num_codes=1 if one_code else config.codebook_size, single_stage=config.sft_single_stage, stage1_epochs=config.sft_stage1_epochs,
         stage2_epochs=config.sft_stage2_epochs, stage1_lr=config.sft_stage1_lr,
         stage2_lr=config.sft_stage2_lr or (1e-2 if tiny else 5e-5), batch_size=config.sft_batch_size,
-        max_length=config.sft_max_length, rename_shops=config.sft_rename_shops, stage1_max_steps=config.sft_max_steps, stage2_max_steps=config.sft_max_steps,
+        max_length=config.sft_max_length, rename_shops=config.sft_rename_shops,
+        stage1_max_steps=config.sft_max_steps, stage2_max_steps=config.sft_max_steps,
         init_noise_scale=1.0 if tiny else 0.1, seed=config.seed,
     )
     result = train_agent(traces, load_agent_base(config, texts), sft)
