@@ -42,8 +42,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from agent.baselines import TypeProfilePolicy  # noqa: E402
 from bench_simulate import REES46, SHOP, real_catalog, write_codebook  # noqa: E402
-from harness.rundir import latest_per_buyer  # noqa: E402
-from harness.simulate import SimulationConfig, run_simulation  # noqa: E402
+from harness.sim.rundir import latest_per_buyer  # noqa: E402
+from harness.sim.simulate import SimulationConfig, run_simulation  # noqa: E402
 from storefronts.faults import Faults  # noqa: E402
 from storefronts.server import serve_store  # noqa: E402
 

@@ -4,7 +4,7 @@ For each page (a generated category page of real-world theme size, the edge fixt
 store's home, listing, product and search pages when storefronts is importable), the page is loaded once in headless Chromium, then the observation
 text is extracted `--repeats` times in two ways on the same live page:
 
-- in-page: harness/stamp.js in one page.evaluate, then harness.observation.render (what the
+- in-page: harness/drivers/stamp.js in one page.evaluate, then harness.drivers.observation.render (what the
   browser driver does);
 - baseline: page.content() serialised to Python, parsed with BeautifulSoup (html.parser) and
   walked with the http driver's SoupWalker, then the same render.
@@ -35,10 +35,10 @@ from bs4 import BeautifulSoup
 from rich.console import Console
 from rich.table import Table
 
-from harness.browser import BrowserPool
-from harness.http_driver import SoupWalker, css_hidden_ids
-from harness.observation import render
-from harness.safety import SiteGuard
+from harness.drivers.browser import BrowserPool
+from harness.drivers.http_driver import SoupWalker, css_hidden_ids
+from harness.drivers.observation import render
+from harness.drivers.safety import SiteGuard
 
 EDGE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "edge"
 EDGE_PAGES = ("shop_listing.html", "duplicates.html", "long.html", "checkout.html", "icons.html", "modal.html")

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from codebook.ingest import ingest
-from harness.replay import ReplayConfig, make_traces
+from harness.eval.replay import ReplayConfig, make_traces
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"

@@ -7,7 +7,7 @@ headless Chromium against our mock store (products of the real REES46 log, defau
 
     concurrency sweep   one process, one shared browser, C buyers at a time for each C in --levels;
                         ratio against C = 1 (the first level)
-    Ray                 harness.scale.run_sharded on a local Ray cluster (2 CPUs): 1 shard against
+    Ray                 harness.sim.scale.run_sharded on a local Ray cluster (2 CPUs): 1 shard against
                         2 shards, each shard with its own Chromium and --ray-concurrency buyers at a
                         time; ratio against 1 shard. Ray's start-up is outside the timing, each
                         shard's Chromium launch inside it (a real sharded run pays it too).
@@ -35,9 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from agent.baselines import TypeProfilePolicy  # noqa: E402
 from bench_simulate import REES46, SHOP, real_catalog, write_codebook  # noqa: E402
-from harness.browser import BrowserPool  # noqa: E402
-from harness.scale import PolicySpec, ScaleConfig, run_sharded  # noqa: E402
-from harness.simulate import SimulationConfig, run_simulation  # noqa: E402
+from harness.drivers.browser import BrowserPool  # noqa: E402
+from harness.sim.scale import PolicySpec, ScaleConfig, run_sharded  # noqa: E402
+from harness.sim.simulate import SimulationConfig, run_simulation  # noqa: E402
 from storefronts.server import serve_store  # noqa: E402
 
 MAX_STEPS = 30

@@ -45,8 +45,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from agent.baselines import TypeProfilePolicy  # noqa: E402
-from harness.browser import BrowserPool, pool_rss_mb  # noqa: E402
-from harness.simulate import SimulationConfig, run_simulation  # noqa: E402
+from harness.drivers.browser import BrowserPool, pool_rss_mb  # noqa: E402
+from harness.sim.simulate import SimulationConfig, run_simulation  # noqa: E402
 from storefronts.fixtures import rees46_catalog  # noqa: E402
 from storefronts.server import serve_store  # noqa: E402
 from storefronts.variants import Variant  # noqa: E402

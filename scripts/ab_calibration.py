@@ -36,8 +36,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from agent.baselines import TypeProfilePolicy  # noqa: E402
-from harness.ab import CALIBRATION_FILE, ABConfig, plot_pvalue_histogram, run_aa_calibration, run_ab  # noqa: E402
-from harness.paired import wilson_interval  # noqa: E402
+from harness.sim.ab import CALIBRATION_FILE, ABConfig, plot_pvalue_histogram, run_aa_calibration, run_ab  # noqa: E402
+from harness.sim.paired import wilson_interval  # noqa: E402
 from storefronts.fixtures import rees46_catalog  # noqa: E402
 
 REES46 = REPO.parent / "shared" / "data" / "rees46_multicategory_2019oct" / "2019-Oct_head17k.csv"

@@ -27,8 +27,8 @@ import json
 
 from rich.console import Console
 
-from harness.cli_evaluate import results_table
-from harness.evaluate import EvaluateConfig, evaluate
+from harness.cli.evaluate import results_table
+from harness.eval.evaluate import EvaluateConfig, evaluate
 
 
 def main() -> None:

@@ -10,3 +10,7 @@
     server.py        serve_store(): uvicorn in a background thread, started and stopped cleanly
     fixtures.py      demo_catalog() and save_fixtures() for tests/fixtures/store
 """
+
+# Every request of a synthetic buyer carries this header; the store logs it with every page view,
+# cart change and order, so conversions are counted per buyer by the store itself.
+BUYER_HEADER = "X-SimPersona-Buyer"

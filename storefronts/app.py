@@ -34,7 +34,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from storefronts import presentation
+from storefronts import BUYER_HEADER, presentation
 from storefronts.catalog import Product, StoreCatalog, category_label, sort_products
 from storefronts.checkout import STEPS, option_label, saved_answers, validate_step
 from storefronts.faults import FaultInjection, Faults
@@ -42,7 +42,6 @@ from storefronts.orderlog import OrderLog
 from storefronts.variants import SORT_LABELS, SORTS, Variant, load_variant
 
 TEMPLATES_DIR = Path(__file__).with_name("templates")
-BUYER_HEADER = "x-simpersona-buyer"
 SESSION_COOKIE = "sp_session"
 BUYER_COOKIE = "sp_buyer"
 MAX_QUANTITY = 99

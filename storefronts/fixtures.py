@@ -19,6 +19,7 @@ import httpx
 import pandas as pd
 
 from codebook.schema import CATALOG_SCHEMA
+from storefronts import BUYER_HEADER
 from storefronts.server import serve_store
 from storefronts.variants import builtin_variants, load_variant
 
@@ -88,7 +89,7 @@ def capture_pages(store_url: str, variant_name: str) -> dict[str, str]:
     """Walk one buyer through the store and return {page name: HTML} for every page type."""
     variant = load_variant(variant_name)
     pages: dict[str, str] = {}
-    with httpx.Client(base_url=store_url, headers={"X-SimPersona-Buyer": "fixture-buyer"},
+    with httpx.Client(base_url=store_url, headers={BUYER_HEADER: "fixture-buyer"},
                       follow_redirects=True, timeout=10) as client:
 
         def get(name: str, url: str, **params) -> None:

@@ -2,8 +2,8 @@
 
 import pytest
 
-from harness.browser import BrowserPool
-from harness.http_driver import HttpPool
+from harness.drivers.browser import BrowserPool
+from harness.drivers.http_driver import HttpPool
 
 
 @pytest.fixture(scope="module")

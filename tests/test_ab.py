@@ -1,4 +1,4 @@
-"""A/B what-if runs end to end (harness/ab.py): the type-profile policy drives the same synthetic
+"""A/B what-if runs end to end (harness/sim/ab.py): the type-profile policy drives the same synthetic
 buyers through two real mock stores (REES46 products, http driver), and the store's own order logs
 decide who converted."""
 
@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from agent.baselines import FrictionModel, TypeProfilePolicy
-from harness.ab import PLOT_FILE, SUMMARY_FILE, ABConfig, arm_populations, run_ab
+from harness.sim.ab import PLOT_FILE, SUMMARY_FILE, ABConfig, arm_populations, run_ab
 from harness.cli import app
 from storefronts.orderlog import read_orders
 

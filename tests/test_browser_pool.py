@@ -12,8 +12,8 @@ import time
 import psutil
 import pytest
 
-from harness.browser import BrowserPool, BrowserSessionLost, chromium_processes, pool_rss_mb
-from harness.safety import SiteGuard
+from harness.drivers.browser import BrowserPool, BrowserSessionLost, chromium_processes, pool_rss_mb
+from harness.drivers.safety import SiteGuard
 from local_server import QuietHandler, serve_pages
 
 pytestmark = pytest.mark.anyio

@@ -16,9 +16,9 @@ import psutil
 import pytest
 
 from agent.actions import parse_action
-from harness.browser import BrowserPool
-from harness.driver import BUYER_HEADER
-from harness.safety import SiteGuard
+from harness.drivers.browser import BrowserPool
+from storefronts import BUYER_HEADER
+from harness.drivers.safety import SiteGuard
 from local_server import serve_pages
 
 DRIVERS = ("browser", "http")

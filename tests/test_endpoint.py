@@ -30,8 +30,8 @@ from agent.models import EndpointConfig, EndpointUnavailable, OpenAIEndpoint, Re
 from agent.persona import add_persona_tokens
 from agent.policy import BuyerTurn
 from agent.traces import make_synthetic_traces
-from harness.scale import record_policy_stats
-from harness.simulate import SimulationConfig, run_simulation
+from harness.sim.scale import record_policy_stats
+from harness.sim.simulate import SimulationConfig, run_simulation
 
 from test_policies import STORE_SHOP, real_catalog, write_codebook
 

@@ -1,4 +1,4 @@
-"""harness.evaluate: metrics on hand-made numbers, and a small end-to-end run on a Tmall subset
+"""harness.eval.evaluate: metrics on hand-made numbers, and a small end-to-end run on a Tmall subset
 (real data, real stores, real replay, a real tiny agent, the http and browser drivers)."""
 
 import json
@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness.evaluate import (
+from harness.eval.evaluate import (
     EvaluateConfig,
     alignment_term,
     buyers_needed,
@@ -22,9 +22,9 @@ from harness.evaluate import (
     select_trace_buyers,
     traced_shops,
     type_oracle_rate,
-    wilson_interval,
 )
-from harness.split import ShopSplit, SplitConfig
+from harness.eval.split import ShopSplit, SplitConfig
+from harness.sim.paired import wilson_interval
 
 TMALL_CSV = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tmall_brand_2014" / "t_alibaba_data.csv"
 

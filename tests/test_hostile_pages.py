@@ -19,11 +19,11 @@ from hypothesis import strategies as st
 
 from agent.actions import ActionError
 from agent.prompt import candidate_actions, element_ids, validate_action
-from harness.observation import (
+from harness.drivers.observation import (
     CHARS_PER_TOKEN, CONTEXT_MAX_CHARS, DEFAULT_TOKEN_BUDGET, ERROR_MAX_CHARS, MAX_ALERTS, NAME_MAX_CHARS,
     URL_MAX_CHARS, PageSnapshot, RawElement, describe, render,
 )
-from harness.safety import SiteGuard
+from harness.drivers.safety import SiteGuard
 from hostile_site import FLOOD_LINKS, offsite_requests, posts, serve_hostile
 
 DRIVERS = ("browser", "http")

@@ -17,9 +17,9 @@ from urllib.parse import urlsplit
 import pytest
 
 from agent.policy import BuyerTurn
-from harness.population import SyntheticBuyer
-from harness.safety import DEFAULT_RATE_LIMIT_PER_S, SiteGuard
-from harness.simulate import SimulationConfig, build_manifest, make_guard, run_simulation
+from harness.sim.population import SyntheticBuyer
+from harness.drivers.safety import DEFAULT_RATE_LIMIT_PER_S, SiteGuard
+from harness.sim.simulate import SimulationConfig, build_manifest, make_guard, run_simulation
 from hostile_site import offsite_requests, posts, serve_hostile
 
 DRIVERS = ("browser", "http")

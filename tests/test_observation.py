@@ -10,11 +10,11 @@ from __future__ import annotations
 import pytest
 
 from agent.actions import parse_action
-from harness.browser import BrowserPool
-from harness.observation import (
+from harness.drivers.browser import BrowserPool
+from harness.drivers.observation import (
     CHARS_PER_TOKEN, PageSnapshot, RawElement, accessible_name, cart_state, describe, previous_start, render,
 )
-from harness.safety import SiteGuard
+from harness.drivers.safety import SiteGuard
 from local_server import serve_pages
 
 pytestmark = pytest.mark.anyio
@@ -184,7 +184,7 @@ def test_render_always_shows_one_element_and_reports_the_rest():
 
 
 def test_observe_command_prints_what_the_agent_reads(site, capsys):
-    from harness.cli_observe import DriverName, observe as observe_command
+    from harness.cli.observe import DriverName, observe as observe_command
 
     observe_command(site + "duplicates.html", driver=DriverName.http, budget=40, settle_ms=0,
                     respect_robots=True, buyer_tag="cli-test")

@@ -1,4 +1,4 @@
-"""Paired A/B statistics (harness/paired.py): bootstrap interval, McNemar, per-type split."""
+"""Paired A/B statistics (harness/sim/paired.py): bootstrap interval, McNemar, per-type split."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from harness.paired import (
+from harness.sim.paired import (
     mcnemar,
     mcnemar_from_counts,
     paired_bootstrap_ci,
@@ -150,3 +150,4 @@ def test_wilson_interval_matches_the_formula():
     half = z / (1 + z**2 / n) * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2))
     low, high = wilson_interval(k, n)
     assert (low, high) == pytest.approx((centre - half, centre + half), rel=1e-6)
+    assert wilson_interval(0, 0) == (0.0, 1.0)  # no trials: nothing is known

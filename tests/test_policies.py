@@ -109,7 +109,7 @@ class RecordingPolicy:
 
 
 def run_http(store, codebook_dir, policy, tmp_path, shop="mixed", buyers=6, seed=0, run_id="run"):
-    from harness.simulate import simulate
+    from harness.sim.simulate import simulate
 
     return simulate(
         store.url, shop, codebook_dir, policy, buyers=buyers, concurrency=3, driver="http", max_steps=30,

@@ -1,4 +1,4 @@
-"""Replay of real buyers into SFT traces (harness/replay.py): real logs from ../shared/data are
+"""Replay of real buyers into SFT traces (harness/eval/replay.py): real logs from ../shared/data are
 ingested, a sample of their buyers is acted out in real Chromium against the mock store, and the
 store's own order log must equal the real purchases buyer by buyer."""
 
@@ -15,7 +15,7 @@ import pytest
 from agent.actions import parse_action
 from agent.traces import read_traces
 from codebook.ingest import ingest
-from harness.replay import (
+from harness.eval.replay import (
     Intent, ReplayConfig, ReplayError, intents_from_events, replay, shorten,
 )
 from storefronts.orderlog import read_orders

@@ -1,10 +1,10 @@
-"""harness.report: report.html and its PNGs from hand-made run directories."""
+"""harness.eval.report: report.html and its PNGs from hand-made run directories."""
 
 import json
 
 import pytest
 
-from harness.report import ReportError, write_report
+from harness.eval.report import ReportError, write_report
 
 
 def evaluation_summary() -> dict:
@@ -55,7 +55,7 @@ def test_evaluation_report(tmp_path):
 
 
 def test_ab_run_dir_in_a_subdir(tmp_path):
-    from harness.report import _pyplot
+    from harness.eval.report import _pyplot
 
     plt = _pyplot()
     (tmp_path / "ab").mkdir()

@@ -19,8 +19,8 @@ import psutil
 import pytest
 
 from agent.baselines import TypeProfilePolicy
-from harness.rundir import REJECTED_FILE, RunDir, latest_per_buyer
-from harness.simulate import OUTCOMES, SimulationConfig, run_simulation, simulate
+from harness.sim.rundir import REJECTED_FILE, RunDir, latest_per_buyer
+from harness.sim.simulate import OUTCOMES, SimulationConfig, run_simulation, simulate
 from storefronts.faults import Faults
 
 from test_policies import STORE_SHOP, real_catalog, write_codebook
@@ -211,7 +211,7 @@ def test_torn_last_line_and_corrupted_middle_lines_are_moved_aside_and_valid_lin
 
 
 def test_reading_a_run_with_a_bad_middle_line_names_the_line_and_the_fix(tmp_path):
-    from harness.rundir import RunDirError
+    from harness.sim.rundir import RunDirError
 
     run = RunDir.open(tmp_path / "r", {"config": {}})
     run.append_trajectory({"buyer_index": 0, "outcome": "left"})

@@ -13,9 +13,9 @@ from urllib.parse import urlsplit
 import pytest
 
 from agent.actions import parse_action
-from harness import safety
-from harness.observation import RawElement, is_pay_control
-from harness.safety import SiteGuard
+from harness.drivers import safety
+from harness.drivers.observation import RawElement, is_pay_control
+from harness.drivers.safety import SiteGuard
 from local_server import serve_pages
 
 DRIVERS = ("browser", "http")

@@ -1,4 +1,4 @@
-"""Sharding a population over a local Ray cluster (harness/scale.py).
+"""Sharding a population over a local Ray cluster (harness/sim/scale.py).
 
 The same population, seeds and deterministic policy (TypeProfilePolicy, seeded per buyer) must
 give the same per-buyer outcomes and actions whether one process runs every buyer or two Ray
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.scale import PolicySpec, ScaleConfig, run_sharded
-from harness.simulate import SimulationConfig, simulate
+from harness.sim.scale import PolicySpec, ScaleConfig, run_sharded
+from harness.sim.simulate import SimulationConfig, simulate
 
 from test_policies import STORE_SHOP, real_catalog, write_codebook
 
@@ -143,7 +143,7 @@ def test_policy_spec_errors_are_specific(codebook_dir, tmp_path):
 
 
 def test_a_shard_that_fails_as_a_whole_is_named(local_ray, store, codebook_dir, tmp_path):
-    from harness.scale import ShardError
+    from harness.sim.scale import ShardError
 
     not_an_agent = tmp_path / "empty-agent-dir"  # passes the driver's check, fails in the worker
     not_an_agent.mkdir()

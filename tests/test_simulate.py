@@ -16,9 +16,9 @@ import pytest
 
 from agent.baselines import TypeProfilePolicy
 from agent.policy import BuyerTurn
-from harness.population import ShopMixError, load_shop_mix, sample_population
-from harness.rundir import RunDir, RunDirError
-from harness.simulate import PolicyBatcher, simulate
+from harness.sim.population import ShopMixError, load_shop_mix, sample_population
+from harness.sim.rundir import RunDir, RunDirError
+from harness.sim.simulate import PolicyBatcher, simulate
 
 from test_policies import HIGH, STORE_SHOP, real_catalog, write_codebook
 
@@ -225,8 +225,8 @@ def test_cli_serves_the_mock_store_and_counts_its_orders(codebook_dir, tmp_path,
     import typer
     from click.testing import CliRunner
 
-    import harness.cli_simulate  # noqa: F401  (registers the command)
-    from harness.cli_app import app as typer_app
+    import harness.cli.simulate  # noqa: F401  (registers the command)
+    from harness.cli.app import app as typer_app
     from storefronts.variants import variant_to_dict
 
     app = typer.main.get_group(typer_app)  # as `simpersona`, however many commands are registered yet

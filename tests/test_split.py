@@ -1,8 +1,8 @@
-"""harness.split: deterministic, saved, eligibility rule, disjoint, reload gives the same split."""
+"""harness.eval.split: deterministic, saved, eligibility rule, disjoint, reload gives the same split."""
 
 import pytest
 
-from harness.split import SplitConfig, SplitError, ShopSplit, buyers_per_shop, make_or_load_split, shop_score, split_shops
+from harness.eval.split import SplitConfig, SplitError, ShopSplit, buyers_per_shop, make_or_load_split, shop_score, split_shops
 
 
 def counts(n_shops: int = 60) -> dict[str, int]:

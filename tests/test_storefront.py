@@ -30,7 +30,8 @@ from bs4 import BeautifulSoup
 from typer.testing import CliRunner
 
 from codebook.schema import CATALOG_SCHEMA
-from harness.cli_store import serve_store_command
+from storefronts import BUYER_HEADER
+from harness.cli.store import serve_store_command
 from storefronts.catalog import CatalogError, StoreCatalog, stable_unit, synthetic_price
 from storefronts.faults import Faults
 from storefronts.fixtures import DEMO_ANSWERS, DEMO_SHOP, demo_catalog, save_fixtures
@@ -42,12 +43,12 @@ from storefronts.variants import VariantError, builtin_variants, load_variant
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures" / "store"
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-BUYER = {"X-SimPersona-Buyer": "sim-buyer-7"}
+BUYER = {BUYER_HEADER: "sim-buyer-7"}
 
 pytestmark = pytest.mark.timeout(60)
 
 # The shared Typer app as `simpersona` runs it, as a group however many commands are registered yet.
-CLI = "import typer, harness.cli_store; from harness.cli_app import app; typer.main.get_group(app)()"
+CLI = "import typer, harness.cli.store; from harness.cli.app import app; typer.main.get_group(app)()"
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +127,7 @@ def checkout(http: httpx.Client, steps, answers=DEMO_ANSWERS) -> httpx.Response:
 @pytest.mark.parametrize("variant", ["default", "list", "worse"])
 def test_every_route_renders_and_is_accessible(stores, variant):
     store = stores[variant]
-    with client(store, headers={"X-SimPersona-Buyer": f"a11y-{variant}"}) as http:
+    with client(store, headers={BUYER_HEADER: f"a11y-{variant}"}) as http:
         pages = {
             "home": http.get("/"),
             "listing": http.get("/c/sports"),
@@ -193,7 +194,7 @@ def test_long_listings_link_a_window_of_pages():
 
 def test_search_matches_every_word_and_is_logged(stores):
     store = stores["default"]
-    with client(store, headers={"X-SimPersona-Buyer": "searcher"}) as http:
+    with client(store, headers={BUYER_HEADER: "searcher"}) as http:
         assert product_ids(soup(http.get("/search", params={"q": "bottle"}))) == ["2003"]
         assert sorted(product_ids(soup(http.get("/search", params={"q": "SONORA"})))) == ["3001", "3003"]
         assert product_ids(soup(http.get("/search", params={"q": "sonora speaker"}))) == ["3003"]
@@ -275,7 +276,7 @@ def test_parallel_buyers_each_get_their_own_order(stores):
 
     def shop(tag: str, product_id: str) -> None:
         try:
-            with client(store, headers={"X-SimPersona-Buyer": tag}) as http:
+            with client(store, headers={BUYER_HEADER: tag}) as http:
                 http.post("/cart/add", data={"product_id": product_id, "quantity": "3"})
                 checkout(http, store.variant.checkout_steps)
         except Exception as error:  # collected: an assert in a thread would go unnoticed
@@ -343,7 +344,7 @@ def test_worse_variant_has_more_steps_and_buy_button_after_description(stores):
 
     assert buy_button_after_description(stores["worse"])
     assert not buy_button_after_description(stores["default"])
-    with client(stores["worse"], headers={"X-SimPersona-Buyer": "worse-buyer"}) as http:
+    with client(stores["worse"], headers={BUYER_HEADER: "worse-buyer"}) as http:
         http.post("/cart/add", data={"product_id": "1002"})
         assert "42.50 EUR" in http.get("/cart").text
         confirmation = checkout(http, worse.checkout_steps)
@@ -575,7 +576,7 @@ def test_cli_serves_until_ctrl_c(tmp_path):
                 url = match.group(0)
                 break
         assert url, "the command printed no URL"
-        assert httpx.get(url + "c/kitchen", headers={"X-SimPersona-Buyer": "cli"}).status_code == 200
+        assert httpx.get(url + "c/kitchen", headers={BUYER_HEADER: "cli"}).status_code == 200
         process.send_signal(signal.SIGINT)
         output, _ = process.communicate(timeout=20)
     finally:

@@ -1,8 +1,8 @@
 // One pass over the live page, called as page.evaluate(source, json.dumps(stamp_rules())) with
-// the rules from harness/observation.py; returns a JSON string. It stamps `data-sp-id` on every
+// the rules from harness/drivers/observation.py; returns a JSON string. It stamps `data-sp-id` on every
 // visible interactive element (keeping ids already stamped, so re-observing the same page gives
 // the same ids, while a new document starts again at 1) and returns one raw record per element
-// for observation.py. harness/http_driver.py walks BeautifulSoup with the same rules: keep the
+// for observation.py. harness/drivers/http_driver.py walks BeautifulSoup with the same rules: keep the
 // two in step.
 (rulesJson) => {
   // The rules arrive as one JSON string: Playwright passes a string much faster than an object.

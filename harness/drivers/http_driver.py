@@ -1,6 +1,6 @@
 """The browser-free driver: httpx + BeautifulSoup over pages that need no JavaScript.
 
-It walks the parsed page with the same rules as harness/stamp.js (see harness/observation.py),
+It walks the parsed page with the same rules as harness/drivers/stamp.js (see harness/drivers/observation.py),
 so on the mock store it produces the same observation text as the browser driver, at a fraction
 of the cost. Visibility comes from the markup alone: the hidden attribute, aria-hidden, inline
 styles, and the page's own CSS rules that hide by a plain selector (display:none /
@@ -29,8 +29,9 @@ from bs4 import BeautifulSoup, NavigableString, Tag
 from bs4.element import PreformattedString
 
 from agent.actions import Action, ActionError, parse_action
-from harness.driver import BUYER_HEADER, Observation, StepOutcome
-from harness.observation import (
+from harness.drivers.base import Observation, StepOutcome
+from storefronts import BUYER_HEADER
+from harness.drivers.observation import (
     BLOCK_TAGS, CARD_FIELD_PATTERN, CONFIRMATION_URL_PATTERN, CONTEXT_MAX_CONTROLS,
     CONTEXT_MAX_DEPTH, CONTEXT_SCAN_CHARS, CONTROL_TEXT_TAGS, DEFAULT_TOKEN_BUDGET,
     ICON_CLASS_PATTERN, ICON_STOP_WORDS, INTERACTIVE_ROLES, INTERACTIVE_TAGS, MAX_ALERTS,
@@ -39,7 +40,7 @@ from harness.observation import (
     listed_elements, match_option, no_option_error, render, stale_id_error,
     scroll_window,
 )
-from harness.safety import SiteGuard
+from harness.drivers.safety import SiteGuard
 
 DEFAULT_TIMEOUT_S = 20.0
 DEFAULT_MAX_SESSIONS = 64
@@ -115,7 +116,7 @@ def css_hidden_ids(soup: BeautifulSoup, stylesheets: list[str]) -> set[int]:
 
 
 class SoupWalker:
-    """harness/stamp.js, over BeautifulSoup. Keep the two in step."""
+    """harness/drivers/stamp.js, over BeautifulSoup. Keep the two in step."""
 
     def __init__(self, soup: BeautifulSoup, css_hidden: set[int]):
         self.soup = soup
@@ -519,7 +520,7 @@ class HttpPool:
 
 
 class HttpSession:
-    """One buyer over plain HTTP. Implements harness.driver.BuyerSession."""
+    """One buyer over plain HTTP. Implements harness.drivers.base.BuyerSession."""
 
     def __init__(self, pool: HttpPool, client: httpx.AsyncClient, buyer_tag: str, guard: SiteGuard):
         self.pool = pool

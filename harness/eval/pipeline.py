@@ -18,7 +18,7 @@ from codebook.schema import FEATURES_FILE
 from codebook.synthetic import SyntheticConfig, generate_synthetic
 from codebook.train import TrainConfig, TrainResult, read_features, train_codebook
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 # Where the team's shared real data lives beside a checkout; a user's fresh clone has none.
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 DEFAULT_REAL_LOG = SHARED_DATA / "tmall_brand_2014" / "t_alibaba_data.csv"

@@ -9,18 +9,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from harness.cli_app import app
+from harness.cli.app import app
+from harness.drivers import Driver
 
 
 class Protocol(str, Enum):
     paper = "paper"
     strict = "strict"
     both = "both"
-
-
-class Driver(str, Enum):
-    http = "http"
-    browser = "browser"
 
 
 def results_table(protocol: str, result: dict) -> Table:
@@ -86,8 +82,8 @@ def evaluate(
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Hold out shops, learn types and the agent on the rest, and compare simulated with real conversion."""
-    from harness.evaluate import EvaluateConfig
-    from harness.evaluate import evaluate as run_evaluation
+    from harness.eval.evaluate import EvaluateConfig
+    from harness.eval.evaluate import evaluate as run_evaluation
 
     console = Console()
     options = dict(events=events, catalog=catalog, input_dir=input_dir, protocol=protocol.value,
@@ -126,7 +122,7 @@ def evaluate(
 @app.command()
 def report(run_dir: Path = typer.Argument(..., exists=True, file_okay=False, help="A run or evaluation directory.")) -> None:
     """(Re)build report.html of a run directory from what it holds."""
-    from harness.report import ReportError, write_report
+    from harness.eval.report import ReportError, write_report
 
     try:
         path = write_report(run_dir)

@@ -243,7 +243,7 @@ def _fsync_directory(path: Path) -> None:
 
 def git_revision(repo_dir: Path | None = None) -> str | None:
     """HEAD's commit, with '+dirty' when the working tree has changes; None outside git."""
-    cwd = repo_dir or Path(__file__).resolve().parents[1]
+    cwd = repo_dir or Path(__file__).resolve().parents[2]
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
         if head.returncode != 0:

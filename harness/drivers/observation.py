@@ -81,7 +81,7 @@ ICON_STOP_WORDS = (
 # Card fields of a payment form (name / id / autocomplete / placeholder).
 CARD_FIELD_PATTERN = r"cc-number|cc-csc|cc-exp|card[\s_-]*num|cardnumber|credit[\s_-]*card|\bcvc\b|\bcvv2?\b|\bcsc\b|security[\s_-]*code|card[\s_-]*code"
 # Names of controls that pay or place an order; on a store that is not ours a click on one of
-# them is intercepted (harness/safety.py).
+# them is intercepted (harness/drivers/safety.py).
 PAY_CONTROL_PATTERN = re.compile(
     r"\b(pay|pay now|place (my )?order|buy now|complete (purchase|order|payment)|submit order|"
     r"confirm (order|purchase|payment)|purchase now|order now|checkout now)\b",

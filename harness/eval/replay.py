@@ -1,7 +1,7 @@
 """`simpersona make-traces`: act out real buyers' sessions in the mock store and record SFT traces.
 
 For every real buyer × shop of events.parquet (DESIGN.md, "File formats") a scripted replayer
-drives a real driver session (Chromium via harness.browser, or harness.http_driver for big runs)
+drives a real driver session (Chromium via harness.drivers.browser, or harness.drivers.http_driver for big runs)
 through the mock store built from that shop's catalog, acting out the buyer's events in time order.
 Every step is recorded as (observation, action): the observation is exactly the text the agent
 would see, `(await session.observe()).text`, and the action is a line of the action grammar
@@ -68,14 +68,14 @@ from agent.actions import parse_action
 from agent.baselines import ShopPage, _first_option, fake_value_for
 from agent.traces import Step, Trace
 from codebook.schema import INGEST_META_FILE
-from harness.driver import StepOutcome
-from harness.observation import NAME_MAX_CHARS, collapse, truncate
+from harness.drivers import check_driver, open_pool
+from harness.drivers.base import StepOutcome
+from harness.drivers.observation import NAME_MAX_CHARS, collapse, truncate
 from storefronts.catalog import StoreCatalog, category_label, stable_unit
 from storefronts.orderlog import read_orders
 
 TRACES_FILE = "traces.jsonl"
 REPORT_FILE = "replay_report.json"
-DRIVERS = ("browser", "http")
 EVENT_COLUMNS = ("shop_id", "buyer_id", "ts", "event_type", "product_id")
 REPLAYED_EVENT_TYPES = (
     "page_view", "product_view", "search", "add_to_wishlist", "add_to_cart", "remove_from_cart",
@@ -119,8 +119,7 @@ class ReplayConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.driver not in DRIVERS:
-            raise ValueError(f"driver must be one of {', '.join(DRIVERS)}; got {self.driver!r}")
+        self.driver = check_driver(self.driver)
         if self.concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {self.concurrency}")
         if self.max_steps_per_buyer < 1:
@@ -788,19 +787,13 @@ def store_db_path(out_dir: Path, shop: str) -> Path:
 
 
 def make_pool(config: ReplayConfig):
-    if config.driver == "browser":
-        from harness.browser import BrowserPool
-
-        return BrowserPool(headless=True, max_concurrency=config.concurrency)
-    from harness.http_driver import HttpPool
-
-    return HttpPool(max_concurrency=config.concurrency)
+    return open_pool(config.driver, config.concurrency)
 
 
 async def replay_shop(pool, shop: str, plans: list[BuyerPlan], catalog_frame: pd.DataFrame, config: ReplayConfig,
                       run_id: str, out_dir: Path, traces_file, progress, task, counts: Counter) -> list[BuyerResult]:
     """Serve the shop's store and replay its buyers, `concurrency` at a time (the pool's slots)."""
-    from harness.safety import SiteGuard
+    from harness.drivers.safety import SiteGuard
     from storefronts.server import serve_store
 
     try:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from harness.cli_app import app
+from harness.cli.app import app
 
 
 def _load_centroids(path: Path) -> np.ndarray:

@@ -3,16 +3,16 @@
 `evaluate(EvaluateConfig(...))` runs the whole loop, one step after another, each writing its file
 into `out_dir`, so a rerun skips the steps already done (resumable):
 
-    shop_split.json                    training vs held-out shops (harness.split)
+    shop_split.json                    training vs held-out shops (harness.eval.split)
     features_<all|browse_only>.parquet buyer features of every buyer (codebook.features)
     <protocol>/codebook/               codebook trained on TRAINING shops' rows only
     <protocol>/codes.parquet           every buyer's code (training and held-out), one forward pass
-    <protocol>/traces/                 replayed traces of training buyers (harness.replay)
+    <protocol>/traces/                 replayed traces of training buyers (harness.eval.replay)
     <protocol>/agent/                  persona agent;  <protocol>/agent_no_persona/: the baseline agent
     <protocol>/calibration.json        sampling temperature chosen on training shops (when asked)
-    <protocol>/sim/<policy>/<shop>/    one simulation run per held-out shop and policy (harness.simulate)
+    <protocol>/sim/<policy>/<shop>/    one simulation run per held-out shop and policy (harness.sim.simulate)
     <protocol>/results.json            per shop and policy: simulated vs real conversion, type mixes
-    summary.json, report.html          every figure, and the report (harness.report)
+    summary.json, report.html          every figure, and the report (harness.eval.report)
 
 Protocols: "paper" builds types from all features (codes carry purchase information), "strict"
 from browse-only features (codebook.features browse_only=True; no purchase information).
@@ -46,8 +46,9 @@ import numpy as np
 import pandas as pd
 from rich.console import Console
 
-from harness.population import SyntheticBuyer, buyer_seed
-from harness.split import (
+from harness.sim.population import SyntheticBuyer, buyer_seed
+from harness.sim.paired import wilson_interval
+from harness.eval.split import (
     SPLIT_FILE,
     ShopSplit,
     SplitConfig,
@@ -225,15 +226,6 @@ def mix_jsd(p: dict[int, float] | np.ndarray, q: dict[int, float] | np.ndarray, 
     return float(jensenshannon(dense(p), dense(q), base=2) ** 2)
 
 
-def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
-    from scipy.stats import binomtest
-
-    if trials == 0:
-        return (0.0, 1.0)
-    ci = binomtest(successes, trials).proportion_ci(confidence_level=confidence, method="wilson")
-    return (float(ci.low), float(ci.high))
-
-
 def intervals_overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:
     return a[0] <= b[1] and b[0] <= a[1]
 
@@ -247,7 +239,7 @@ def buyers_needed(real_rate: float, cap: int, floor: int = 1) -> int:
 
 
 def population_from_mix(mix: dict[int, float], buyers: int, seed: int) -> list[SyntheticBuyer]:
-    """Draw `buyers` synthetic buyers from a code mix, as harness.population.sample_population
+    """Draw `buyers` synthetic buyers from a code mix, as harness.sim.population.sample_population
     does from a codebook's shop_mix.json (held-out shops have no entry there)."""
     codes = np.array(sorted(mix), dtype=np.int64)
     probabilities = np.array([mix[c] for c in codes], dtype=float)
@@ -322,7 +314,7 @@ def select_trace_buyers(codes: pd.DataFrame, per_code: int, per_shop: int, seed:
 
 
 async def make_protocol_traces(config: EvaluateConfig, work: Path, console: Console) -> Path:
-    from harness.replay import ReplayConfig, replay
+    from harness.eval.replay import ReplayConfig, replay
 
     traces_dir = work / "traces"
     done = traces_dir / "traces.jsonl"
@@ -441,7 +433,7 @@ class ShopPlan:
 async def simulate_shop(config: EvaluateConfig, work: Path, policy_name: str, policy, plan: ShopPlan,
                         driver: str, run_group: str, pool=None) -> dict:
     """Run (or resume, or reuse) one held-out shop's simulation; returns its summary."""
-    from harness.simulate import SimulationConfig, run_simulation
+    from harness.sim.simulate import SimulationConfig, run_simulation
     from storefronts.server import serve_store
 
     run_root = work / "sim" / run_group
@@ -738,7 +730,7 @@ def evaluate(config: EvaluateConfig, console: Console | None = None) -> dict:
         "seconds": round(time.perf_counter() - started, 1),
     }
     (config.out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=1, default=_json_default) + "\n")
-    from harness.report import write_report
+    from harness.eval.report import write_report
 
     write_report(config.out_dir)
     return summary

@@ -6,7 +6,7 @@
             observation = await buyer.observe()
             outcome = await buyer.act(parse_action('type [4] "running shoes"'))
 
-Observation runs harness/stamp.js inside the page (one evaluate per observation), so element ids
+Observation runs harness/drivers/stamp.js inside the page (one evaluate per observation), so element ids
 live in the DOM as `data-sp-id` and every action resolves by that id, never by position. An action
 on the page just observed reuses that pass unless the page changed since (stamp.js watches); a click
 is a real mouse click at a point where the element is on top, so a banner over it is reported.
@@ -44,15 +44,16 @@ from playwright.async_api import (
 )
 
 from agent.actions import Action, ActionError, parse_action
-from harness.driver import BUYER_HEADER, Observation, StepOutcome
-from harness.observation import (
+from harness.drivers.base import Observation, StepOutcome
+from storefronts import BUYER_HEADER
+from harness.drivers.observation import (
     CONFIRMATION_URL_PATTERN, DEFAULT_SETTLE_MS, DEFAULT_TOKEN_BUDGET, NETWORK_IDLE_TIMEOUT_MS,
     PAGE_TEXT_MAX_CHARS, PRODUCT_NAME_SELECTORS, PageSnapshot, RawElement, accessible_name,
     disabled_error, find_element, interception_detail, is_form_field, is_pay_control, listed_elements, match_option,
     no_option_error, render, stale_id_error, stamp_rules,
     scroll_window,
 )
-from harness.safety import SiteGuard
+from harness.drivers.safety import SiteGuard
 
 log = logging.getLogger("simpersona.browser")
 
@@ -445,7 +446,7 @@ async def _close_quietly(context: BrowserContext) -> None:
 
 
 class BrowserSession:
-    """One buyer's tab. Implements harness.driver.BuyerSession."""
+    """One buyer's tab. Implements harness.drivers.base.BuyerSession."""
 
     def __init__(self, pool: BrowserPool, context: BrowserContext, page: Page, buyer_tag: str, guard: SiteGuard):
         self.pool = pool

@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from harness.cli_app import app
+from harness.cli.app import app
 from storefronts.catalog import CatalogError
 from storefronts.faults import Faults
 from storefronts.server import serve_store

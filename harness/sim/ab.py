@@ -1,7 +1,7 @@
 """A/B what-if runs: the same synthetic buyers shop at layout A and at layout B, compared pairwise.
 
-One population is sampled from the shop's type mix (harness.population), then each arm is an
-ordinary simulation (harness.simulate.run_simulation) of exactly those buyers, one arm after the
+One population is sampled from the shop's type mix (harness.sim.population), then each arm is an
+ordinary simulation (harness.sim.simulate.run_simulation) of exactly those buyers, one arm after the
 other, against:
 
 - our mock store served twice from one catalog, once per variant, each on its own port with its
@@ -10,7 +10,7 @@ other, against:
 
 Buyer i has the same code and the same seed in both arms, so a deterministic policy differs
 between the arms only where the layouts differ: the outcomes are paired and compared with
-harness.paired (ΔCR with a paired bootstrap interval, McNemar's test, per-type effects).
+harness.sim.paired (ΔCR with a paired bootstrap interval, McNemar's test, per-type effects).
 
 A/A runs (aa=True) serve the same variant twice and give arm B the same codes but INDEPENDENT
 buyer seeds (SeedSequence([seed, i, 2])): the two arms then differ only by chance, and the share
@@ -37,9 +37,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness.paired import DEFAULT_ALPHA, DEFAULT_BOOTSTRAP, PairedEffect, paired_effect, per_type_effects, wilson_interval
-from harness.population import SyntheticBuyer, sample_population
-from harness.simulate import SimulationConfig, default_run_id, run_simulation
+from harness.sim.paired import DEFAULT_ALPHA, DEFAULT_BOOTSTRAP, PairedEffect, paired_effect, per_type_effects, wilson_interval
+from harness.sim.population import SyntheticBuyer, sample_population
+from harness.sim.simulate import SimulationConfig, default_run_id, run_simulation
 
 ARMS = ("A", "B")
 SUMMARY_FILE = "ab_summary.json"
@@ -118,7 +118,7 @@ class ABResult:
 
 
 def independent_seed(run_seed: int, buyer_index: int) -> int:
-    """Arm B's seed for buyer i in an A/A run: independent of harness.population.buyer_seed."""
+    """Arm B's seed for buyer i in an A/A run: independent of harness.sim.population.buyer_seed."""
     return int(np.random.SeedSequence([run_seed, buyer_index, 2]).generate_state(1)[0])
 
 

@@ -2,8 +2,8 @@
 
 A DriverPool owns the expensive shared thing (one Chromium, or one set of http settings) and hands
 out one isolated BuyerSession per synthetic buyer: its own cookies, its own history, its own
-buyer tag header. Two pools implement it: harness.browser.BrowserPool (Playwright) and
-harness.http_driver.HttpPool (httpx + BeautifulSoup, for stores that need no JavaScript). Both
+buyer tag header. Two pools implement it: harness.drivers.browser.BrowserPool (Playwright) and
+harness.drivers.http_driver.HttpPool (httpx + BeautifulSoup, for stores that need no JavaScript). Both
 produce the same observation text on the mock store.
 
     async with BrowserPool() as pool:
@@ -22,18 +22,15 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from agent.actions import Action
 
 if TYPE_CHECKING:
-    from harness.safety import SiteGuard
+    from harness.drivers.safety import SiteGuard
 
-# Every request of a synthetic buyer carries this header; the mock store logs it with every page
-# view, cart change and order, so conversions are counted per buyer by the store itself.
-BUYER_HEADER = "X-SimPersona-Buyer"
 
 
 @dataclass
 class Observation:
     url: str
     title: str
-    text: str                # what the agent reads (harness/observation.py)
+    text: str                # what the agent reads (harness/drivers/observation.py)
     element_ids: list[int]   # the ids listed in `text`, in order
 
 

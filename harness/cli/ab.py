@@ -4,7 +4,7 @@
     simpersona ab --store A=https://a.example --store B=https://b.example --shop S --codebook DIR
     simpersona ab --catalog C --shop S --codebook DIR --variant A=default --aa-repeats 100   (calibration)
 
-Results go to runs/<run_id>/ (harness/ab.py): A/, B/, ab_summary.json, ab_effects.png; a
+Results go to runs/<run_id>/ (harness/sim/ab.py): A/, B/, ab_summary.json, ab_effects.png; a
 calibration writes aa_calibration.json and aa_pvalues.png.
 """
 
@@ -18,9 +18,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from harness.cli_app import app
-from harness.cli_simulate import DriverName
-from harness.rundir import RunDirError
+from harness.cli.app import app
+from harness.drivers import Driver
+from harness.sim.rundir import RunDirError
 
 BASELINE_POLICIES = ("type-profile", "random")
 
@@ -65,7 +65,7 @@ def ab_command(
     policy: str = typer.Option("type-profile", "--policy", help="type-profile, random, or an agent directory."),
     buyers: int = typer.Option(200, "--buyers", min=2, help="Synthetic buyers (each shops once in each arm)."),
     concurrency: int = typer.Option(8, "--concurrency", min=1, help="Buyers shopping at the same time."),
-    driver: DriverName = typer.Option(DriverName.http, "--driver", help="http: plain HTTP, fast; browser: headless Chromium."),
+    driver: Driver = typer.Option(Driver.http, "--driver", help="http: plain HTTP, fast; browser: headless Chromium."),
     max_steps: int = typer.Option(40, "--max-steps", min=1, help="Actions per buyer before the episode is cut."),
     seed: int = typer.Option(0, "--seed", help="Seed of the population (codes and per-buyer seeds)."),
     alpha: float = typer.Option(0.05, "--alpha", help="Significance level (the interval is 1 - alpha)."),
@@ -75,7 +75,7 @@ def ab_command(
     run_id: str = typer.Option(None, "--run-id", help="Name of the run directory (default: time and shop)."),
 ) -> None:
     """Run the same buyers against two layouts; ΔCR with a paired interval, McNemar, per-type effects."""
-    from harness.ab import ABConfig
+    from harness.sim.ab import ABConfig
 
     variants = {"A": "default", "B": "worse"} | parse_arms(variant, "--variant")
     stores = parse_arms(store, "--store")
@@ -101,7 +101,7 @@ def ab_command(
 
 
 def _compare(console: Console, config, policy) -> None:
-    from harness.ab import PLOT_FILE, SUMMARY_FILE, run_ab
+    from harness.sim.ab import PLOT_FILE, SUMMARY_FILE, run_ab
 
     summary = asyncio.run(run_ab(config, policy)).summary
     table = Table(title=f"{summary['kind']} {config.shop}: A={config.variant_a}  B={config.variant_b}  ({summary['policy']}, {config.driver})")
@@ -123,7 +123,7 @@ def _compare(console: Console, config, policy) -> None:
 
 
 def _calibrate(console: Console, config, policy, repeats: int) -> None:
-    from harness.ab import CALIBRATION_FILE, CALIBRATION_PLOT_FILE, run_aa_calibration
+    from harness.sim.ab import CALIBRATION_FILE, CALIBRATION_PLOT_FILE, run_aa_calibration
 
     with Progress(TextColumn("[bold]A/A repeats"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[hits]} significant"), TimeElapsedColumn(), console=console) as progress:

@@ -6,7 +6,7 @@
     4. evaluation        held-out shops: codebook and agent learn on training shops only; real
                          sessions of training buyers are replayed into traces; a tiny persona agent
                          is fine-tuned on them (two stages); held-out shops are simulated and their
-                         store-counted conversion compared with the real one (harness.evaluate)
+                         store-counted conversion compared with the real one (harness.eval.evaluate)
     5. A/B what-if       the same synthetic population of the largest training shop on two layouts
     6. report            report.html with every plot, summary.json with every figure
 
@@ -27,7 +27,7 @@ from rich.console import Console
 from codebook.baselines import compare_baselines
 from codebook.ingest import summary_table
 from codebook.train import TrainConfig, read_features
-from harness import pipeline
+from harness.eval import pipeline
 
 # Layouts of the demo's A/B: the evaluation's layout against a deliberately worse one.
 DEMO_VARIANT_A = "saved_details"
@@ -84,8 +84,8 @@ def run_demo(config: DemoConfig, console: Console) -> Path:
 
 def run_loop(config: DemoConfig, run_dir: Path, console: Console) -> dict:
     """Steps 4 to 6: held-out evaluation, A/B what-if, report."""
-    from harness.evaluate import EvaluateConfig, evaluate
-    from harness.report import write_report
+    from harness.eval.evaluate import EvaluateConfig, evaluate
+    from harness.eval.report import write_report
 
     console.rule("4. held-out evaluation: replay → traces → two-stage SFT → simulate held-out shops")
     eval_dir = run_dir / "evaluation"
@@ -110,8 +110,8 @@ def run_demo_ab(config: DemoConfig, eval_dir: Path, catalog: Path, console: Cons
     """A/B of two layouts with the trained persona agent on the largest training shop's mix."""
     from agent.generate import GenerationSettings
     from agent.llm_policy import LLMPolicy
-    from harness.ab import ABConfig, run_ab
-    from harness.population import SHOP_MIX_FILE
+    from harness.sim.ab import ABConfig, run_ab
+    from harness.sim.population import SHOP_MIX_FILE
 
     work = eval_dir / "paper"
     mixes = json.loads((work / "codebook" / SHOP_MIX_FILE).read_text())["shops"]

@@ -35,9 +35,9 @@ from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from harness.population import SyntheticBuyer, sample_population
-from harness.rundir import RunDir, RunDirError
-from harness.simulate import SimulationConfig, SimulationResult, build_manifest, run_simulation, summarize
+from harness.sim.population import SyntheticBuyer, sample_population
+from harness.sim.rundir import RunDir, RunDirError
+from harness.sim.simulate import SimulationConfig, SimulationResult, build_manifest, run_simulation, summarize
 
 SHARDS_DIR = "shards"
 BASELINE_POLICIES = ("random", "type-profile")

@@ -14,8 +14,8 @@ from rich.console import Console
 from codebook.baselines import compare_baselines
 from codebook.ingest import IngestError, summary_table
 from codebook.train import TrainConfig, load_codebook, read_features
-from harness import pipeline
-from harness.cli_app import app
+from harness.eval import pipeline
+from harness.cli.app import app
 
 # Piped output (CI logs, `| tee`) gets a width that fits the type table instead of rich's 80.
 console = Console(width=None if Console().is_terminal else 160)
@@ -106,7 +106,7 @@ def demo_command(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/demo-<time>)."),
 ) -> None:
     """The whole loop: ingest → types → replay traces → SFT → simulate held-out shops → A/B → report."""
-    from harness.demo import DemoConfig, run_demo
+    from harness.eval.demo import DemoConfig, run_demo
 
     run_demo(DemoConfig(run_dir=out or _new_run_dir("demo"), data=data, synthetic=synthetic, k=k,
                         types_only=types_only), console)

@@ -9,7 +9,7 @@ waits. The batcher calls policy.act once for every buyer then waiting, as soon a
 flight are waiting or `max_batch_wait_ms` after the first one started waiting (so a lone buyer is
 never stuck behind slow pages). A model policy thus runs one batched forward pass per round.
 
-Each finished buyer is appended to runs/<run_id>/trajectories.jsonl at once (harness.rundir), so
+Each finished buyer is appended to runs/<run_id>/trajectories.jsonl at once (harness.sim.rundir), so
 a crash loses only the buyers in flight and `resume=True` runs exactly the missing ones.
 
 Faults, and what counts as one (see also tests/test_resilience.py):
@@ -29,7 +29,7 @@ Faults, and what counts as one (see also tests/test_resilience.py):
 - `resume=True` repairs trajectories.jsonl (damaged lines to trajectories.rejected.jsonl), then
   runs every buyer with no record and every buyer whose latest record has outcome "error", and
   appends their new records; a later line for a buyer supersedes an earlier one
-  (harness.rundir.latest_per_buyer). A deterministic policy therefore ends with the same
+  (harness.sim.rundir.latest_per_buyer). A deterministic policy therefore ends with the same
   per-buyer outcomes and the same summary as an uninterrupted run.
 
 Line shape of trajectories.jsonl (one JSON object per synthetic buyer):
@@ -62,12 +62,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from agent.actions import ActionError, parse_action
 from agent.policy import BuyerTurn, Policy
-from harness.population import ShopMixError, SyntheticBuyer, load_shop_mix, sample_population
-from harness.rundir import RunDir, command_line, git_revision, package_versions
+from harness.drivers import check_driver, open_pool
+from harness.sim.population import ShopMixError, SyntheticBuyer, load_shop_mix, sample_population
+from harness.sim.rundir import RunDir, command_line, git_revision, package_versions
 
 log = logging.getLogger("simpersona.simulate")
 
-DRIVERS = ("browser", "http")
 OUTCOMES = ("converted", "left", "max_steps", "error")
 
 
@@ -107,8 +107,7 @@ class SimulationConfig:
         self.codebook_dir = Path(self.codebook_dir)
         self.out_dir = Path(self.out_dir)
         self.store_db = Path(self.store_db) if self.store_db else None
-        if self.driver not in DRIVERS:
-            raise ValueError(f"driver must be one of {', '.join(DRIVERS)}; got {self.driver!r}")
+        self.driver = check_driver(self.driver)
         for key in ("buyers", "concurrency", "max_steps"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be at least 1, got {getattr(self, key)}")
@@ -328,19 +327,11 @@ async def _drive_buyer(pool, guard, buyer, batcher, config, is_stopping=None) ->
 
 
 def make_pool(config: SimulationConfig):
-    """The driver pool for config.driver (imported lazily: the HTTP driver needs no Playwright)."""
-    if config.driver == "browser":
-        from harness.browser import BrowserPool
-
-        options = {} if config.settle_ms is None else {"settle_ms": config.settle_ms}
-        return BrowserPool(headless=True, max_concurrency=config.concurrency, **options)
-    from harness.http_driver import HttpPool
-
-    return HttpPool(max_concurrency=config.concurrency)
+    return open_pool(config.driver, config.concurrency, settle_ms=config.settle_ms)
 
 
 def make_guard(config: SimulationConfig):
-    from harness.safety import SiteGuard
+    from harness.drivers.safety import SiteGuard
 
     store_host = urlparse(config.store_url).netloc
     options = {"respect_robots": config.respect_robots, "our_store": config.our_store}

@@ -14,8 +14,9 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from harness.cli_app import app
-from harness.rundir import RunDirError
+from harness.cli.app import app
+from harness.drivers import Driver
+from harness.sim.rundir import RunDirError
 
 STORE_DB_FILE = "store.sqlite"
 INTERRUPT_SIGNALS = {"SIGINT": 2, "SIGTERM": 15}  # exit status 128 + signal number, as shells expect
@@ -24,11 +25,6 @@ INTERRUPT_SIGNALS = {"SIGINT": 2, "SIGTERM": 15}  # exit status 128 + signal num
 class PolicyName(str, Enum):
     random = "random"
     type_profile = "type-profile"
-
-
-class DriverName(str, Enum):
-    browser = "browser"
-    http = "http"
 
 
 def make_policy(name: PolicyName, codebook_dir: Path):
@@ -53,7 +49,7 @@ def simulate(
     policy: PolicyName = typer.Option(PolicyName.type_profile, "--policy", help="Which policy drives the buyers."),
     buyers: int = typer.Option(20, "--buyers", min=1, help="Number of synthetic buyers."),
     concurrency: int = typer.Option(4, "--concurrency", min=1, help="Buyers shopping at the same time."),
-    driver: DriverName = typer.Option(DriverName.browser, "--driver", help="browser: headless Chromium; http: plain HTTP, no JavaScript."),
+    driver: Driver = typer.Option(Driver.browser, "--driver", help="browser: headless Chromium; http: plain HTTP, no JavaScript."),
     max_steps: int = typer.Option(40, "--max-steps", min=1, help="Actions per buyer before the episode is cut."),
     seed: int = typer.Option(0, "--seed", help="Seed of the population (codes and per-buyer seeds)."),
     out: Path = typer.Option(Path("runs"), "--out", help="Directory that holds run directories."),
@@ -74,7 +70,7 @@ def simulate(
     shards: int = typer.Option(None, "--shards", min=1, help="With --ray: number of shards (default: one per cluster CPU)."),
 ) -> None:
     """Simulate a population of a shop's buyer types shopping at a store."""
-    from harness.simulate import default_run_id
+    from harness.sim.simulate import default_run_id
 
     if (store is None) == (catalog is None):
         raise typer.BadParameter("give exactly one of --store URL or --catalog PATH", param_hint="--store/--catalog")
@@ -132,7 +128,7 @@ def _faults(error_rate: float, drop_rate: float, delay_ms: int, slow_rate: float
 def _run(console, policy, *, store, catalog, catalog_shop, variant, shop, codebook, out_dir, run_id, faults=None,
          scale=None, **options) -> None:
     """Serve the mock store if asked, run the simulation (sharded over Ray when scale is given), print the summary."""
-    from harness.simulate import simulate
+    from harness.sim.simulate import simulate
 
     serving = _serve_mock_store(catalog, catalog_shop, variant, out_dir, run_id, faults) if catalog else nullcontext(None)
     with serving as mock_store:
@@ -195,21 +191,21 @@ def _print_summary(console: Console, run_dir: Path, summary: dict) -> None:
 
 def _policy_spec(name: PolicyName, codebook_dir: Path):
     """With --ray, each worker builds the policy itself from this spec."""
-    from harness.scale import PolicySpec
+    from harness.sim.scale import PolicySpec
 
     return PolicySpec(name.value, codebook_dir)
 
 
 def _scale_config(address: str | None, shards: int | None):
-    from harness.scale import ScaleConfig
+    from harness.sim.scale import ScaleConfig
 
     return None if address is None else ScaleConfig(address=address, shards=shards)
 
 
 def _simulate_sharded(store, shop, codebook, spec, scale, **options):
-    """The run split into shards on Ray, merged into one run directory (harness.scale)."""
-    from harness.scale import run_sharded
-    from harness.simulate import SimulationConfig
+    """The run split into shards on Ray, merged into one run directory (harness.sim.scale)."""
+    from harness.sim.scale import run_sharded
+    from harness.sim.simulate import SimulationConfig
 
     config = SimulationConfig(store_url=store, shop=shop, codebook_dir=codebook, **options)
     return run_sharded(config, spec, scale)

@@ -149,9 +149,9 @@ def per_type_effects(
 
 
 def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval of a proportion (used for the A/A false-positive rate)."""
-    if trials < 1:
-        raise ValueError("wilson_interval needs at least one trial")
+    """Wilson score interval of a proportion; with no trials it is the whole [0, 1] (nothing known)."""
+    if trials == 0:
+        return (0.0, 1.0)
     ci = stats.binomtest(successes, trials).proportion_ci(confidence_level=confidence, method="wilson")
     return float(ci.low), float(ci.high)
 

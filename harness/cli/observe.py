@@ -7,24 +7,19 @@
 from __future__ import annotations
 
 import asyncio
-from enum import Enum
 
 import typer
 
-from harness.cli_app import app
-from harness.observation import DEFAULT_SETTLE_MS, DEFAULT_TOKEN_BUDGET
-from harness.safety import DEFAULT_RATE_LIMIT_PER_S, SiteGuard
-
-
-class DriverName(str, Enum):
-    browser = "browser"
-    http = "http"
+from harness.cli.app import app
+from harness.drivers import Driver, open_pool
+from harness.drivers.observation import DEFAULT_SETTLE_MS, DEFAULT_TOKEN_BUDGET
+from harness.drivers.safety import DEFAULT_RATE_LIMIT_PER_S, SiteGuard
 
 
 @app.command("observe")
 def observe(
     url: str = typer.Argument(..., help="The page to read, e.g. http://127.0.0.1:8000/c/kitchen"),
-    driver: DriverName = typer.Option(DriverName.browser, "--driver", help="browser (headless Chromium) or http (no JavaScript)"),
+    driver: Driver = typer.Option(Driver.browser, "--driver", help="browser (headless Chromium) or http (no JavaScript)"),
     budget: int = typer.Option(DEFAULT_TOKEN_BUDGET, "--budget", min=1, help="token budget of the element list"),
     settle_ms: int = typer.Option(DEFAULT_SETTLE_MS, "--settle-ms", min=0, help="browser: wait after load and network idle"),
     respect_robots: bool = typer.Option(True, "--robots/--ignore-robots", help="honour the site's robots.txt"),
@@ -38,16 +33,9 @@ def observe(
         raise typer.Exit(code=1)
 
 
-async def _observe(url: str, driver: DriverName, budget: int, settle_ms: int, guard: SiteGuard,
+async def _observe(url: str, driver: Driver, budget: int, settle_ms: int, guard: SiteGuard,
                    buyer_tag: str) -> tuple[str, str | None]:
-    if driver is DriverName.browser:
-        from harness.browser import BrowserPool
-
-        pool = BrowserPool(settle_ms=settle_ms, token_budget=budget, max_concurrency=1)
-    else:
-        from harness.http_driver import HttpPool
-
-        pool = HttpPool(token_budget=budget, max_concurrency=1)
+    pool = open_pool(driver, 1, token_budget=budget, settle_ms=settle_ms)
     async with pool:
         async with pool.session(buyer_tag, guard) as session:
             outcome = await session.goto(url)

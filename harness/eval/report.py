@@ -1,11 +1,11 @@
 """report.html for a run directory: `write_report(run_dir)` builds it from what the directory holds.
 
 What it reads, each part optional (at least one must be there):
-* summary.json of a held-out evaluation (harness.evaluate: "protocols" key): per protocol a table
+* summary.json of a held-out evaluation (harness.eval.evaluate: "protocols" key): per protocol a table
   of policies (alignment, Pearson, Spearman), a per-shop table, and PNG plots: simulated vs real
   conversion per shop with the y = x line, type-mix recovery (sampled vs real share of every
   code in every shop), per-type funnels (viewed -> carted -> purchased), the browser check;
-* summary.json of one simulation run (harness.simulate: "per_type" key): conversion per type;
+* summary.json of one simulation run (harness.sim.simulate: "per_type" key): conversion per type;
 * ab_summary.json and ab_effects.png of an A/B run, in the directory itself or in `ab/`.
 
 The PNGs are written next to report.html (plots/), and report.html refers to them by relative

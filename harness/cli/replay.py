@@ -7,7 +7,6 @@ assign`. Buyers without a features row are skipped and counted in replay_report.
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Optional
 
@@ -15,14 +14,10 @@ import pandas as pd
 import typer
 from rich.console import Console
 
-from harness.cli_app import app
+from harness.cli.app import app
+from harness.drivers import Driver
 
 console = Console(width=None if Console().is_terminal else 160)
-
-
-class ReplayDriver(str, Enum):
-    browser = "browser"
-    http = "http"
 
 
 def codes_from_codebook(codebook_dir: Path, features: Path) -> pd.DataFrame:
@@ -42,7 +37,7 @@ def make_traces_command(
     codebook: Path = typer.Option(..., "--codebook", exists=True, file_okay=False, help="Codebook artifact directory (types the buyers)."),
     features: Optional[Path] = typer.Option(None, "--features", dir_okay=False, help="buyer_features.parquet (default: next to --events)."),
     out: Path = typer.Option(..., "--out", "-o", help="Directory for traces.jsonl, replay_report.json and the store order logs."),
-    driver: ReplayDriver = typer.Option(ReplayDriver.browser, "--driver", help="browser (Chromium) or http (no JavaScript, faster)."),
+    driver: Driver = typer.Option(Driver.browser, "--driver", help="browser (Chromium) or http (no JavaScript, faster)."),
     concurrency: int = typer.Option(4, "--concurrency", min=1, help="Buyers replayed at the same time."),
     shops: Optional[list[str]] = typer.Option(None, "--shops", help="Only these shops (repeat the option, or comma-separate)."),
     max_buyers_per_shop: Optional[int] = typer.Option(None, "--max-buyers-per-shop", min=1, help="Seeded sample of each shop's buyers."),
@@ -51,7 +46,7 @@ def make_traces_command(
     seed: int = typer.Option(0, "--seed", help="Seed of the buyer sample."),
 ) -> None:
     """Act out every real buyer × shop in the mock store and record (observation, action) traces."""
-    from harness.replay import ReplayConfig, ReplayError, make_traces
+    from harness.eval.replay import ReplayConfig, ReplayError, make_traces
 
     features = features or events.parent / "buyer_features.parquet"
     if not features.is_file():

@@ -89,7 +89,7 @@ class ShopSplit:
         except FileNotFoundError:
             raise SplitError(f"{path}: no such split file") from None
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-            raise SplitError(f"{path}: not a shop split written by harness.split ({type(error).__name__}: {error})") from None
+            raise SplitError(f"{path}: not a shop split written by harness.eval.split ({type(error).__name__}: {error})") from None
 
 
 def shop_score(shop: str, seed: int) -> float:
