@@ -7,22 +7,21 @@ The prompt is the model's own chat template with:
 and the answer is exactly one action line of the grammar (agent/actions.py).
 
 Validation is strict: the first line of the model output must parse and, when it names an
-element, that id must be one of the "[id]" lines of the observation. `candidate_actions` lists
-the id-bound and id-free actions that the constrained retry chooses from.
+element, that id must be one of the element lines of the observation (agent.page.parse reads
+them). `candidate_actions` lists the id-bound and id-free actions that the constrained retry
+chooses from.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from agent.actions import Action, ActionError, expected_forms, parse_action
+from agent.page import parse
 
 DEFAULT_HISTORY_LENGTH = 4  # last actions shown; enough to see a loop, short enough for 135M models
 DEFAULT_MAX_OBSERVATION_CHARS = 2500  # observations are cut (at a line) beyond this
 SYSTEM_TEMPLATE = "{token} You are this shopper in an online store. Reply with one action: {forms}"
-# An element line starts with its id in ASCII digits; ids anywhere else in the text are page text.
-_ELEMENT_LINE = re.compile(r"^[ \t]*\[([0-9]+)\]", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -59,8 +58,8 @@ def answer_text(tokenizer, action: str) -> str:
 
 
 def element_ids(observation: str) -> set[int]:
-    """Ids of the "[id] role …" element lines of an observation."""
-    return {int(match) for match in _ELEMENT_LINE.findall(observation)}
+    """Ids of the "[id] role …" element lines of an observation (ids in page text are escaped)."""
+    return {element.element_id for element in parse(observation).elements}
 
 
 def validate_action(output: str, observation: str) -> Action:

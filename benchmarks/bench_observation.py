@@ -4,7 +4,7 @@ For each page (a generated category page of real-world theme size, the edge fixt
 store's home, listing, product and search pages when storefronts is importable), the page is loaded once in headless Chromium, then the observation
 text is extracted `--repeats` times in two ways on the same live page:
 
-- in-page: harness/drivers/stamp.js in one page.evaluate, then harness.drivers.observation.render (what the
+- in-page: harness/drivers/js/stamp.js in one page.evaluate, then harness.drivers.observation.render (what the
   browser driver does);
 - baseline: page.content() serialised to Python, parsed with BeautifulSoup (html.parser) and
   walked with the http driver's SoupWalker, then the same render.

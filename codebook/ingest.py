@@ -1,5 +1,8 @@
 """`simpersona ingest`: raw clickstream logs -> events.parquet + catalog.parquet.
 
+(Over 500 lines on purpose: one pipeline of DuckDB SQL stages that share the source list and the
+runner; read top to bottom, it is the order the data flows in.)
+
 Reads one or more log files of one format (codebook/formats.py lists them; the format is
 detected from the header, or from the first row of headerless files), validates every row and
 writes, into an output directory:

@@ -170,9 +170,9 @@ def test_cart_state_is_read_from_the_cart_link():
     def cart(**fields):
         return cart_state([describe(RawElement(1, "a", **fields))])
 
-    assert cart(href="/cart", text="Cart (3) · 12,50 €") == "Cart: 3 items, 12,50 €"
-    assert cart(href="/basket", text="Basket 0") == "Cart: empty"
-    assert cart(href="/cart", text="1 item €24.90") == "Cart: 1 item, €24.90"
+    assert cart(href="/cart", text="Cart (3) · 12,50 €") == "3 items, 12,50 €"
+    assert cart(href="/basket", text="Basket 0") == "empty"
+    assert cart(href="/cart", text="1 item €24.90") == "1 item, €24.90"
     assert cart(href="/products/shoes", text="Shoes 2") is None
 
 
@@ -184,9 +184,10 @@ def test_render_always_shows_one_element_and_reports_the_rest():
 
 
 def test_observe_command_prints_what_the_agent_reads(site, capsys):
-    from harness.cli.observe import DriverName, observe as observe_command
+    from harness.cli.observe import observe as observe_command
+    from harness.drivers import Driver
 
-    observe_command(site + "duplicates.html", driver=DriverName.http, budget=40, settle_ms=0,
+    observe_command(site + "duplicates.html", driver=Driver.http, budget=40, settle_ms=0,
                     respect_robots=True, buyer_tag="cli-test")
     printed = capsys.readouterr().out.splitlines()
     assert printed[:3] == [f"URL: {site}duplicates.html", "Title: Many add-to-cart buttons", "Heading: Bestsellers"]

@@ -15,9 +15,8 @@ import pytest
 from agent.actions import parse_action
 from agent.traces import read_traces
 from codebook.ingest import ingest
-from harness.eval.replay import (
-    Intent, ReplayConfig, ReplayError, intents_from_events, replay, shorten,
-)
+from harness.eval.replay import ReplayConfig, replay
+from harness.eval.replay_plan import Intent, ReplayError, intents_from_events, shorten
 from storefronts.orderlog import read_orders
 
 pytestmark = pytest.mark.anyio

@@ -1,12 +1,15 @@
 """The browser driver: one headless Chromium per process, one isolated context per buyer.
 
+(Over 500 lines on purpose: the pool and the session share the browser's lifecycle, relaunch and
+routing state; the in-page walk is stamp.js and the text format agent/page.py, kept apart.)
+
     async with BrowserPool(max_concurrency=8) as pool:
         async with pool.session("buyer-3", guard) as buyer:   # context closed on exit, always
             outcome = await buyer.goto(url)
             observation = await buyer.observe()
             outcome = await buyer.act(parse_action('type [4] "running shoes"'))
 
-Observation runs harness/drivers/stamp.js inside the page (one evaluate per observation), so element ids
+Observation runs harness/drivers/js/stamp.js inside the page (one evaluate per observation), so element ids
 live in the DOM as `data-sp-id` and every action resolves by that id, never by position. An action
 on the page just observed reuses that pass unless the page changed since (stamp.js watches); a click
 is a real mouse click at a point where the element is on top, so a banner over it is reported.
@@ -44,10 +47,11 @@ from playwright.async_api import (
 )
 
 from agent.actions import Action, ActionError, parse_action
+from agent.page import ORDER_CONFIRMED_PATH
 from harness.drivers.base import Observation, StepOutcome
 from storefronts import BUYER_HEADER
 from harness.drivers.observation import (
-    CONFIRMATION_URL_PATTERN, DEFAULT_SETTLE_MS, DEFAULT_TOKEN_BUDGET, NETWORK_IDLE_TIMEOUT_MS,
+    DEFAULT_SETTLE_MS, DEFAULT_TOKEN_BUDGET, NETWORK_IDLE_TIMEOUT_MS,
     PAGE_TEXT_MAX_CHARS, PRODUCT_NAME_SELECTORS, PageSnapshot, RawElement, accessible_name,
     disabled_error, find_element, interception_detail, is_form_field, is_pay_control, listed_elements, match_option,
     no_option_error, render, stale_id_error, stamp_rules,
@@ -86,58 +90,28 @@ DEFAULT_MAX_CONTEXTS = 8            # buyers with an open browser context at the
 DEFAULT_ACTION_TIMEOUT_MS = 5000     # a click/fill that cannot happen in this time is an error
 DEFAULT_NAVIGATION_TIMEOUT_MS = 20000
 DEFAULT_VIEWPORT = (1280, 900)
-STAMP_JS = (Path(__file__).with_name("stamp.js")).read_text(encoding="utf-8")
+JS_DIR = Path(__file__).with_name("js")
+
+
+def _in_page_script(name: str) -> str:
+    """One of the scripts the driver runs inside the page (harness/drivers/js/)."""
+    return (JS_DIR / name).read_text(encoding="utf-8").strip()
+
+
+STAMP_JS = _in_page_script("stamp.js")
 STAMP_RULES_JSON = json.dumps(stamp_rules())
 # stamp.js compiled once per document and kept behind a handle, which the page's own scripts cannot
 # reach: each observation then sends a short call instead of the whole script (0.4 of the 1.5 ms an
 # observation of a small page takes, measured).
 _STAMP_FUNCTION_JS = f"() => ({STAMP_JS})"
 _CALL_STAMP_JS = "(stamp, rulesJson) => stamp(rulesJson)"
-_PAGE_TEXT_JS = """(args) => {
-  const node = args.selectors.map((s) => document.querySelector(s)).find(Boolean);
-  return {text: (document.body ? document.body.innerText : '').slice(0, args.limit),
-          product: node ? node.innerText : ''};
-}"""
+_PAGE_TEXT_JS = _in_page_script("page_text.js")
 # Runs first in every document: counts what the page is still waiting for, so the settle check
 # below can wait for content a page adds a moment after loading: pending short timers (setTimeout
 # up to 1 s) and fetch/XMLHttpRequest calls in flight; and whether the document is being left (a
 # link, a form or a script started a navigation): then the step is not over until the next
 # document replaces this one, however quiet this one is.
-_PENDING_WORK_JS = """(() => {
-  if (window.__spPending) return;
-  const pending = window.__spPending = {timers: new Set(), requests: 0, leaving: false};
-  // A form is sent in a task of its own after the click: its submit event (not cancelled by the
-  // page's handlers, which ran before this one on window) says it is on the way.
-  window.addEventListener("submit", (event) => { if (!event.defaultPrevented) pending.leaving = true; });
-  if (window.navigation) {
-    navigation.addEventListener("navigate", (event) => { if (!event.downloadRequest) pending.leaving = true; });
-    // A same-document navigation (a hash, history.pushState) ends without a new document.
-    navigation.addEventListener("navigatesuccess", () => { pending.leaving = false; });
-    navigation.addEventListener("navigateerror", () => { pending.leaving = false; });
-  }
-  const setTimeoutOriginal = window.setTimeout, clearTimeoutOriginal = window.clearTimeout;
-  window.__spSetTimeout = setTimeoutOriginal.bind(window);
-  window.setTimeout = function (callback, delay, ...rest) {
-    if (typeof callback !== "function" || Number(delay) > 1000) return setTimeoutOriginal.call(this, callback, delay, ...rest);
-    const id = setTimeoutOriginal.call(this, function () { pending.timers.delete(id); return callback.apply(this, arguments); }, delay, ...rest);
-    pending.timers.add(id);
-    return id;
-  };
-  window.clearTimeout = function (id) { pending.timers.delete(id); return clearTimeoutOriginal.call(this, id); };
-  if (window.fetch) {
-    const fetchOriginal = window.fetch;
-    window.fetch = function () {
-      pending.requests++;
-      return fetchOriginal.apply(this, arguments).finally(() => { pending.requests--; });
-    };
-  }
-  const sendOriginal = XMLHttpRequest.prototype.send;
-  XMLHttpRequest.prototype.send = function () {
-    pending.requests++;
-    this.addEventListener("loadend", () => { pending.requests--; }, {once: true});
-    try { return sendOriginal.apply(this, arguments); } catch (error) { pending.requests--; throw error; }
-  };
-})();"""
+_PENDING_WORK_JS = _in_page_script("pending_work.js")
 
 # True while the document is as the last stamp.js pass left it (stamp.js watches for changes).
 _UNCHANGED_SINCE_STAMP_JS = "() => window.__spChanged === false"
@@ -147,62 +121,12 @@ _UNCHANGED_SINCE_STAMP_JS = "() => window.__spChanged === false"
 # it) is the point; an element covered everywhere (a banner, an overlay) is named instead. One round
 # trip and a mouse click, where Playwright's locator click injects its selector engine into every
 # new document and makes several round trips (waiting for animation frames among them).
-_CLICK_POINT_JS = """(id) => {
-  const selector = `[data-sp-id="${id}"]`;
-  const find = (root) => {
-    const direct = root.querySelector(selector);
-    if (direct) return direct;
-    for (const host of root.querySelectorAll("*")) if (host.shadowRoot) { const inner = find(host.shadowRoot); if (inner) return inner; }
-    return null;
-  };
-  const el = find(document);
-  if (!el) return {error: "gone"};
-  el.scrollIntoView({block: "center", inline: "center"});
-  const topmost = (x, y) => {
-    let hit = document.elementFromPoint(x, y);
-    while (hit && hit.shadowRoot) { const inner = hit.shadowRoot.elementFromPoint(x, y); if (!inner || inner === hit) break; hit = inner; }
-    return hit;
-  };
-  const labels = el.labels ? [...el.labels] : [];
-  const reaches = (hit) => {
-    for (let node = hit; node; node = node.parentNode || node.host) if (node === el || labels.includes(node)) return true;
-    return false;
-  };
-  let cover = null;
-  for (const box of el.getClientRects()) {
-    if (box.width < 1 || box.height < 1) continue;
-    const x = box.left + box.width / 2, y = box.top + box.height / 2;
-    const hit = topmost(x, y);
-    if (hit && reaches(hit)) return {x, y};
-    cover = cover || hit;
-  }
-  if (!cover) return {error: "has no box to click"};
-  const text = (cover.innerText || cover.getAttribute("aria-label") || "").replace(/\\s+/g, " ").trim().slice(0, 40);
-  return {error: `is covered by <${cover.localName}>` + (text ? ` "${text}"` : "")};
-}"""
+_CLICK_POINT_JS = _in_page_script("click_point.js")
 
 # Resolves once nothing is pending and the DOM has had no mutation for quietMs (or capMs after the
 # start, whichever comes first), then returns the order-confirmation marker: the page-ready check
 # and the arrival check in one round trip.
-_SETTLE_JS = """async ([quietMs, capMs]) => {
-  const start = performance.now();
-  let lastChange = start;
-  const observer = new MutationObserver(() => { lastChange = performance.now(); });
-  observer.observe(document, {subtree: true, childList: true, attributes: true, characterData: true});
-  const pending = window.__spPending || {timers: new Set(), requests: 0, leaving: false};
-  const later = window.__spSetTimeout || setTimeout;
-  await new Promise((resolve) => {
-    (function check() {
-      const now = performance.now(), quietFor = now - lastChange;
-      const busy = pending.timers.size > 0 || pending.requests > 0 || pending.leaving;
-      if ((!busy && quietFor >= quietMs) || now - start >= capMs) return resolve();
-      later(check, busy ? 20 : Math.max(5, quietMs - quietFor));
-    })();
-  });
-  observer.disconnect();
-  const m = document.querySelector('meta[name="sp-order-id"]');
-  return m ? (m.getAttribute('content') || '') : '';
-}"""
+_SETTLE_JS = _in_page_script("settle.js")
 
 
 MAX_REDIRECT_HOPS = 20   # what browsers allow before calling it a loop
@@ -566,7 +490,7 @@ class BrowserSession:
         order_id = await self._settle()
         if order_id:
             return StepOutcome(done=True, converted=True, detail={"order_id": order_id, "url": self.page.url})
-        if CONFIRMATION_URL_PATTERN.search(self.page.url):
+        if ORDER_CONFIRMED_PATH.search(self.page.url):
             return StepOutcome(done=True, converted=True, detail={"order_id": None, "url": self.page.url})
         return StepOutcome()
 

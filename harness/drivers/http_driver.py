@@ -1,6 +1,6 @@
 """The browser-free driver: httpx + BeautifulSoup over pages that need no JavaScript.
 
-It walks the parsed page with the same rules as harness/drivers/stamp.js (see harness/drivers/observation.py),
+It walks the parsed page with the same rules as harness/drivers/js/stamp.js (see harness/drivers/observation.py),
 so on the mock store it produces the same observation text as the browser driver, at a fraction
 of the cost. Visibility comes from the markup alone: the hidden attribute, aria-hidden, inline
 styles, and the page's own CSS rules that hide by a plain selector (display:none /
@@ -29,10 +29,11 @@ from bs4 import BeautifulSoup, NavigableString, Tag
 from bs4.element import PreformattedString
 
 from agent.actions import Action, ActionError, parse_action
+from agent.page import ORDER_CONFIRMED_PATH
 from harness.drivers.base import Observation, StepOutcome
 from storefronts import BUYER_HEADER
 from harness.drivers.observation import (
-    BLOCK_TAGS, CARD_FIELD_PATTERN, CONFIRMATION_URL_PATTERN, CONTEXT_MAX_CONTROLS,
+    BLOCK_TAGS, CARD_FIELD_PATTERN, CONTEXT_MAX_CONTROLS,
     CONTEXT_MAX_DEPTH, CONTEXT_SCAN_CHARS, CONTROL_TEXT_TAGS, DEFAULT_TOKEN_BUDGET,
     ICON_CLASS_PATTERN, ICON_STOP_WORDS, INTERACTIVE_ROLES, INTERACTIVE_TAGS, MAX_ALERTS,
     PAGE_TEXT_MAX_CHARS, PRODUCT_NAME_SELECTORS, SKIP_TAGS, PageSnapshot, RawElement,
@@ -116,7 +117,7 @@ def css_hidden_ids(soup: BeautifulSoup, stylesheets: list[str]) -> set[int]:
 
 
 class SoupWalker:
-    """harness/drivers/stamp.js, over BeautifulSoup. Keep the two in step."""
+    """harness/drivers/js/stamp.js, over BeautifulSoup. Keep the two in step."""
 
     def __init__(self, soup: BeautifulSoup, css_hidden: set[int]):
         self.soup = soup
@@ -780,7 +781,7 @@ class HttpSession:
         meta = self.page.soup.find("meta", attrs={"name": "sp-order-id"})
         if meta is not None and meta.get("content"):
             return StepOutcome(done=True, converted=True, detail={"order_id": meta["content"], "url": self.page.url})
-        if CONFIRMATION_URL_PATTERN.search(self.page.url):
+        if ORDER_CONFIRMED_PATH.search(self.page.url):
             return StepOutcome(done=True, converted=True, detail={"order_id": None, "url": self.page.url})
         return StepOutcome()
 

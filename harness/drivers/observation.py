@@ -8,25 +8,20 @@ line, the dialog note and the cut to a token budget. The rules that the page wal
 (which tags are interactive, which regexes find icons and card fields) are also defined here and
 handed to stamp.js as one JSON object, so the two walkers cannot drift apart.
 
-The observation text looks like:
-
-    URL: http://127.0.0.1:8000/c/shoes
-    Title: Shoes - Demo Store
-    Heading: Shoes
-    Cart: 2 items, €31.98
-    Error: no element [99] on this page; use an id from the list below
-    Elements:
-    [1] link "Home"
-    [7] link "Trail Runner" — €59.90
-    [8] button "Add to cart" — Trail Runner €59.90
-    [9] combobox "Sort by" selected="Price" options: "Price" | "Name"
-    … 23 more elements below (scroll down)
+How the text is written (its lines, the escaping of page text, the words for cart, checkout and
+paying) belongs to agent/page.py: this module fills its page model and agent/page.py renders it,
+so the agent, the policies and the replay read back exactly what the drivers write.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+
+from agent.page import CART_BADGE, CART_PATH, PLACE_ORDER, Page, cart_text, element_line, element_state, header_lines
+from agent.page import Element as ShownElement
+from agent.page import escape_ids, quote, unescape_ids
+from agent.page import render as render_page
 
 # How much of a page the agent reads at once: observation text is estimated at 4 characters per
 # token and cut at this budget; the rest is reachable with `scroll down`.
@@ -80,15 +75,6 @@ ICON_STOP_WORDS = (
 )
 # Card fields of a payment form (name / id / autocomplete / placeholder).
 CARD_FIELD_PATTERN = r"cc-number|cc-csc|cc-exp|card[\s_-]*num|cardnumber|credit[\s_-]*card|\bcvc\b|\bcvv2?\b|\bcsc\b|security[\s_-]*code|card[\s_-]*code"
-# Names of controls that pay or place an order; on a store that is not ours a click on one of
-# them is intercepted (harness/drivers/safety.py).
-PAY_CONTROL_PATTERN = re.compile(
-    r"\b(pay|pay now|place (my )?order|buy now|complete (purchase|order|payment)|submit order|"
-    r"confirm (order|purchase|payment)|purchase now|order now|checkout now)\b",
-    re.IGNORECASE,
-)
-CART_HREF_PATTERN = re.compile(r"/(cart|basket|bag|warenkorb|panier|carrito|carrello)\b", re.IGNORECASE)
-CART_NAME_PATTERN = re.compile(r"^(view |my |your |shopping )?(cart|basket|bag)\b", re.IGNORECASE)
 _SUFFIX_CURRENCY = r"(?:€|EUR|USD|GBP|CHF|zł|kr)(?!\s?\d)"
 MONEY_PATTERN = re.compile(
     r"[€$£¥]\s?\d(?:[\d.,]*\d)?|\d(?:[\d.,]*\d)?\s?" + _SUFFIX_CURRENCY
@@ -99,9 +85,6 @@ _COUNT_PATTERNS = (
     re.compile(r"(?<![\d.,€$£¥])(\d{1,3})(?![\d.,])(?!\s?" + _SUFFIX_CURRENCY + ")"),
 )
 _WHITESPACE = re.compile(r"[\s\ufeff]+")
-# "[12]" written in page text (a product description imitating an element line, or "click [999]").
-# Only element lines may start with an id, so page text shows such ids escaped as "\[12]".
-_ID_LOOKALIKE = re.compile(r"\[(\s*\d+\s*)\]")
 
 
 def stamp_rules() -> dict:
@@ -186,24 +169,14 @@ class PageSnapshot:
 
 
 @dataclass(frozen=True)
-class Element:
-    """An element as the agent reads it."""
+class Described:
+    """An element as the agent reads it (`shown`, one line of the text) and the record behind it."""
 
-    id: int
-    role: str
-    name: str
-    extras: str
-    context: str
+    shown: ShownElement
     raw: RawElement
 
     def line(self) -> str:
-        # Name, extras and context are page text: one line each (collapsed), ids escaped.
-        parts = [f"[{self.id}] {self.role} {quote(escape_ids(self.name))}"]
-        if self.extras:
-            parts.append(escape_ids(self.extras))
-        if self.context:
-            parts.append(f"— {escape_ids(self.context)}")
-        return " ".join(parts)
+        return element_line(self.shown)
 
 
 @dataclass(frozen=True)
@@ -223,18 +196,10 @@ def truncate(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
-def quote(text: str) -> str:
-    return '"' + text.replace('"', "'") + '"'
-
-
-def escape_ids(text: str) -> str:
-    """Page text that looks like an element id ("[12]") is shown as "\\[12]", never as an id."""
-    return _ID_LOOKALIKE.sub(r"\\[\1]", text)
-
-
 def page_text(text: str, limit: int) -> str:
-    """Text the page controls, as one observation line may show it: one line, bounded, ids escaped."""
-    return truncate(escape_ids(collapse(text)), limit)
+    """Page text for a header line: one line, and at most `limit` characters as written (with
+    its escaped ids), so a hostile page cannot grow the header past its bounds."""
+    return unescape_ids(truncate(escape_ids(collapse(text)), limit))
 
 
 def humanize_token(token: str) -> str:
@@ -291,27 +256,23 @@ def accessible_name(raw: RawElement) -> str:
     return ""
 
 
-def element_extras(raw: RawElement, role: str, name: str) -> str:
-    extras: list[str] = []
+def element_extras(raw: RawElement) -> str:
+    """The element's state as the agent reads it (agent.page.element_state writes it)."""
+    state: dict = {"disabled": raw.disabled}
     if raw.tag == "input" and raw.input_type in ("checkbox", "radio"):
-        extras.append("checked" if raw.checked else "unchecked")
+        state["checked"] = raw.checked
     elif raw.tag == "select":
-        if raw.selected:
-            extras.append("selected=" + " | ".join(quote(truncate(collapse(s), NAME_MAX_CHARS)) for s in raw.selected))
-        shown = [quote(truncate(collapse(o), NAME_MAX_CHARS)) for o in raw.options[:MAX_OPTIONS_SHOWN]]
-        more = len(raw.options) - len(shown)
-        extras.append("options: " + " | ".join(shown) + (f" | … {more} more" if more > 0 else ""))
+        shown = raw.options[:MAX_OPTIONS_SHOWN]
+        state["selected"] = [truncate(collapse(option), NAME_MAX_CHARS) for option in raw.selected]
+        state["options"] = [truncate(collapse(option), NAME_MAX_CHARS) for option in shown]
+        state["more_options"] = len(raw.options) - len(shown)
     elif is_form_field(raw):
         if raw.input_type not in ("", "text", "search") and raw.tag == "input":
-            extras.append(f"type={raw.input_type}")
+            state["input_type"] = raw.input_type
         value = collapse(raw.value)
-        if value and raw.input_type != "password":
-            extras.append(f"value={quote(truncate(value, VALUE_MAX_CHARS))}")
-        elif value:
-            extras.append('value="••••"')
-    if raw.disabled:
-        extras.append("disabled")
-    return " ".join(extras)
+        if value:
+            state["value"] = truncate(value, VALUE_MAX_CHARS) if raw.input_type != "password" else "••••"
+    return element_state(**state)
 
 
 def element_context(raw: RawElement, name: str) -> str:
@@ -322,33 +283,23 @@ def element_context(raw: RawElement, name: str) -> str:
     return truncate(context, CONTEXT_MAX_CHARS)
 
 
-def describe(raw: RawElement) -> Element:
-    role = element_role(raw)
+def describe(raw: RawElement) -> Described:
     name = accessible_name(raw)
-    return Element(raw.id, role, name, element_extras(raw, role, name), element_context(raw, name), raw)
+    shown = ShownElement(raw.id, element_role(raw), name, element_extras(raw), element_context(raw, name))
+    return Described(shown, raw)
 
 
-def cart_state(elements: list[Element]) -> str | None:
-    """'Cart: 2 items, €31.98' from the page's cart link or badge; None when none shows a count."""
-    by_href = [e for e in elements if e.raw.href and CART_HREF_PATTERN.search(e.raw.href.split("?")[0])]
-    by_name = [e for e in elements if CART_NAME_PATTERN.search(e.name) and e.role in ("link", "button")]
-    candidates = by_href or by_name
-    if not candidates:
-        return None
-    for cart in candidates:
-        for text in (cart.name, cart.context):
+def cart_state(elements: list[Described]) -> str | None:
+    """The cart line's value ("2 items, €31.98", "empty") from the page's cart link or badge;
+    None when none shows a count."""
+    by_href = [e for e in elements if e.raw.href and CART_PATH.search(e.raw.href.split("?")[0])]
+    by_name = [e for e in elements if CART_BADGE.search(e.shown.name) and e.shown.role in ("link", "button")]
+    for cart in by_href or by_name:
+        for text in (cart.shown.name, cart.shown.context):
             count = _cart_count(text)
             money = MONEY_PATTERN.search(text)
-            if count is None and not money:
-                continue
-            if count == 0:
-                return "Cart: empty"
-            parts = []
-            if count is not None:
-                parts.append(f"{count} item" + ("" if count == 1 else "s"))
-            if money:
-                parts.append(money.group(0).strip())
-            return "Cart: " + ", ".join(parts)
+            if count is not None or money:
+                return cart_text(count, money.group(0).strip() if money else None)
     return None
 
 
@@ -365,42 +316,33 @@ def render(snapshot: PageSnapshot, *, start: int = 0, error: str | None = None,
     """The observation text: header lines, then elements from `start` while the budget lasts."""
     all_elements = [describe(raw) for raw in snapshot.elements]
     listed = [e for e in all_elements if e.raw.in_modal] if snapshot.modal_open else all_elements
-    # Every header line is one bounded line: only element lines start with an id, and a hostile
-    # page cannot grow the observation past its budget with a long URL, title or dialog name.
-    header = [f"URL: {truncate(collapse(snapshot.url), URL_MAX_CHARS)}",
-              f"Title: {page_text(snapshot.title, NAME_MAX_CHARS)}"]
-    if snapshot.heading:
-        header.append(f"Heading: {page_text(snapshot.heading, NAME_MAX_CHARS)}")
-    cart = cart_state(all_elements)
-    if cart:
-        header.append(cart)
-    for alert in snapshot.alerts[:MAX_ALERTS]:
-        header.append(f"Notice: {page_text(alert, CONTEXT_MAX_CHARS * 2)}")
-    if error:
-        header.append(f"Error: {truncate(collapse(error), ERROR_MAX_CHARS)}")
-    if snapshot.modal_open:
-        label = f" ({quote(page_text(snapshot.modal_name, NAME_MAX_CHARS))})" if snapshot.modal_name else ""
-        header.append(f"Note: a dialog{label} is open; only its content is listed.")
-    header.append("Elements:" if listed else "Elements: none")
-
     start = max(0, min(start, len(listed)))
-    lines = list(header)
-    if start:
-        lines.append(f"… {start} more elements above (scroll up)")
+    # Every header field is bounded: a hostile page cannot grow the observation past its budget
+    # with a long URL, title or dialog name.
+    window = Page(
+        url=truncate(collapse(snapshot.url), URL_MAX_CHARS),
+        title=page_text(snapshot.title, NAME_MAX_CHARS),
+        heading=page_text(snapshot.heading, NAME_MAX_CHARS),
+        cart=cart_state(all_elements) or "",
+        notices=tuple(page_text(alert, CONTEXT_MAX_CHARS * 2) for alert in snapshot.alerts[:MAX_ALERTS]),
+        error=truncate(collapse(error), ERROR_MAX_CHARS) if error else "",
+        dialog=page_text(snapshot.modal_name, NAME_MAX_CHARS) if snapshot.modal_open else None,
+        above=start,
+        below=len(listed) - start,
+    )
     budget_chars = token_budget * CHARS_PER_TOKEN
-    used = sum(len(line) + 1 for line in lines)
+    used = sum(len(line) + 1 for line in header_lines(window))
     index = start
     while index < len(listed):
-        line = listed[index].line()
+        line_chars = len(listed[index].line()) + 1
         # Always show at least one element, so a tiny budget cannot stall the agent.
-        if index > start and used + len(line) + 1 > budget_chars:
+        if index > start and used + line_chars > budget_chars:
             break
-        lines.append(line)
-        used += len(line) + 1
+        used += line_chars
         index += 1
-    if index < len(listed):
-        lines.append(f"… {len(listed) - index} more elements below (scroll down)")
-    return Rendered("\n".join(lines), [e.id for e in listed[start:index]], start, index, len(listed))
+    shown = listed[start:index]
+    window = replace(window, elements=tuple(e.shown for e in shown), below=len(listed) - index)
+    return Rendered(render_page(window), [e.shown.element_id for e in shown], start, index, len(listed))
 
 
 def scroll_window(snapshot: PageSnapshot, start: int, scrolled_from: list[int], direction: str,
@@ -448,7 +390,7 @@ def is_pay_control(raw: RawElement, name: str) -> bool:
     ) or raw.tag == "a"
     if not is_submit_like:
         return False
-    if PAY_CONTROL_PATTERN.search(name):
+    if PLACE_ORDER.search(name):
         return True
     # A submit button of a form that asks for card details pays, whatever it is called.
     return raw.in_card_form and raw.tag != "a" and raw.input_type not in ("button", "reset")
@@ -477,11 +419,6 @@ def _money_value(amount: str) -> float:
         return 0.0
 
 
-# A confirmation page that is not our store's (which says so with <meta name="sp-order-id">).
-CONFIRMATION_URL_PATTERN = re.compile(
-    r"order[-_/]?(received|confirm(ed|ation)?|complete(d)?|success)|thank[-_]?you|checkout/success",
-    re.IGNORECASE,
-)
 # Where a checkout page names what is being bought (for the interception report), best first.
 PRODUCT_NAME_SELECTORS = (
     "[class*=product-name]", "[class*=product-title]", "[class*=product__title]", "[class*=item-name]",
