@@ -21,10 +21,10 @@ before deciding (1 + Poisson(median views - 1), capped at max_views), whether it
 viewed product to the cart (probability cart_rate), and whether it then checks out (probability
 conversion_rate / cart_rate). The two draws multiply to the type's real conversion rate.
 
-The policy reads the observation text generically: element lines `[id] role "name" ...`, with
-links, buttons and form fields told apart by role and by words in their accessible names (add to
-cart, checkout, continue, place order, field labels such as email or postcode), never by a store's
-own ids, so it works on every layout variant of the mock store and on other stores alike.
+The policy reads the observation with agent.page.parse: links, buttons and form fields told apart
+by role and by words in their accessible names (agent/page.py's add to cart, checkout, continue,
+place order; field labels such as email or postcode here), never by a store's own ids, so it works
+on every layout variant of the mock store and on other stores alike.
 
 Layout friction (an ASSUMPTION, not data): the real funnel rates above were measured on real
 stores, with their own checkouts. For a harder layout to cost conversions, TypeProfilePolicy
@@ -48,7 +48,6 @@ the default (four checkout steps, buy button in view) the model never fires.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections import Counter
@@ -58,47 +57,9 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from codebook.artifact import TYPES_FILE, ArtifactError, CodebookArtifact
+from agent.page import CART, SELECT_ROLES, TEXT_ROLES, Element, Page, parse
 from agent.policy import BuyerTurn
-
-TYPES_FILE = "types.json"
-
-# ---------------------------------------------------------------------------------------------
-# Reading observations
-
-
-@dataclass(frozen=True)
-class Element:
-    """One interactive element line of an observation: `[id] role "name" extra`."""
-
-    element_id: int
-    role: str
-    name: str
-    extra: str = ""
-
-
-_ELEMENT_LINE = re.compile(r'^\s*\[(\d+)\]\s+([A-Za-z][\w-]*)\s*(?:"((?:[^"\\]|\\.)*)")?\s*(.*)$')
-_URL_LINE = re.compile(r"^\s*url\s*:\s*(\S+)", re.IGNORECASE)
-
-
-def parse_elements(observation: str) -> list[Element]:
-    """Every interactive element listed in an observation, in page order."""
-    elements = []
-    for line in observation.splitlines():
-        match = _ELEMENT_LINE.match(line)
-        if match:
-            element_id, role, name, extra = match.groups()
-            name = re.sub(r"\\(.)", r"\1", name or "")
-            elements.append(Element(int(element_id), role.lower(), name.strip(), extra.strip()))
-    return elements
-
-
-def observation_url(observation: str) -> str:
-    for line in observation.splitlines()[:6]:
-        match = _URL_LINE.match(line)
-        if match:
-            return match.group(1)
-    return ""
-
 
 # ---------------------------------------------------------------------------------------------
 # Random baseline
@@ -120,13 +81,13 @@ class RandomPolicy:
 
     def _act_one(self, turn: BuyerTurn) -> str:
         rng = np.random.default_rng([turn.seed, len(turn.history)])
-        choices = [_random_action_for(element, rng, self.words) for element in parse_elements(turn.observation)]
+        choices = [_random_action_for(element, rng, self.words) for element in parse(turn.observation).elements]
         choices += ["scroll down", "scroll up", "back", "stop"]
         return choices[int(rng.integers(len(choices)))]
 
 
 def _random_action_for(element: Element, rng: np.random.Generator, words: tuple[str, ...]) -> str:
-    if element.role in _TEXT_ROLES:
+    if element.role in TEXT_ROLES:
         return f'type [{element.element_id}] "{words[int(rng.integers(len(words)))]}"'
     return f"click [{element.element_id}]"
 
@@ -155,31 +116,21 @@ class TypeProfileError(ValueError):
 
 
 def load_type_profiles(
-    codebook_dir: str | Path, assumed_cart_conversion: float = 0.5, default_views: float = 3.0
+    codebook: CodebookArtifact | str | Path, assumed_cart_conversion: float = 0.5, default_views: float = 3.0
 ) -> dict[int, TypeProfile]:
-    """Read every code's funnel statistics from types.json (fields listed in the module docstring)."""
-    path = Path(codebook_dir) / TYPES_FILE
-    if not path.is_file():
-        raise TypeProfileError(f"{path}: not found; expected a codebook artifact directory with {TYPES_FILE}")
+    """Every code's funnel statistics from the artifact's types.json (fields in the module docstring)."""
     try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise TypeProfileError(f"{path}: not valid JSON ({exc})") from exc
-    if isinstance(raw, dict) and isinstance(raw.get("types"), (dict, list)):
-        raw = raw["types"]
-    entries = raw.items() if isinstance(raw, dict) else ((entry.get("code"), entry) for entry in raw)
+        artifact = codebook if isinstance(codebook, CodebookArtifact) else CodebookArtifact.load(codebook)
+    except ArtifactError as error:
+        raise TypeProfileError(str(error)) from error
+    path = artifact.path / TYPES_FILE
+    if not artifact.types:
+        raise TypeProfileError(f"{path}: not found or empty; the type-profile policy needs the codebook's {TYPES_FILE}")
     profiles = {}
-    for code, entry in entries:
-        where = f"{path}: code {code!r}"
-        if not isinstance(entry, dict):
-            raise TypeProfileError(f"{where}: expected an object, got {type(entry).__name__}")
-        try:
-            code = int(code)
-        except (TypeError, ValueError) as exc:
-            raise TypeProfileError(f"{where}: the code must be an integer") from exc
+    for code, entry in sorted(artifact.types.items()):
         if entry.get("conversion_rate", entry.get("real_conversion_rate")) is None:
             continue  # an unused code (no buyers), or a log without purchases: nothing to act out
-        profiles[code] = _profile_from_entry(code, entry, where, assumed_cart_conversion, default_views)
+        profiles[code] = _profile_from_entry(code, entry, f"{path}: code {code!r}", assumed_cart_conversion, default_views)
     if not profiles:
         raise TypeProfileError(f"{path}: no buyer type with a conversion_rate; the policy needs real conversion rates")
     return profiles
@@ -225,21 +176,11 @@ def _number(entry: dict, keys: tuple[str, ...], where: str) -> float | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Generic reading of a shop page, by roles and accessible names
+# Reading a shop page: forms to fill, products and listings (the cart and checkout words are
+# agent/page.py's)
 
-_TEXT_ROLES = {"textbox", "searchbox", "input", "textarea", "spinbutton", "email", "tel"}
-_SELECT_ROLES = {"combobox", "listbox", "select"}
-_CLICKABLE_ROLES = {"link", "button", "menuitem", "tab", "option"}
-
-_ADD_TO_CART = re.compile(r"\badd\b.*\b(cart|bag|basket|trolley)\b|\bbuy now\b|^add$", re.IGNORECASE)
-_CHECKOUT = re.compile(r"check\s*-?\s*out|proceed to|go to payment", re.IGNORECASE)
-_PLACE_ORDER = re.compile(r"place (my )?order|\bpay\b|pay now|complete (order|purchase)|confirm (order|purchase)|submit order|buy$", re.IGNORECASE)
-_CONTINUE = re.compile(r"\b(continue|next|review|proceed|save)\b", re.IGNORECASE)
-# "Cart, 2 items", "Basket", "Shopping bag", "View my basket" (but not a product called "Laptop bag").
-_CART_LINK = re.compile(r"\bcart\b|^(bag|basket|trolley)\b|\b(shopping|my|your|view) (bag|basket|trolley)\b", re.IGNORECASE)
 _OPTIONAL = re.compile(r"\boptional\b", re.IGNORECASE)
 _NOT_A_FORM_SELECT = re.compile(r"sort|order by|quantity|qty|per page|language|currency", re.IGNORECASE)
-_REMOVE = re.compile(r"\b(remove|delete|clear|empty)\b", re.IGNORECASE)
 _PRICE = re.compile(r"[$€£¥]\s?\d|\d[\d,]*[.,]\d\d\b")
 _NAVIGATION = re.compile(
     r"^(home|search|sort|filter|next|previous|prev|page \d+|\d+|back|menu|account|sign in|log ?in|help|"
@@ -281,84 +222,54 @@ def fake_value_for(label: str) -> str | None:
     return _DEFAULT_FIELD_VALUE
 
 
-@dataclass
-class ShopPage:
-    """What TypeProfilePolicy needs to know about one observation."""
+def fields_to_fill(page: Page) -> list[Element]:
+    """Empty required-looking form fields, in page order: text fields without a value,
+    drop-downs still on their placeholder, and a radio group with nothing checked.
+    Search, sort, quantity and "(optional)" fields are left alone."""
+    fields = []
+    radios = [e for e in page.elements if e.role == "radio"]
+    if radios and not any(e.checked for e in radios):
+        fields.append(radios[0])
+    for element in page.elements:
+        if element.role == "searchbox" or _OPTIONAL.search(element.name) or element.disabled:
+            continue
+        if element.role in TEXT_ROLES:
+            if element.value is None and fake_value_for(element.name) is not None:
+                fields.append(element)
+        elif element.role in SELECT_ROLES and not _NOT_A_FORM_SELECT.search(element.name):
+            if _is_placeholder((element.selected or [""])[0]) and first_real_option(element):
+                fields.append(element)
+    return fields
 
-    url: str
-    elements: list[Element]
-    more_below: bool = False  # the observation was cut; `scroll down` shows the rest
 
-    @classmethod
-    def read(cls, observation: str) -> "ShopPage":
-        more = bool(re.search(r"more elements below", observation))
-        return cls(observation_url(observation), parse_elements(observation), more)
+def first_real_option(element: Element) -> str | None:
+    """The first option of a drop-down that is not its placeholder ("Choose…")."""
+    return next((option for option in element.options if not _is_placeholder(option)), None)
 
-    def buttons(self, pattern: re.Pattern) -> list[Element]:
-        return [e for e in self.elements if e.role in _CLICKABLE_ROLES and pattern.search(e.name)]
 
-    @property
-    def add_to_cart(self) -> list[Element]:
-        return [e for e in self.buttons(_ADD_TO_CART) if not _REMOVE.search(e.name)]
+def _is_placeholder(option: str) -> bool:
+    return not option.strip() or bool(re.match(r"^\W*(select|choose|please|--|none\b)", option.strip(), re.IGNORECASE))
 
-    @property
-    def checkout(self) -> list[Element]:
-        return self.buttons(_CHECKOUT)
 
-    @property
-    def place_order(self) -> list[Element]:
-        return [e for e in self.buttons(_PLACE_ORDER) if not _ADD_TO_CART.search(e.name)]
+def product_links(page: Page) -> list[Element]:
+    """Links that look like products: a price in the name or beside it, else non-navigation links."""
+    links = [e for e in page.elements if e.role == "link" and e.name and not CART.search(e.name)]
+    priced = [e for e in links if _PRICE.search(e.name) or _PRICE.search(e.context)]
+    if priced:
+        return priced
+    return [e for e in links if not _NAVIGATION.search(e.name) and len(e.name) > 12]
 
-    @property
-    def continue_buttons(self) -> list[Element]:
-        return [e for e in self.elements if e.role == "button" and _CONTINUE.search(e.name)]
 
-    @property
-    def cart_links(self) -> list[Element]:
-        return [
-            e
-            for e in self.elements
-            if e.role == "link" and _CART_LINK.search(e.name) and not _ADD_TO_CART.search(e.name)
-        ]
-
-    def fields_to_fill(self) -> list[Element]:
-        """Empty required-looking form fields, in page order: text fields without a value,
-        drop-downs still on their placeholder, and a radio group with nothing checked.
-        Search, sort, quantity and "(optional)" fields are left alone."""
-        fields = []
-        radios = [e for e in self.elements if e.role == "radio"]
-        if radios and not any(_is_checked(e) for e in radios):
-            fields.append(radios[0])
-        for element in self.elements:
-            if element.role == "searchbox" or _OPTIONAL.search(element.name) or "disabled" in element.extra:
-                continue
-            if element.role in _TEXT_ROLES:
-                if "value=" not in element.extra and fake_value_for(element.name) is not None:
-                    fields.append(element)
-            elif element.role in _SELECT_ROLES and not _NOT_A_FORM_SELECT.search(element.name):
-                if _is_placeholder(_selected(element)) and _first_option(element):
-                    fields.append(element)
-        return fields
-
-    @property
-    def product_links(self) -> list[Element]:
-        """Links that look like products: a price in the name or beside it, else non-navigation links."""
-        links = [e for e in self.elements if e.role == "link" and e.name and not _CART_LINK.search(e.name)]
-        priced = [e for e in links if _PRICE.search(e.name) or _PRICE.search(e.extra)]
-        if priced:
-            return priced
-        return [e for e in links if not _NAVIGATION.search(e.name) and len(e.name) > 12]
-
-    def category_links(self, categories: tuple[str, ...] | None = None) -> list[Element]:
-        """Links to listings: those naming one of `categories`, or with None every link that is
-        neither a product nor the cart nor the first (logo) link."""
-        products = {e.element_id for e in self.product_links}
-        links = [e for e in self.elements if e.role == "link" and e.element_id not in products]
-        links = [e for e in links[1:] if e.name and not _CART_LINK.search(e.name)]
-        if categories is None:
-            return links
-        wanted = [c.lower().replace("_", " ") for c in categories if c]
-        return [e for e in links if any(w in e.name.lower() or e.name.lower() in w for w in wanted)]
+def category_links(page: Page, categories: tuple[str, ...] | None = None) -> list[Element]:
+    """Links to listings: those naming one of `categories`, or with None every link that is
+    neither a product nor the cart nor the first (logo) link."""
+    products = {e.element_id for e in product_links(page)}
+    links = [e for e in page.elements if e.role == "link" and e.element_id not in products]
+    links = [e for e in links[1:] if e.name and not CART.search(e.name)]
+    if categories is None:
+        return links
+    wanted = [c.lower().replace("_", " ") for c in categories if c]
+    return [e for e in links if any(w in e.name.lower() or e.name.lower() in w for w in wanted)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -461,8 +372,9 @@ class TypeProfilePolicy:
     _episodes: dict[tuple[int, int], _Episode] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_codebook(cls, codebook_dir: str | Path, **options) -> "TypeProfilePolicy":
-        return cls(load_type_profiles(codebook_dir), **options)
+    def from_codebook(cls, codebook: CodebookArtifact | str | Path, **options) -> "TypeProfilePolicy":
+        """The type profiles of a codebook artifact (codebook.artifact), loaded or by its directory."""
+        return cls(load_type_profiles(codebook), **options)
 
     def act(self, turns: list[BuyerTurn]) -> list[str]:
         return [self._act_one(turn) for turn in turns]
@@ -504,22 +416,22 @@ class TypeProfilePolicy:
         if not turn.history or key not in self._episodes:
             self._episodes[key] = self._start_episode(turn.code, turn.seed)
         episode = self._episodes[key]
-        page = ShopPage.read(turn.observation)
+        page = parse(turn.observation)
         self._note_page(episode, page)
         if self._gives_up_on_checkout(episode, page, turn.code):
             return "stop"
         return self._decide(episode, page, self._profile(turn.code))
 
-    def _note_page(self, episode: _Episode, page: ShopPage) -> None:
+    def _note_page(self, episode: _Episode, page: Page) -> None:
         episode.steps_on_url = episode.steps_on_url + 1 if page.url == episode.last_url else 0
         episode.last_url = page.url
         # A product page is counted once per visit, when its add-to-cart control is in view.
-        if page.add_to_cart and page.url != episode.last_product_url:
+        if page.add_to_cart_buttons and page.url != episode.last_product_url:
             episode.product_views += 1
             episode.last_product_url = page.url
             episode.expects_product = False
 
-    def _gives_up_on_checkout(self, episode: _Episode, page: ShopPage, code: int) -> bool:
+    def _gives_up_on_checkout(self, episode: _Episode, page: Page, code: int) -> bool:
         """Count a new checkout page (by URL path) and apply the checkout-step friction."""
         if not (episode.in_cart and episode.checking_out):
             return False
@@ -529,14 +441,14 @@ class TypeProfilePolicy:
         extra_steps = len(episode.checkout_paths) - self.friction.free_checkout_steps
         return self.friction.gives_up(episode.checkout_patience, self.friction.checkout_step_abandonment, extra_steps, code)
 
-    def _decide(self, episode: _Episode, page: ShopPage, profile: TypeProfile) -> str:
+    def _decide(self, episode: _Episode, page: Page, profile: TypeProfile) -> str:
         plan = episode.plan
         code = profile.code
         if episode.steps_on_url >= self.stuck_after:
             return "stop" if episode.steps_on_url >= self.stuck_after + 2 else "back"
         if episode.in_cart:
             return self._checkout_step(episode, page) if plan.buys else "stop"
-        if episode.expects_product and not page.add_to_cart and page.more_below and episode.steps_on_url < 3:
+        if episode.expects_product and not page.add_to_cart_buttons and page.more_below and episode.steps_on_url < 3:
             # A product page whose buy button is further down: some buyers do not look for it.
             episode.hidden_button_pages.add(page.url)
             units = len(episode.hidden_button_pages)
@@ -547,73 +459,44 @@ class TypeProfilePolicy:
         decided = episode.product_views >= plan.views_before_decision
         if decided and not plan.adds_to_cart:
             return "stop"
-        if decided and page.add_to_cart:
+        if decided and page.add_to_cart_buttons:
             episode.in_cart = True
-            return f"click [{page.add_to_cart[0].element_id}]"
+            return f"click [{page.add_to_cart_buttons[0].element_id}]"
         return self._browse_step(episode, page, profile)
 
-    def _browse_step(self, episode: _Episode, page: ShopPage, profile: TypeProfile) -> str:
+    def _browse_step(self, episode: _Episode, page: Page, profile: TypeProfile) -> str:
         rng = episode.rng
-        favourites = page.category_links(profile.top_categories)
+        favourites = category_links(page, profile.top_categories)
         if favourites and not episode.visited_category and rng.random() < self.category_probability:
             episode.visited_category = True
             return f"click [{favourites[int(rng.integers(len(favourites)))].element_id}]"
-        products = page.product_links
+        products = product_links(page)
         scrolls = page.more_below and episode.steps_on_url == 0 and rng.random() < self.scroll_probability
         if products and not scrolls:
             episode.expects_product = True
             return f"click [{products[int(rng.integers(len(products)))].element_id}]"
-        categories = favourites or page.category_links()
+        categories = favourites or category_links(page)
         if categories and episode.steps_on_url >= 1:
             return f"click [{categories[int(rng.integers(len(categories)))].element_id}]"
         if page.more_below and episode.steps_on_url < 2:
             return "scroll down"
         return "back"
 
-    def _checkout_step(self, episode: _Episode, page: ShopPage) -> str:
+    def _checkout_step(self, episode: _Episode, page: Page) -> str:
         """Move a buyer with a full cart towards the order: fill the form, continue, place the order."""
-        for element in page.fields_to_fill():
+        for element in fields_to_fill(page):
             attempt = (page.url, element.name)
             if episode.fill_attempts[attempt] >= self.max_fill_attempts:
                 continue  # the store keeps rejecting or forgetting this field: try the button
             episode.fill_attempts[attempt] += 1
-            if element.role in _SELECT_ROLES:
-                return f'select [{element.element_id}] "{_first_option(element)}"'
+            if element.role in SELECT_ROLES:
+                return f'select [{element.element_id}] "{first_real_option(element)}"'
             if element.role == "radio":
                 return f"click [{element.element_id}]"
             return f'type [{element.element_id}] "{fake_value_for(element.name)}"'
-        if page.checkout and not page.place_order:
+        if page.checkout_buttons and not page.place_order_buttons:
             episode.checking_out = True  # the pages from the next one on are checkout steps
-        for candidates in (page.place_order, page.checkout, page.continue_buttons, page.cart_links):
+        for candidates in (page.place_order_buttons, page.checkout_buttons, page.continue_buttons, page.cart_links):
             if candidates:
                 return f"click [{candidates[0].element_id}]"
         return "scroll down" if page.more_below else "back"
-
-
-def _quoted(text: str) -> list[str]:
-    return re.findall(r'"([^"]*)"', text)
-
-
-def _selected(element: Element) -> str:
-    """The chosen option of a drop-down line (`selected="X" options: ...`), "" when none."""
-    match = re.search(r'selected=((?:"[^"]*"\s*\|?\s*)+)', element.extra)
-    return _quoted(match.group(1))[0] if match else ""
-
-
-def _first_option(element: Element) -> str | None:
-    """The first real option of a drop-down line (`options: "Choose…" | "Germany" | ...`)."""
-    match = re.search(r"options?\s*:\s*(.+)", element.extra, re.IGNORECASE)
-    if not match:
-        return None
-    for option in _quoted(match.group(1)):
-        if not _is_placeholder(option):
-            return option
-    return None
-
-
-def _is_placeholder(option: str) -> bool:
-    return not option.strip() or bool(re.match(r"^\W*(select|choose|please|--|none\b)", option.strip(), re.IGNORECASE))
-
-
-def _is_checked(element: Element) -> bool:
-    return bool(re.search(r"(?<!un)checked", element.extra))

@@ -21,11 +21,26 @@ from agent.actions import ActionError
 from agent.generate import GenerationSettings
 from agent.models import Backend, load_endpoint, load_local
 from agent.persona import PersonaMap
+from codebook.artifact import CodebookArtifact
 from agent.policy import BuyerTurn
 from agent.prompt import PromptConfig, candidate_actions, render_prompt, validate_action
 
 log = logging.getLogger(__name__)
 FALLBACK_ACTION = "scroll down"  # harmless on every page; the harness's step limit ends loops
+
+
+def checked_persona_map(agent_dir: str | Path, codebook: CodebookArtifact | None) -> PersonaMap:
+    """The agent dir's persona map, after checking it was trained for `codebook` (when given)."""
+    persona_map = PersonaMap.load(agent_dir)
+    if codebook is not None:
+        persona_map.check_codebook(codebook, agent_dir)
+    return persona_map
+
+
+def sampling_settings(persona_map: PersonaMap, temperature: float | None, seed: int) -> GenerationSettings:
+    """The agent dir's recorded temperature unless one is given; `seed` is mixed with each buyer's."""
+    chosen = persona_map.sampling.temperature if temperature is None else temperature
+    return GenerationSettings(temperature=chosen, seed=seed)
 
 
 @dataclass
@@ -53,14 +68,26 @@ class LLMPolicy:
     name: str = "llm"
 
     @classmethod
-    def from_dir(cls, agent_dir: str | Path, device: str | None = None, **options) -> "LLMPolicy":
-        """An agent dir written by `simpersona train-agent`, run in this process."""
-        return cls(load_local(agent_dir, device=device), PersonaMap.load(agent_dir), **options)
+    def from_dir(cls, agent_dir: str | Path, codebook: CodebookArtifact | None = None, device: str | None = None,
+                 temperature: float | None = None, seed: int = 0, **options) -> "LLMPolicy":
+        """An agent dir written by `simpersona train-agent`, run in this process.
+
+        It samples at the temperature its persona.json records unless `temperature` is given, and
+        is refused (CodebookMismatchError) when `codebook` is not the one it was trained for.
+        """
+        persona_map = checked_persona_map(agent_dir, codebook)
+        return cls(load_local(agent_dir, device=device), persona_map,
+                   generation=sampling_settings(persona_map, temperature, seed), **options)
 
     @classmethod
-    def from_endpoint(cls, base_url: str, agent_dir: str | Path, model: str | None = None, **options) -> "LLMPolicy":
-        """The same agent served by an OpenAI-compatible server (`vllm serve AGENT_DIR`)."""
-        return cls(load_endpoint(base_url, agent_dir, model), PersonaMap.load(agent_dir), **options)
+    def from_endpoint(cls, base_url: str, agent_dir: str | Path, codebook: CodebookArtifact | None = None,
+                      model: str | None = None, temperature: float | None = None, seed: int = 0,
+                      **options) -> "LLMPolicy":
+        """The same agent served by an OpenAI-compatible server (`vllm serve AGENT_DIR`); agent_dir
+        gives the tokenizer, the persona map and the sampling settings, as for from_dir."""
+        persona_map = checked_persona_map(agent_dir, codebook)
+        return cls(load_endpoint(base_url, agent_dir, model), persona_map,
+                   generation=sampling_settings(persona_map, temperature, seed), **options)
 
     def prompts(self, turns: list[BuyerTurn]) -> list[str]:
         return [

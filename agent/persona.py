@@ -17,18 +17,35 @@ With tied input/output embeddings (SmolLM2, the tiny test model) the output rows
 tensor; untied output rows get the mean of the existing output rows, since persona tokens are only
 ever read, never predicted.
 
-persona.json (in the agent dir) maps code → token: {"num_codes": K, "neutral": "<persona_neutral>",
-"code_to_token": {"0": "<persona_0>", …}, "init": "mean"}.
+persona.json (in the agent dir) maps code → token and describes what the agent is for, the way a
+checkpoint carries its model arguments:
+
+    {"num_codes": K, "neutral": "<persona_neutral>", "code_to_token": {"0": "<persona_0>", …},
+     "init": "mean",
+     "codebook": {"k": K, "content_hash": "<sha256>", "path": "…"},     the codebook it was trained for
+     "traces": {"path": "…", "count": 1234, "content_hash": "<sha256>"}, what it learned from
+     "sampling": {"temperature": 0.7, "chosen_by": "…"}}                 how its actions are drawn
+
+Every command samples the agent at `sampling.temperature` unless told otherwise (evaluate writes the
+temperature its calibration on training shops chose), and `check_codebook` refuses a codebook
+other than the recorded one before any buyer runs. A persona.json without these fields still
+loads; nothing can then be checked, which `check_codebook` says in a warning.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import asdict, dataclass
+import logging
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from codebook.artifact import CodebookArtifact, CodebookIdentity
+
+log = logging.getLogger(__name__)
 
 PERSONA_JSON = "persona.json"
 NEUTRAL_TOKEN = "<persona_neutral>"
@@ -39,14 +56,43 @@ def persona_token(code: int) -> str:
     return f"<persona_{code}>"
 
 
+class CodebookMismatchError(ValueError):
+    """An agent dir is about to run against another codebook than the one it was trained for."""
+
+
+@dataclass(frozen=True)
+class TraceSource:
+    """The traces.jsonl an agent learned from."""
+
+    path: str
+    count: int  # traces (buyer sessions) in the file
+    content_hash: str  # sha256 of the file
+
+    @classmethod
+    def of(cls, path: str | Path, count: int) -> TraceSource:
+        return cls(str(Path(path).resolve()), count, hashlib.sha256(Path(path).read_bytes()).hexdigest())
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How the agent's actions are drawn. It SAMPLES: a type's rates follow the learned frequencies
+    (a greedy agent plays one path per type)."""
+
+    temperature: float = 1.0
+    chosen_by: str = "default"  # or how a calibration chose it
+
+
 @dataclass
 class PersonaMap:
-    """Which token stands for which code; saved as persona.json beside the model."""
+    """Which token stands for which code, and what the agent is for; saved as persona.json."""
 
     num_codes: int
     code_to_token: dict[int, str]
     neutral: str = NEUTRAL_TOKEN
     init: str = "mean"
+    codebook: CodebookIdentity | None = None  # None: trained without naming its codebook
+    traces: TraceSource | None = None
+    sampling: Sampling = field(default_factory=Sampling)
 
     @classmethod
     def for_codes(cls, num_codes: int, init: str = "mean") -> "PersonaMap":
@@ -67,6 +113,25 @@ class PersonaMap:
             raise KeyError(f"persona code {code} is not in persona.json (codes 0..{self.num_codes - 1})")
         return self.code_to_token[code]
 
+    def check_codebook(self, codebook: CodebookArtifact, agent_dir: str | Path) -> None:
+        """Refuse a codebook other than the one the agent was trained for (K or content hash)."""
+        if self.codebook is None:
+            log.warning("%s: %s records no codebook (trained before agent dirs described themselves); "
+                        "nothing can be checked against %s", agent_dir, PERSONA_JSON, codebook.path)
+            return
+        if (self.codebook.k, self.codebook.content_hash) != (codebook.k, codebook.content_hash):
+            raise CodebookMismatchError(
+                f"agent dir {agent_dir} was trained for codebook {self.codebook.describe()}, "
+                f"not for {codebook.identity.describe()}: pass the codebook it was trained for, "
+                "or train an agent for this one (train-agent --codebook)")
+
+    def trained_for(self, codebook: CodebookIdentity | None, traces: TraceSource) -> PersonaMap:
+        """The same map, recording the codebook and the traces the agent was trained on."""
+        return replace(self, codebook=codebook, traces=traces)
+
+    def with_sampling(self, temperature: float, chosen_by: str) -> PersonaMap:
+        return replace(self, sampling=Sampling(float(temperature), chosen_by))
+
     def save(self, directory: str | Path) -> Path:
         path = Path(directory) / PERSONA_JSON
         record = asdict(self)
@@ -82,9 +147,15 @@ class PersonaMap:
         record = json.loads(path.read_text(encoding="utf-8"))
         try:
             mapping = {int(code): token for code, token in record["code_to_token"].items()}
-            return cls(int(record["num_codes"]), mapping, record.get("neutral", NEUTRAL_TOKEN), record.get("init", "mean"))
-        except (KeyError, ValueError, AttributeError) as error:
-            raise ValueError(f"{path}: expected {{'num_codes': int, 'code_to_token': {{code: token}}}} ({error})") from None
+            return cls(
+                int(record["num_codes"]), mapping, record.get("neutral", NEUTRAL_TOKEN), record.get("init", "mean"),
+                codebook=CodebookIdentity(**record["codebook"]) if record.get("codebook") else None,
+                traces=TraceSource(**record["traces"]) if record.get("traces") else None,
+                sampling=Sampling(**record["sampling"]) if record.get("sampling") else Sampling(),
+            )
+        except (KeyError, ValueError, AttributeError, TypeError) as error:
+            raise ValueError(f"{path}: expected {{'num_codes': int, 'code_to_token': {{code: token}}, "
+                             f"'codebook': {{...}}, 'traces': {{...}}, 'sampling': {{...}}}} ({error})") from None
 
 
 def persona_token_ids(tokenizer, persona_map: PersonaMap) -> list[int]:

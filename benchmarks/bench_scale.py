@@ -36,7 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from agent.baselines import TypeProfilePolicy  # noqa: E402
 from bench_simulate import REES46, SHOP, real_catalog, write_codebook  # noqa: E402
 from harness.drivers.browser import BrowserPool  # noqa: E402
-from harness.sim.scale import PolicySpec, ScaleConfig, run_sharded  # noqa: E402
+from harness.sim.policies import PolicySpec  # noqa: E402
+from harness.sim.scale import ScaleConfig, run_sharded  # noqa: E402
 from harness.sim.simulate import SimulationConfig, run_simulation  # noqa: E402
 from storefronts.server import serve_store  # noqa: E402
 
@@ -73,7 +74,7 @@ def ray_workers(store, codebook: Path, out: Path, buyers: int, concurrency: int)
         for shards in (1, 2):
             config = _config(store, codebook, out, f"ray{shards}", buyers, concurrency)
             started = time.perf_counter()
-            result = run_sharded(config, PolicySpec("type-profile", codebook), ScaleConfig(shards=shards))
+            result = run_sharded(config, PolicySpec("type-profile"), ScaleConfig(shards=shards))
             wall = time.perf_counter() - started
             rows.append(_row(f"Ray, {shards} worker{'s' if shards > 1 else ''} x concurrency {concurrency}", result.summary, wall))
             print(f"  {shards} Ray worker(s): {rows[-1]['buyers_per_min']:.1f} buyers/min", flush=True)

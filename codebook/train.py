@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from codebook.artifact import CONFIG_FILE, FEATURES_FILE, METRICS_FILE, MODEL_FILE, SHOP_MIX_FILE, TYPES_FILE
 from codebook.metrics import assignment_metrics
 from codebook.profiles import shop_mix_json, types_json
 from codebook.scaling import FeatureScaler
@@ -54,12 +55,6 @@ from codebook.vqvae import BuyerVQVAE, VQVAEConfig
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-FEATURES_JSON = "features.json"
-SHOP_MIX_FILE = "shop_mix.json"
-TYPES_FILE = "types.json"
-METRICS_FILE = "metrics.json"
 
 
 @dataclass
@@ -159,7 +154,7 @@ class Codebook:
         save_file(state, out_dir / MODEL_FILE)
         config = {"train": asdict(self.config), "model": asdict(self.model.config)}
         _write_json(out_dir / CONFIG_FILE, config)
-        _write_json(out_dir / FEATURES_JSON, {**self.scaler.to_dict(), "meta": self.feature_meta})
+        _write_json(out_dir / FEATURES_FILE, {**self.scaler.to_dict(), "meta": self.feature_meta})
 
 
 @dataclass
@@ -175,11 +170,11 @@ class TrainResult:
 def load_codebook(artifact_dir: Path, device: str = "cpu") -> Codebook:
     """Load a codebook artifact written by train_codebook (or Codebook.save)."""
     artifact_dir = Path(artifact_dir)
-    for name in (MODEL_FILE, CONFIG_FILE, FEATURES_JSON):
+    for name in (MODEL_FILE, CONFIG_FILE, FEATURES_FILE):
         if not (artifact_dir / name).is_file():
             raise FileNotFoundError(f"{artifact_dir}: not a codebook artifact (missing {name})")
     config = json.loads((artifact_dir / CONFIG_FILE).read_text())
-    features = json.loads((artifact_dir / FEATURES_JSON).read_text())
+    features = json.loads((artifact_dir / FEATURES_FILE).read_text())
     known = {f.name for f in fields(TrainConfig)}
     train_config = TrainConfig(**{k: v for k, v in config["train"].items() if k in known})
     model = BuyerVQVAE(VQVAEConfig(**config["model"]))

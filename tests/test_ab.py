@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from agent.baselines import FrictionModel, TypeProfilePolicy
+from codebook.artifact import CodebookArtifact
 from harness.sim.ab import PLOT_FILE, SUMMARY_FILE, ABConfig, arm_populations, run_ab
 from harness.cli import app
 from storefronts.orderlog import read_orders
@@ -135,7 +136,7 @@ def test_same_variant_and_same_seeds_give_identical_outcomes(codebook_dir, catal
 def test_a_a_arms_share_codes_but_not_seeds(codebook_dir, catalog, tmp_path):
     config = ab_config(codebook_dir, catalog, tmp_path, "aa", variant_a="default", aa=True, buyers=200)
     assert config.variant_b == "default"
-    arms = arm_populations(config)
+    arms = arm_populations(config, CodebookArtifact.load(codebook_dir))
     assert [x.code for x in arms["A"]] == [x.code for x in arms["B"]]
     assert not {x.seed for x in arms["A"]} & {x.seed for x in arms["B"]}
     # The plans drawn from independent seeds disagree for some buyers: the arms differ by chance.

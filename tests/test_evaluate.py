@@ -3,8 +3,10 @@
 
 import json
 import math
+from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -18,13 +20,14 @@ from harness.eval.evaluate import (
     evaluate,
     intervals_overlap,
     mix_jsd,
-    population_from_mix,
     select_trace_buyers,
     traced_shops,
     type_oracle_rate,
 )
+from codebook.artifact import CodebookArtifact
 from harness.eval.split import ShopSplit, SplitConfig
 from harness.sim.paired import wilson_interval
+from harness.sim.population import population_from_mix, quota_counts
 
 TMALL_CSV = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tmall_brand_2014" / "t_alibaba_data.csv"
 
@@ -84,13 +87,24 @@ def test_wilson_and_buyers_needed():
     assert buyers_needed(0.9, cap=500, floor=50) == 50
 
 
-def test_population_from_mix_is_reproducible_and_follows_the_mix():
+def test_quota_reproduces_the_mix_exactly_by_largest_remainder():
+    assert quota_counts({3: 0.25, 7: 0.75}, 2000) == {3: 500, 7: 1500}
+    # 10 x (0.34, 0.33, 0.33) = 3.4, 3.3, 3.3: floors 3+3+3, the one left goes to the largest remainder.
+    assert quota_counts({0: 0.34, 1: 0.33, 2: 0.33}, 10) == {0: 4, 1: 3, 2: 3}
+    assert quota_counts({0: 0.5, 1: 0.5}, 3) == {0: 2, 1: 1}  # a tie goes to the smaller code
+    assert quota_counts({0: 0.999, 1: 0.001}, 5) == {0: 5}  # a code whose quota rounds to 0 gets none
+    population = population_from_mix({3: 0.25, 7: 0.75}, 2000, seed=1, shop="a")
+    assert population == population_from_mix({3: 0.25, 7: 0.75}, 2000, seed=1, shop="a")
+    assert Counter(b.code for b in population) == {3: 500, 7: 1500}
+
+
+def test_two_shops_with_the_same_mix_get_independent_buyers():
     mix = {3: 0.25, 7: 0.75}
-    first = population_from_mix(mix, 2000, seed=1)
-    assert first == population_from_mix(mix, 2000, seed=1)
-    assert first[:10] == population_from_mix(mix, 10, seed=1)  # buyer i does not depend on N
-    share = sum(b.code == 7 for b in first) / len(first)
-    assert abs(share - 0.75) < 0.03
+    first, second = population_from_mix(mix, 400, seed=1, shop="1001"), population_from_mix(mix, 400, seed=1, shop="1002")
+    assert Counter(b.code for b in first) == Counter(b.code for b in second)  # the same composition
+    assert not {b.seed for b in first} & {b.seed for b in second}  # but no buyer seed shared
+    same_code = np.mean([a.code == b.code for a, b in zip(first, second)])
+    assert 0.5 < same_code < 0.75  # independent orders agree on 0.25^2 + 0.75^2 = 62.5 % of positions
 
 
 def test_trace_buyers_come_from_training_shops_with_caps():
@@ -206,6 +220,11 @@ def test_end_to_end_on_a_tmall_subset(tmall_subset, tmp_path):
     assert not set(calibration["shops"]) & traced_shops(out / "paper" / "traces" / "traces.jsonl")
     assert set(calibration["tried"]) == {"1", "0.5"} and calibration["chosen"] in (1.0, 0.5)
     assert result["temperature"] == calibration["chosen"]
+    # ... and written into the agent dir, which also names the codebook and traces it was trained on.
+    persona = json.loads((out / "paper" / "agent" / "persona.json").read_text())
+    assert persona["sampling"]["temperature"] == calibration["chosen"]
+    assert persona["codebook"]["content_hash"] == CodebookArtifact.load(out / "paper" / "codebook").content_hash
+    assert persona["traces"]["path"] == str((out / "paper" / "traces" / "traces.jsonl").resolve())
     assert (out / "paper" / "codebook" / "types.json").is_file()
     # The codebook never saw the held-out shop.
     mix = json.loads((out / "paper" / "codebook" / "shop_mix.json").read_text())

@@ -22,8 +22,8 @@ from agent.baselines import (
     TypeProfilePolicy,
     fake_value_for,
     load_type_profiles,
-    parse_elements,
 )
+from agent.page import parse
 from agent.policy import BuyerTurn
 from storefronts.fixtures import rees46_catalog
 
@@ -141,7 +141,7 @@ def test_type_profiles_reject_bad_rates_naming_file_and_code(tmp_path):
     (tmp_path / "types.json").write_text(json.dumps({"types": [{"code": 7, "conversion_rate": 1.5}]}))
     with pytest.raises(TypeProfileError, match=r"types\.json: code 7: 'conversion_rate' must lie in \[0, 1\]"):
         load_type_profiles(tmp_path)
-    with pytest.raises(TypeProfileError, match="not found"):
+    with pytest.raises(TypeProfileError, match="missing: not a codebook artifact directory"):
         load_type_profiles(tmp_path / "missing")
 
 
@@ -230,7 +230,7 @@ def test_observation_elements_are_read_by_role_and_name():
             '[9] combobox "Country" options: "Choose…" | "Germany"',
         ]
     )
-    elements = parse_elements(text)
+    elements = parse(text).elements
     assert [(e.element_id, e.role, e.name) for e in elements] == [
         (1, "link", "Cart, 1 item"),
         (4, "button", "Add to basket"),

@@ -16,7 +16,8 @@ import pytest
 
 from agent.baselines import TypeProfilePolicy
 from agent.policy import BuyerTurn
-from harness.sim.population import ShopMixError, load_shop_mix, sample_population
+from codebook.artifact import CodebookArtifact, ShopMixError
+from harness.sim.population import sample_population
 from harness.sim.rundir import RunDir, RunDirError
 from harness.sim.simulate import PolicyBatcher, simulate
 
@@ -53,22 +54,21 @@ def store(store_variant):
 # --- population ------------------------------------------------------------------------------
 
 
-def test_population_is_seeded_per_buyer_and_follows_the_mix(codebook_dir):
-    population = sample_population(codebook_dir, "mixed", buyers=3000, seed=5)
-    assert population == sample_population(codebook_dir, "mixed", buyers=3000, seed=5)
-    # Buyer i keeps its code and seed whatever the population size.
-    assert sample_population(codebook_dir, "mixed", buyers=10, seed=5) == population[:10]
-    assert population[:10] != sample_population(codebook_dir, "mixed", buyers=10, seed=6)
+def test_population_is_seeded_and_has_the_shops_mix_by_quota(codebook_dir):
+    codebook = CodebookArtifact.load(codebook_dir)
+    population = sample_population(codebook, "mixed", buyers=3000, seed=5)
+    assert population == sample_population(codebook, "mixed", buyers=3000, seed=5)
+    assert population != sample_population(codebook, "mixed", buyers=3000, seed=6)
     assert len({buyer.seed for buyer in population}) == len(population)
     counts = Counter(buyer.code for buyer in population)
-    for code, share in load_shop_mix(codebook_dir, "mixed").items():
-        assert abs(counts[code] / len(population) - share) < 4 * np.sqrt(share * (1 - share) / len(population))
+    for code, share in codebook.shop_mix("mixed").items():
+        assert abs(counts[code] - 3000 * share) < 1  # the quota, not a draw
     assert 3 not in counts  # probability 0 in the mix
 
 
 def test_unknown_shop_is_a_clear_error(codebook_dir):
     with pytest.raises(ShopMixError, match=r"shop_mix\.json: no shop 'nope'; shops in this codebook: high, low, mixed"):
-        load_shop_mix(codebook_dir, "nope")
+        CodebookArtifact.load(codebook_dir).shop_mix("nope")
 
 
 # --- run directory ---------------------------------------------------------------------------
@@ -181,7 +181,7 @@ def test_end_to_end_in_chromium_store_orders_match_trajectories(store, codebook_
 
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["store"] == {"url": store.url, "variant": "default", "ours": True}
-    assert [b["seed"] for b in manifest["seeds"]["buyers"]] == [r.seed for r in sample_population(codebook_dir, "mixed", 20, 1)]
+    assert [b["seed"] for b in manifest["seeds"]["buyers"]] == [r.seed for r in sample_population(CodebookArtifact.load(codebook_dir), "mixed", 20, 1)]
     assert manifest["config"]["policy"] == "type-profile" and manifest["config"]["concurrency"] == 4
     assert "git_revision" in manifest and manifest["versions"]["playwright"]
 

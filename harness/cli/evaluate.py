@@ -10,7 +10,13 @@ from rich.console import Console
 from rich.table import Table
 
 from harness.cli.app import app
+from harness.cli.defaults import default_of
 from harness.drivers import Driver
+from harness.eval.evaluate import EvaluateConfig
+
+
+def _default(name: str):
+    return default_of(EvaluateConfig, name)
 
 
 class Protocol(str, Enum):
@@ -51,38 +57,40 @@ def evaluate(
     catalog: Path = typer.Option(None, "--catalog", exists=True, dir_okay=False, help="catalog.parquet from `simpersona ingest`."),
     input_dir: Path = typer.Option(None, "--input", exists=True, file_okay=False,
                                    help="An ingested directory holding events.parquet and catalog.parquet."),
-    protocol: Protocol = typer.Option(Protocol.paper, "--protocol", help="paper: types from all features; strict: browse-only."),
-    held_out_fraction: float = typer.Option(0.2, "--held-out-fraction", help="Share of eligible shops held out."),
-    min_buyers: int = typer.Option(50, "--min-buyers", min=1, help="Buyers a shop needs to be eligible for held-out."),
+    protocol: Protocol = typer.Option(Protocol(_default("protocol")), "--protocol", help="paper: types from all features; strict: browse-only."),
+    held_out_fraction: float = typer.Option(_default("held_out_fraction"), "--held-out-fraction", help="Share of eligible shops held out."),
+    min_buyers: int = typer.Option(_default("min_buyers"), "--min-buyers", min=1, help="Buyers a shop needs to be eligible for held-out."),
     max_held_out: int = typer.Option(None, "--max-held-out", min=1, help="Cap on held-out shops."),
     buyers_per_shop: int = typer.Option(None, "--buyers-per-shop", min=1,
                                         help="Synthetic buyers per held-out shop (default: 100 (1-p)/p, capped)."),
     max_buyers_per_shop: int = typer.Option(None, "--max-buyers-per-shop", min=1, help="Cap on the automatic number."),
-    driver: Driver = typer.Option(Driver.http, "--driver", help="Driver of the main runs."),
-    browser_check: bool = typer.Option(True, "--browser-check/--no-browser-check",
+    driver: Driver = typer.Option(Driver(_default("driver")), "--driver", help="Driver of the main runs."),
+    browser_check: bool = typer.Option(_default("browser_check"), "--browser-check/--no-browser-check",
                                        help="Also run one held-out shop with headless Chromium and compare."),
     variant: str = typer.Option(None, "--variant", help="Store layout of replays and simulations (default saved_details: signed-in buyers)."),
     codebook_size: int = typer.Option(None, "--codebook-size", min=2, help="Number of buyer types K."),
-    agent_base: str = typer.Option("tiny", "--agent-base", help="'tiny', 'smollm2' or a model directory."),
+    agent_base: str = typer.Option(_default("agent_base"), "--agent-base", help="'tiny', 'smollm2' or a model directory."),
     sft_max_steps: int = typer.Option(None, "--sft-max-steps", min=1, help="Cap on optimiser steps per SFT stage."),
-    sft_rename_shops: bool = typer.Option(False, "--sft-rename-shops",
+    sft_rename_shops: bool = typer.Option(_default("sft_rename_shops"), "--sft-rename-shops",
                                           help="Each SFT epoch shows every trace in a renamed shop (types keep their purchase rate on unseen pages)."),
     traces_per_code: int = typer.Option(None, "--traces-per-code", min=1, help="Training buyers replayed per code."),
     baselines: str = typer.Option(None, "--baselines", help="Comma-separated: no_persona,neutral,type_profile,global_rate."),
     concurrency: int = typer.Option(None, "--concurrency", min=1, help="Buyers in flight per simulation."),
     calibrate_temperatures: str = typer.Option(
         None, "--calibrate-temperatures",
-        help="Comma-separated sampling temperatures tried on training shops; the best is used (default 1.5,1,0.7,0.5; "
-             "'none' keeps --temperature)."),
+        help="Comma-separated sampling temperatures tried on training shops; the best is written into the agent dir "
+             f"(default {','.join(f'{t:g}' for t in _default('calibrate_temperatures'))}; 'none': no calibration)."),
     calibration_shops: int = typer.Option(
         None, "--calibration-shops", min=1,
-        help="Training shops the temperatures are tried on (shops with >= 5 real purchases first; default 3)."),
-    temperature: float = typer.Option(None, "--temperature", min=0.0, help="Sampling temperature when not calibrating."),
+        help=f"Training shops the temperatures are tried on (shops with >= {_default('calibration_min_purchases')} "
+             f"real purchases first; default {_default('calibration_shops')})."),
+    temperature: float = typer.Option(
+        None, "--temperature", min=0.0,
+        help="Sampling temperature of the agents (default: the one the agent dir records, which the calibration writes)."),
     fast: bool = typer.Option(False, "--fast", help="The small preset (few shops, capped buyers; minutes on a laptop)."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(_default("seed"), "--seed"),
 ) -> None:
     """Hold out shops, learn types and the agent on the rest, and compare simulated with real conversion."""
-    from harness.eval.evaluate import EvaluateConfig
     from harness.eval.evaluate import evaluate as run_evaluation
 
     console = Console()
@@ -92,10 +100,8 @@ def evaluate(
     # Options left out keep the default of the chosen preset (--fast or the full one).
     given = dict(max_held_out_shops=max_held_out, buyers_per_shop=buyers_per_shop, max_buyers_per_shop=max_buyers_per_shop,
                  codebook_size=codebook_size, sft_max_steps=sft_max_steps, traces_per_code=traces_per_code,
-                 concurrency=concurrency, variant=variant, calibration_shops=calibration_shops)
+                 concurrency=concurrency, variant=variant, calibration_shops=calibration_shops, temperature=temperature)
     options.update({k: v for k, v in given.items() if v is not None})
-    if temperature is not None:
-        options["temperature"] = temperature
     if calibrate_temperatures is not None:
         names = [name.strip() for name in calibrate_temperatures.split(",") if name.strip()]
         try:

@@ -3,37 +3,41 @@
 Either point it at a running store (--store URL), or give it a catalog (--catalog PATH) and it
 serves our mock store itself for the run, so the store's own order log can confirm every
 conversion buyer by buyer (summary.json, "store_counted").
+
+    simpersona simulate --shop S --codebook DIR --catalog catalog.parquet --policy AGENT_DIR
+    simpersona simulate --shop S --codebook DIR --store http://… --policy http://host:8000/v1 --agent-dir AGENT_DIR
+
+--policy is random, type-profile, an agent dir or an endpoint serving one (harness.sim.policies);
+an agent samples at the temperature its agent dir records unless --temperature is given, and is
+refused before anything runs when --codebook is not the codebook it was trained for.
 """
 
 from __future__ import annotations
 
+import json
 from contextlib import nullcontext
-from enum import Enum
 from pathlib import Path
 
 import typer
 from rich.console import Console
 
+from codebook.artifact import CodebookArtifact
 from harness.cli.app import app
+from harness.cli.defaults import default_of
 from harness.drivers import Driver
+from harness.sim.policies import DEFAULT_POLICY, POLICY_CHOICES, PolicySpec, check_policy
 from harness.sim.rundir import RunDirError
+from harness.sim.simulate import SimulationConfig
 
 STORE_DB_FILE = "store.sqlite"
 INTERRUPT_SIGNALS = {"SIGINT": 2, "SIGTERM": 15}  # exit status 128 + signal number, as shells expect
+POLICY_HELP = f"Which policy drives the buyers: {POLICY_CHOICES}."
+AGENT_DIR_HELP = "With an endpoint --policy: the agent dir it serves (tokenizer, persona.json)."
+TEMPERATURE_HELP = "Sampling temperature of an agent (default: the one its agent dir records; 0: greedy)."
 
 
-class PolicyName(str, Enum):
-    random = "random"
-    type_profile = "type-profile"
-
-
-def make_policy(name: PolicyName, codebook_dir: Path):
-    """A baseline policy by its command-line name."""
-    from agent.baselines import RandomPolicy, TypeProfilePolicy
-
-    if name is PolicyName.random:
-        return RandomPolicy()
-    return TypeProfilePolicy.from_codebook(codebook_dir)
+def _default(name: str):
+    return default_of(SimulationConfig, name)
 
 
 @app.command()
@@ -46,13 +50,15 @@ def simulate(
     ),
     catalog_shop: str = typer.Option(None, "--catalog-shop", help="Shop id of the products to serve from --catalog (default: --shop)."),
     variant: str = typer.Option(None, "--variant", help="Layout variant of the mock store (with --catalog), or a label for --store."),
-    policy: PolicyName = typer.Option(PolicyName.type_profile, "--policy", help="Which policy drives the buyers."),
-    buyers: int = typer.Option(20, "--buyers", min=1, help="Number of synthetic buyers."),
-    concurrency: int = typer.Option(4, "--concurrency", min=1, help="Buyers shopping at the same time."),
-    driver: Driver = typer.Option(Driver.browser, "--driver", help="browser: headless Chromium; http: plain HTTP, no JavaScript."),
-    max_steps: int = typer.Option(40, "--max-steps", min=1, help="Actions per buyer before the episode is cut."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the population (codes and per-buyer seeds)."),
-    out: Path = typer.Option(Path("runs"), "--out", help="Directory that holds run directories."),
+    policy: str = typer.Option(DEFAULT_POLICY, "--policy", help=POLICY_HELP),
+    agent_dir: Path = typer.Option(None, "--agent-dir", file_okay=False, help=AGENT_DIR_HELP),
+    temperature: float = typer.Option(None, "--temperature", min=0.0, help=TEMPERATURE_HELP),
+    buyers: int = typer.Option(_default("buyers"), "--buyers", min=1, help="Number of synthetic buyers."),
+    concurrency: int = typer.Option(_default("concurrency"), "--concurrency", min=1, help="Buyers shopping at the same time."),
+    driver: Driver = typer.Option(Driver(_default("driver")), "--driver", help="browser: headless Chromium; http: plain HTTP, no JavaScript."),
+    max_steps: int = typer.Option(_default("max_steps"), "--max-steps", min=1, help="Actions per buyer before the episode is cut."),
+    seed: int = typer.Option(_default("seed"), "--seed", help="Seed of the population (codes and per-buyer seeds) and of an agent's sampling."),
+    out: Path = typer.Option(_default("out_dir"), "--out", help="Directory that holds run directories."),
     run_id: str = typer.Option(None, "--run-id", help="Name of the run directory (default: time and shop)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out/--run-id: run the buyers it lacks and those that ended in an error; repair damaged lines."),
     allow_host: list[str] = typer.Option([], "--allow-host", help="Another host buyers may visit (repeatable)."),
@@ -63,7 +69,7 @@ def simulate(
     delay_ms: int = typer.Option(0, "--delay-ms", help="With --catalog: delay added to store responses (see --slow-rate)."),
     slow_rate: float = typer.Option(1.0, "--slow-rate", help="With --catalog: share of store requests that get --delay-ms."),
     fault_seed: int = typer.Option(0, "--fault-seed", help="With --catalog: seed choosing which store requests fail."),
-    settle_ms: int = typer.Option(None, "--settle-ms", min=0, help="Browser: wait after each page load (default: the driver's)."),
+    settle_ms: int = typer.Option(_default("settle_ms"), "--settle-ms", min=0, help="Browser: wait after each page load (default: the driver's)."),
     ray: str = typer.Option(
         None, "--ray", help="Shard the buyers over a Ray cluster: 'auto' (a running one, else a local one) or its ADDRESS."
     ),
@@ -81,9 +87,13 @@ def simulate(
         raise typer.BadParameter("--shards needs --ray auto|ADDRESS", param_hint="--shards")
     console = Console()
     try:
+        artifact = CodebookArtifact.load(codebook)
+        spec = PolicySpec(policy, agent_dir=agent_dir, temperature=temperature, seed=seed)
+        check_policy(spec, artifact)  # before a store is served or a buyer runs
         _run(
             console,
-            make_policy(policy, codebook) if ray is None else _policy_spec(policy, codebook),
+            spec,
+            artifact,
             store=store,
             catalog=catalog,
             catalog_shop=catalog_shop or shop,
@@ -91,7 +101,6 @@ def simulate(
             faults=faults,
             scale=_scale_config(ray, shards),
             shop=shop,
-            codebook=codebook,
             out_dir=out,
             run_id=run_id or default_run_id(shop),
             buyers=buyers,
@@ -125,8 +134,8 @@ def _faults(error_rate: float, drop_rate: float, delay_ms: int, slow_rate: float
     return faults
 
 
-def _run(console, policy, *, store, catalog, catalog_shop, variant, shop, codebook, out_dir, run_id, faults=None,
-         scale=None, **options) -> None:
+def _run(console, spec: PolicySpec, codebook: CodebookArtifact, *, store, catalog, catalog_shop, variant, shop,
+         out_dir, run_id, faults=None, scale=None, **options) -> None:
     """Serve the mock store if asked, run the simulation (sharded over Ray when scale is given), print the summary."""
     from harness.sim.simulate import simulate
 
@@ -138,9 +147,11 @@ def _run(console, policy, *, store, catalog, catalog_shop, variant, shop, codebo
         elif variant:
             options["variant"] = variant
         if scale is not None:
-            result = _simulate_sharded(store, shop, codebook, policy, scale, out_dir=out_dir, run_id=run_id, **options)
+            config = SimulationConfig(store_url=store, shop=shop, codebook_dir=codebook.path, out_dir=out_dir,
+                                      run_id=run_id, **options)
+            result = _simulate_sharded(config, spec, scale, codebook)
         else:
-            result = simulate(store, shop, codebook, policy, out_dir=out_dir, run_id=run_id, **options)
+            result = simulate(store, shop, codebook, spec, out_dir=out_dir, run_id=run_id, **options)
     _print_summary(console, result.run_dir, result.summary)
     interrupted = getattr(result, "interrupted", None)  # a sharded run's result may not say
     if interrupted:
@@ -166,6 +177,9 @@ def _print_summary(console: Console, run_dir: Path, summary: dict) -> None:
     rate = summary["conversion_rate"]
     real = summary["real_conversion_rate"]
     console.print(f"[bold]run[/bold] {run_dir}")
+    policy = json.loads((run_dir / "manifest.json").read_text()).get("policy") or {}
+    if "temperature" in policy:
+        console.print(f"policy {policy['name']}, sampling at T={policy['temperature']:g} (seed {policy['seed']})")
     console.print(
         f"buyers {summary['completed']}/{summary['buyers']}  converted {summary['converted']}"
         + (f"  rate {rate:.1%}" if rate is not None else "")
@@ -189,23 +203,15 @@ def _print_summary(console: Console, run_dir: Path, summary: dict) -> None:
         )
 
 
-def _policy_spec(name: PolicyName, codebook_dir: Path):
-    """With --ray, each worker builds the policy itself from this spec."""
-    from harness.sim.scale import PolicySpec
-
-    return PolicySpec(name.value, codebook_dir)
-
-
 def _scale_config(address: str | None, shards: int | None):
     from harness.sim.scale import ScaleConfig
 
     return None if address is None else ScaleConfig(address=address, shards=shards)
 
 
-def _simulate_sharded(store, shop, codebook, spec, scale, **options):
-    """The run split into shards on Ray, merged into one run directory (harness.sim.scale)."""
+def _simulate_sharded(config: SimulationConfig, spec: PolicySpec, scale, codebook: CodebookArtifact):
+    """The run split into shards on Ray, each building the policy itself, merged into one run
+    directory (harness.sim.scale)."""
     from harness.sim.scale import run_sharded
-    from harness.sim.simulate import SimulationConfig
 
-    config = SimulationConfig(store_url=store, shop=shop, codebook_dir=codebook, **options)
-    return run_sharded(config, spec, scale)
+    return run_sharded(config, spec, scale, codebook=codebook)

@@ -107,21 +107,23 @@ def run_loop(config: DemoConfig, run_dir: Path, console: Console) -> dict:
 
 
 def run_demo_ab(config: DemoConfig, eval_dir: Path, catalog: Path, console: Console) -> dict:
-    """A/B of two layouts with the trained persona agent on the largest training shop's mix."""
-    from agent.generate import GenerationSettings
-    from agent.llm_policy import LLMPolicy
+    """A/B of two layouts with the trained persona agent on the largest training shop's mix; the
+    agent samples as its dir records (the evaluation's calibrated temperature)."""
+    from codebook.artifact import CodebookArtifact
     from harness.sim.ab import ABConfig, run_ab
-    from harness.sim.population import SHOP_MIX_FILE
+    from harness.sim.policies import PolicySpec, build_policy, close_policy
 
     work = eval_dir / "paper"
-    mixes = json.loads((work / "codebook" / SHOP_MIX_FILE).read_text())["shops"]
-    shop = max(mixes, key=lambda name: mixes[name].get("n_buyers", 0))
-    policy = LLMPolicy.from_dir(work / "agent", generation=GenerationSettings(temperature=1.0, seed=config.seed),
-                                name="persona")
-    ab_config = ABConfig(shop=shop, codebook_dir=work / "codebook", catalog=catalog, variant_a=DEMO_VARIANT_A,
+    codebook = CodebookArtifact.load(work / "codebook")
+    shop = max(codebook.shops, key=codebook.shop_buyers)
+    policy = build_policy(PolicySpec(str(work / "agent"), seed=config.seed, label="persona"), codebook)
+    ab_config = ABConfig(shop=shop, codebook_dir=codebook.path, catalog=catalog, variant_a=DEMO_VARIANT_A,
                          variant_b=DEMO_VARIANT_B, buyers=config.ab_buyers, seed=config.seed, driver="http", max_steps=30,
                          out_dir=eval_dir, run_id="ab", progress=console.is_terminal)
-    result = asyncio.run(run_ab(ab_config, policy))
+    try:
+        result = asyncio.run(run_ab(ab_config, policy, codebook=codebook))
+    finally:
+        close_policy(policy)
     overall = result.overall
     return {"shop": shop, "variant_a": DEMO_VARIANT_A, "variant_b": DEMO_VARIANT_B, "buyers": config.ab_buyers,
             "delta_cr": overall.delta, "ci": [overall.ci_low, overall.ci_high], "p_value": overall.p_value,

@@ -46,7 +46,9 @@ import numpy as np
 import pandas as pd
 from rich.console import Console
 
-from harness.sim.population import SyntheticBuyer, buyer_seed
+from codebook.artifact import CodebookArtifact
+from harness.sim.policies import PolicySpec, build_policy
+from harness.sim.population import SyntheticBuyer, population_from_mix
 from harness.sim.paired import wilson_interval
 from harness.eval.split import (
     SPLIT_FILE,
@@ -112,10 +114,12 @@ class EvaluateConfig:
     sft_max_steps: int | None = None  # cap on optimiser steps per stage
     sft_max_length: int = 768
     sft_rename_shops: bool = False  # each epoch, every trace in a renamed shop (agent.sft.SFTConfig)
-    temperature: float = 1.0  # the agent SAMPLES its actions: rates follow the learned frequencies
+    # The agents SAMPLE their actions (rates follow the learned frequencies) at this temperature;
+    # None: the one the agent dir records (agent/persona.py), which the calibration below writes.
+    temperature: float | None = None
     # Candidate temperatures tried on a few TRAINING shops (never held-out ones, never ones replayed
-    # into the traces) before the held-out runs; the one with the best alignment there replaces
-    # `temperature` (calibration.json). A small model's probabilities are blurred, and every extra
+    # into the traces) before the held-out runs; the one with the best alignment there is written
+    # into the agent dir (and calibration.json). A small model's probabilities are blurred, and every extra
     # product view is another chance to buy (T < 1); on pages it has never seen it may also hold
     # back from a purchase its type would make (T > 1).
     calibrate_temperatures: tuple[float, ...] = (1.5, 1.0, 0.7, 0.5)
@@ -238,19 +242,6 @@ def buyers_needed(real_rate: float, cap: int, floor: int = 1) -> int:
     return int(min(cap, max(floor, math.ceil(100 * (1 - real_rate) / real_rate))))
 
 
-def population_from_mix(mix: dict[int, float], buyers: int, seed: int) -> list[SyntheticBuyer]:
-    """Draw `buyers` synthetic buyers from a code mix, as harness.sim.population.sample_population
-    does from a codebook's shop_mix.json (held-out shops have no entry there)."""
-    codes = np.array(sorted(mix), dtype=np.int64)
-    probabilities = np.array([mix[c] for c in codes], dtype=float)
-    probabilities /= probabilities.sum()
-    population = []
-    for index in range(buyers):
-        rng = np.random.default_rng(np.random.SeedSequence([seed, index, 1]))
-        population.append(SyntheticBuyer(index, int(rng.choice(codes, p=probabilities)), buyer_seed(seed, index)))
-    return population
-
-
 # ---------------------------------------------------------------------------------------------
 # Steps
 
@@ -337,7 +328,9 @@ async def make_protocol_traces(config: EvaluateConfig, work: Path, console: Cons
 
 
 def train_protocol_agent(config: EvaluateConfig, traces_path: Path, out: Path, one_code: bool, console: Console) -> Path:
-    """The persona agent, or (one_code) the no-persona agent: every trace's code mapped to 0."""
+    """The persona agent, or (one_code) the no-persona agent: every trace's code mapped to 0.
+    Its persona.json records the protocol's codebook and the traces (agent/persona.py)."""
+    from agent.persona import TraceSource
     from agent.sft import SFTConfig, save_agent, train_agent
     from agent.traces import read_traces
 
@@ -359,6 +352,8 @@ def train_protocol_agent(config: EvaluateConfig, traces_path: Path, out: Path, o
         init_noise_scale=1.0 if tiny else 0.1, seed=config.seed,
     )
     result = train_agent(traces, load_agent_base(config, texts), sft)
+    codebook = CodebookArtifact.load(out.parent / "codebook")
+    result.persona_map = result.persona_map.trained_for(codebook.identity, TraceSource.of(traces_path, len(traces)))
     save_agent(result, out, sft, {"traces": str(traces_path), "base_spec": config.agent_base, "one_code": one_code})
     return out
 
@@ -390,22 +385,34 @@ class OneCodePolicy:
             forget(buyer_index)
 
 
-def load_policy(name: str, work: Path, config: EvaluateConfig):
-    from agent.generate import GenerationSettings
-    from agent.llm_policy import LLMPolicy
+AGENT_DIRS = {"persona": "agent", "neutral": "agent", "no_persona": "agent_no_persona"}
 
-    sampling = GenerationSettings(temperature=config.temperature, seed=config.seed)
-    if name == "persona":
-        return LLMPolicy.from_dir(work / "agent", generation=sampling, name="persona")
-    if name == "neutral":
-        return LLMPolicy.from_dir(work / "agent", neutral=True, generation=sampling, name="neutral")
-    if name == "no_persona":
-        return OneCodePolicy(LLMPolicy.from_dir(work / "agent_no_persona", generation=sampling, name="no_persona"))
+
+def agent_temperature(work: Path, config: EvaluateConfig) -> float:
+    """The persona agent's sampling temperature: --temperature, else the one its dir records."""
+    from agent.persona import PersonaMap
+
+    return config.temperature if config.temperature is not None else PersonaMap.load(work / "agent").sampling.temperature
+
+
+def row_spec(name: str, work: Path, config: EvaluateConfig) -> PolicySpec:
+    """The PolicySpec of a simulating row (persona, neutral, no_persona, type_profile)."""
     if name == "type_profile":
-        from agent.baselines import TypeProfilePolicy
+        return PolicySpec("type-profile", label=name)
+    if name not in AGENT_DIRS:
+        raise ValueError(f"no simulating policy called {name!r}")
+    temperature = config.temperature
+    if name == "no_persona":
+        # The baseline agent samples like the persona agent it is compared with (calibrated or not).
+        temperature = agent_temperature(work, config)
+    return PolicySpec(str(work / AGENT_DIRS[name]), temperature=temperature, seed=config.seed,
+                      neutral=name == "neutral", label=name)
 
-        return TypeProfilePolicy.from_codebook(work / "codebook")
-    raise ValueError(f"no simulating policy called {name!r}")
+
+def row_policy(name: str, work: Path, config: EvaluateConfig, codebook: CodebookArtifact):
+    """The live policy of a simulating row, built like every command builds one (build_policy)."""
+    policy = build_policy(row_spec(name, work, config), codebook)
+    return OneCodePolicy(policy) if name == "no_persona" else policy
 
 
 # ---------------------------------------------------------------------------------------------
@@ -451,7 +458,8 @@ async def simulate_shop(config: EvaluateConfig, work: Path, policy_name: str, po
             out_dir=run_root, run_id=plan.shop, resume=(run_dir / "manifest.json").is_file(),
             store_db=store.db_path, our_store=True, variant=config.variant, progress=config.progress,
         )
-        result = await run_simulation(sim, policy, pool=pool, population=plan.population)
+        result = await run_simulation(sim, policy, pool=pool, population=plan.population,
+                                      codebook=CodebookArtifact.load(work / "codebook"))
     return result.summary
 
 
@@ -496,7 +504,7 @@ def plan_shops(config: EvaluateConfig, shops: list[str], codes: pd.DataFrame, re
         real_buyers, real_converted = int(real.loc[shop, "buyers"]), int(real.loc[shop, "converted"])
         n = config.buyers_per_shop or buyers_needed(real_converted / real_buyers, config.max_buyers_per_shop,
                                                     config.min_buyers_per_shop)
-        population = population_from_mix({int(c): float(s) for c, s in mix.items()}, n, config.seed)
+        population = population_from_mix({int(c): float(s) for c, s in mix.items()}, n, config.seed, shop)
         plans.append(ShopPlan(shop, real_buyers, real_converted, {int(c): float(s) for c, s in mix.items()}, population))
     return plans
 
@@ -540,6 +548,33 @@ def per_type_behaviour(work: Path, run_group: str, shops: list[str]) -> dict:
                for name, column in (("steps", "steps"), ("product_views", "product_views"), ("cart", "carted"),
                                     ("conversion", "converted"))}
     return {"types": types, "kruskal": kruskal}
+
+
+def real_type_funnels(events: Path, codes: pd.DataFrame, shops: list[str]) -> dict:
+    """Per code, pooled over the given shops' REAL buyers: the share who viewed a product, carted,
+    purchased; the real counterpart of per_type_behaviour (same shops, same funnel stages)."""
+    import duckdb
+
+    buyers = codes.loc[codes["shop_id"].astype(str).isin(set(shops)), ["shop_id", "buyer_id", "code"]].astype(
+        {"shop_id": str, "buyer_id": str})
+    if buyers.empty:
+        return {}
+    with duckdb.connect() as con:
+        con.register("buyers", buyers)
+        frame = con.execute(
+            """SELECT b.code,
+                      bool_or(e.event_type = 'product_view') AS viewed,
+                      bool_or(e.event_type = 'add_to_cart') AS carted,
+                      bool_or(e.event_type = 'purchase') AS purchased
+               FROM buyers b LEFT JOIN read_parquet(?) e
+                 ON CAST(e.shop_id AS VARCHAR) = b.shop_id AND CAST(e.buyer_id AS VARCHAR) = b.buyer_id
+               GROUP BY b.shop_id, b.buyer_id, b.code""",
+            [str(events)],
+        ).df()
+    frame = frame.fillna(False)
+    return {str(code): {"buyers": len(g), "viewed_rate": float(g["viewed"].mean()), "cart_rate": float(g["carted"].mean()),
+                        "conversion_rate": float(g["purchased"].mean())}
+            for code, g in frame.groupby("code")}
 
 
 def trace_code_rates(traces_path: Path) -> dict[str, dict]:
@@ -586,18 +621,17 @@ async def run_protocol(config: EvaluateConfig, protocol: str, split: ShopSplit, 
     plans = plan_shops(config, split.held_out, codes, real)
     needs_agent = any(p in LLM_POLICIES for p in config.policies)
     traces_path = await make_protocol_traces(config, work, console) if needs_agent else None
+    codebook = CodebookArtifact.load(work / "codebook")
     calibration = None
     if needs_agent:
         train_protocol_agent(config, traces_path, work / "agent", False, console)
-        calibration = await calibrate_temperature(config, work, split, codes, real, traces_path, console)
-        if calibration is not None:
-            config = replace(config, temperature=calibration["chosen"])
+        calibration = await calibrate_temperature(config, work, split, codes, real, traces_path, codebook, console)
     if "no_persona" in config.policies:
         train_protocol_agent(config, traces_path, work / "agent_no_persona", True, console)
 
     rows: list[dict] = []
     for policy_name in config.policies:
-        policy = load_policy(policy_name, work, config)
+        policy = row_policy(policy_name, work, config, codebook)
         for plan in plans:
             console.print(f"[bold]{protocol}[/] · {policy_name} · shop {plan.shop}: {len(plan.population)} buyers "
                           f"(real rate {plan.real_rate:.1%} of {plan.real_buyers})")
@@ -625,10 +659,11 @@ async def run_protocol(config: EvaluateConfig, protocol: str, split: ShopSplit, 
                      for name in dict.fromkeys(r["policy"] for r in rows)},
         "type_mix": {"mean_jsd": float(np.mean([m["jsd"] for m in mixes.values()])) if mixes else None, "shops": mixes},
         "per_type": behaviour,
+        "real_per_type": real_type_funnels(config.events, codes, [p.shop for p in plans]),
         "agent_check": agent_code_check(trace_code_rates(traces_path), behaviour) if traces_path else None,
         "browser_check": browser,
         "calibration": calibration,
-        "temperature": config.temperature,
+        "temperature": agent_temperature(work, config) if needs_agent else None,
         "shops": rows,
     }
     (work / RESULTS_FILE).write_text(json.dumps(result, indent=1, default=_json_default) + "\n")
@@ -658,27 +693,29 @@ def traced_shops(traces_path: Path) -> frozenset[str]:
 
 
 async def calibrate_temperature(config: EvaluateConfig, work: Path, split: ShopSplit, codes: pd.DataFrame,
-                                real: pd.DataFrame, traces_path: Path, console: Console) -> dict | None:
-    """Simulate calibration shops at each candidate temperature with the persona agent; keep the best."""
+                                real: pd.DataFrame, traces_path: Path, codebook: CodebookArtifact,
+                                console: Console) -> dict | None:
+    """Simulate calibration shops at each candidate temperature with the persona agent; keep the
+    best, and write it into the agent dir, where every command that runs the agent reads it."""
     if not config.calibrate_temperatures:
         return None
     path = work / CALIBRATION_FILE
     if path.is_file():
-        return json.loads(path.read_text())
+        record = json.loads(path.read_text())
+        record_calibrated_temperature(work / "agent", record)
+        return record
     seen = traced_shops(traces_path)
     shops = calibration_shop_ids(split, real, config.calibration_shops, config.seed, seen,
                                  config.calibration_min_purchases)
     if not shops:
         console.print("calibration skipped: no training shop outside the traces has a purchase; "
-                      f"sampling at T={config.temperature:g}")
+                      f"sampling at T={agent_temperature(work, config):g}")
         return None
     plans = plan_shops(replace(config, max_buyers_per_shop=config.calibration_buyers), shops, codes, real)
-    from agent.generate import GenerationSettings
-
-    agent = load_policy("persona", work, config)  # loaded once; only the sampling temperature changes
+    agent = row_policy("persona", work, config, codebook)  # loaded once; only the sampling temperature changes
     tried = {}
     for temperature in config.calibrate_temperatures:
-        policy = replace(agent, generation=GenerationSettings(temperature=temperature, seed=config.seed))
+        policy = replace(agent, generation=replace(agent.generation, temperature=temperature))
         rows = []
         for plan in plans:
             console.print(f"[bold]calibration[/] · T={temperature:g} · training shop {plan.shop}: {len(plan.population)} buyers")
@@ -688,9 +725,18 @@ async def calibrate_temperature(config: EvaluateConfig, work: Path, split: ShopS
     chosen = max(tried.values(), key=lambda result: result["alignment"])["temperature"]
     record = {"shops": shops, "chosen": chosen, "skipped_traced_shops": len(seen), "tried": tried}
     path.write_text(json.dumps(record, indent=1, default=_json_default) + "\n")
+    record_calibrated_temperature(work / "agent", record)
     console.print("calibration: alignment on training shops " + ", ".join(
         f"T={t} {r['alignment']:.3f}" for t, r in tried.items()) + f"; sampling at T={chosen:g}")
     return record
+
+
+def record_calibrated_temperature(agent_dir: Path, calibration: dict) -> None:
+    """Write the calibration's temperature into the agent dir's persona.json (sampling)."""
+    from agent.persona import PersonaMap
+
+    chosen_by = f"calibration on training shops {', '.join(map(str, calibration['shops']))} (best alignment)"
+    PersonaMap.load(agent_dir).with_sampling(calibration["chosen"], chosen_by).save(agent_dir)
 
 
 async def browser_check(config: EvaluateConfig, work: Path, plans: list[ShopPlan]) -> dict:
@@ -698,7 +744,7 @@ async def browser_check(config: EvaluateConfig, work: Path, plans: list[ShopPlan
     the two store-counted rates should agree within their Wilson intervals."""
     plan = max(plans, key=lambda p: p.real_buyers)
     plan = replace(plan, population=plan.population[: config.browser_buyers])
-    policy = load_policy("persona", work, config)
+    policy = row_policy("persona", work, config, CodebookArtifact.load(work / "codebook"))
     browser = await simulate_shop(config, work, "persona", policy, plan, "browser", "persona_browser")
     http = await simulate_shop(config, work, "persona", policy, plan, config.driver, "persona_http_check")
     rows = {driver: shop_row("persona", plan, summary, driver) for driver, summary in (("browser", browser), (config.driver, http))}

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from codebook.artifact import CodebookArtifact
 from harness.sim.paired import DEFAULT_ALPHA, DEFAULT_BOOTSTRAP, PairedEffect, paired_effect, per_type_effects, wilson_interval
 from harness.sim.population import SyntheticBuyer, sample_population
 from harness.sim.simulate import SimulationConfig, default_run_id, run_simulation
@@ -122,9 +123,9 @@ def independent_seed(run_seed: int, buyer_index: int) -> int:
     return int(np.random.SeedSequence([run_seed, buyer_index, 2]).generate_state(1)[0])
 
 
-def arm_populations(config: ABConfig) -> dict[str, list[SyntheticBuyer]]:
+def arm_populations(config: ABConfig, codebook: CodebookArtifact) -> dict[str, list[SyntheticBuyer]]:
     """The buyers of each arm: identical for A/B; for A/A the same codes with independent seeds."""
-    population = sample_population(config.codebook_dir, config.shop, config.buyers, config.seed)
+    population = sample_population(codebook, config.shop, config.buyers, config.seed)
     if not config.aa:
         return {"A": population, "B": population}
     reseeded = [replace(buyer, seed=independent_seed(config.seed, buyer.buyer_index)) for buyer in population]
@@ -153,20 +154,25 @@ def serve_arm_stores(config: ABConfig, stack: ExitStack, db_dir: Path) -> dict[s
 # The run
 
 
-async def run_ab(config: ABConfig, policy, stores: dict[str, object] | None = None, plot: bool = True) -> ABResult:
+async def run_ab(config: ABConfig, policy, stores: dict[str, object] | None = None, plot: bool = True,
+                 codebook: CodebookArtifact | None = None) -> ABResult:
     """Run both arms one after the other, then compare them; writes ab_summary.json (+ the plot).
 
     stores: already running mock stores per arm ({"A": RunningStore, "B": ...}) to use instead of
         serving new ones (the A/A calibration keeps two stores up across its repeats).
+    codebook: the artifact at config.codebook_dir, already loaded (loaded here when not given).
     """
-    populations = arm_populations(config)
+    if codebook is None:
+        codebook = CodebookArtifact.load(config.codebook_dir)
+    populations = arm_populations(config, codebook)
     config.run_dir.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
         if stores is None and config.ours:
             stores = serve_arm_stores(config, stack, config.run_dir)
         arms = {}
         for arm in ARMS:
-            arms[arm] = await run_simulation(arm_config(config, arm, stores), policy, population=populations[arm])
+            arms[arm] = await run_simulation(arm_config(config, arm, stores), policy, population=populations[arm],
+                                             codebook=codebook)
         store_orders = {arm: _orders_by_buyer(stores[arm].db_path, f"{config.run_id}/{arm}") for arm in ARMS} if stores else None
     return finish_ab(config, populations, arms, store_orders, getattr(policy, "name", type(policy).__name__), plot)
 
@@ -385,7 +391,8 @@ def plot_pvalue_histogram(p_values: list[float], alpha: float, path: Path, title
 # A/A calibration
 
 
-async def run_aa_calibration(config: ABConfig, policy, repeats: int, on_repeat=None) -> dict:
+async def run_aa_calibration(config: ABConfig, policy, repeats: int, on_repeat=None,
+                             codebook: CodebookArtifact | None = None) -> dict:
     """Repeat A/A runs (seed, seed+1, …) and report the false-positive rate at config.alpha.
 
     The two mock stores stay up across repeats; repeat r writes runs/<run_id>/rep_<r>/ (A/, B/,
@@ -394,6 +401,8 @@ async def run_aa_calibration(config: ABConfig, policy, repeats: int, on_repeat=N
     """
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
+    if codebook is None:
+        codebook = CodebookArtifact.load(config.codebook_dir)
     base = replace(config, aa=True)
     base.run_dir.mkdir(parents=True, exist_ok=True)
     results = []
@@ -401,7 +410,7 @@ async def run_aa_calibration(config: ABConfig, policy, repeats: int, on_repeat=N
         stores = serve_arm_stores(base, stack, base.run_dir) if base.ours else None
         for repeat in range(repeats):
             one = replace(base, seed=base.seed + repeat, run_id=f"{base.run_id}/rep_{repeat:03d}", progress=False)
-            result = await run_ab(one, policy, stores=stores, plot=False)
+            result = await run_ab(one, policy, stores=stores, plot=False, codebook=codebook)
             results.append(result)
             # Written after every repeat, so a long calibration cut short still has its figures.
             calibration = calibration_summary(base, results) | {"complete": len(results) == repeats, "repeats_planned": repeats}

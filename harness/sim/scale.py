@@ -2,8 +2,9 @@
 
 Past one machine (DESIGN.md, "Runs at scale"), the population is sampled ONCE on the driver and
 every Ray task runs the buyers of one shard: those with buyer_index % shards == shard. Each task
-builds its own policy from a PolicySpec (a name, an agent dir or an endpoint URL, never a live
-object), opens its own browser pool, and runs
+builds its own policy with harness.sim.policies.build_policy from a PolicySpec (a name, an agent
+dir or an endpoint URL, never a live object; checked against the codebook on the driver first),
+opens its own browser pool, and runs
 
     asyncio.run(run_simulation(shard_config, policy, population=population))
 
@@ -30,77 +31,22 @@ import asyncio
 import json
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from codebook.artifact import CodebookArtifact
+from harness.sim.policies import PolicySpec, build_policy, check_policy, close_policy, policy_record
 from harness.sim.population import SyntheticBuyer, sample_population
 from harness.sim.rundir import RunDir, RunDirError
 from harness.sim.simulate import SimulationConfig, SimulationResult, build_manifest, run_simulation, summarize
 
 SHARDS_DIR = "shards"
-BASELINE_POLICIES = ("random", "type-profile")
 
 
 # ---------------------------------------------------------------------------------------------
-# Policies built inside the worker
-
-
-@dataclass(frozen=True)
-class PolicySpec:
-    """What a worker needs to build the policy itself.
-
-    name: "random", "type-profile" (reads codebook_dir), an agent dir written by train-agent (run
-    in the worker's process), or an http(s):// URL of an OpenAI-compatible endpoint serving an
-    agent (`vllm serve AGENT_DIR`; then agent_dir gives the tokenizer and persona map).
-    """
-
-    name: str
-    codebook_dir: Path | None = None
-    agent_dir: Path | None = None
-    endpoint_model: str | None = None  # the served model name; default: the agent dir's path
-
-    @property
-    def is_endpoint(self) -> bool:
-        return self.name.startswith(("http://", "https://"))
-
-    def check(self) -> None:
-        """Fail on the driver, before any worker starts, when the spec cannot be built."""
-        if self.name == "type-profile" and self.codebook_dir is None:
-            raise ValueError("policy 'type-profile' needs the codebook directory")
-        if self.is_endpoint:
-            if self.agent_dir is None or not Path(self.agent_dir).is_dir():
-                raise ValueError(f"policy endpoint {self.name} needs --agent-dir, the agent dir it serves "
-                                 f"(its tokenizer and persona.json); got {self.agent_dir}")
-        elif self.name not in BASELINE_POLICIES and not Path(self.name).is_dir():
-            raise ValueError(f"policy must be one of {', '.join(BASELINE_POLICIES)}, an agent directory or an "
-                             f"http(s):// endpoint URL; {self.name!r} is none of these")
-
-    def resolved(self) -> "PolicySpec":
-        """The same spec with absolute paths: a Ray worker may run in another directory."""
-        def absolute(path):
-            return None if path is None else Path(path).resolve()
-
-        name = self.name if self.is_endpoint or self.name in BASELINE_POLICIES else str(Path(self.name).resolve())
-        return replace(self, name=name, codebook_dir=absolute(self.codebook_dir), agent_dir=absolute(self.agent_dir))
-
-    def build(self):
-        """The live policy (called in the worker)."""
-        self.check()
-        if self.name == "random":
-            from agent.baselines import RandomPolicy
-
-            return RandomPolicy()
-        if self.name == "type-profile":
-            from agent.baselines import TypeProfilePolicy
-
-            return TypeProfilePolicy.from_codebook(self.codebook_dir)
-        from agent.llm_policy import LLMPolicy
-
-        if self.is_endpoint:
-            return LLMPolicy.from_endpoint(self.name, self.agent_dir, self.endpoint_model)
-        return LLMPolicy.from_dir(self.name)
+# Policy statistics
 
 
 def policy_stats(policy) -> dict | None:
@@ -177,21 +123,20 @@ def shard_config(config: SimulationConfig, index: int, count: int) -> ShardConfi
     return ShardConfig(**fields)
 
 
-def run_shard(config: ShardConfig, spec: PolicySpec, population: list[SyntheticBuyer]) -> dict:
+def run_shard(config: ShardConfig, spec: PolicySpec, population: list[SyntheticBuyer], codebook: CodebookArtifact) -> dict:
     """One shard, in a Ray worker: build the policy, run the shard's buyers, hand back the records."""
-    policy = spec.build()
+    policy = build_policy(spec, codebook)
     try:
-        result = asyncio.run(run_simulation(config, policy, population=population))
+        result = asyncio.run(run_simulation(config, policy, population=population, codebook=codebook))
     finally:
-        close = getattr(getattr(policy, "backend", None), "close", None)
-        if close is not None:
-            close()
+        close_policy(policy)
     stats = getattr(getattr(policy, "backend", None), "request_stats", None)
     return {
         "shard": list(config.shard),
         "run_dir": str(result.run_dir),
         "node": os.uname().nodename,
         "summary": result.summary,
+        "policy": policy_record(policy),
         "trajectories": result.trajectories,  # via Ray, so the driver needs no shared filesystem
         "request_stats": None if stats is None else stats.to_state(),
     }
@@ -206,14 +151,21 @@ def run_sharded(
     spec: PolicySpec,
     scale: ScaleConfig = ScaleConfig(),
     population: list[SyntheticBuyer] | None = None,
+    codebook: CodebookArtifact | None = None,
 ) -> SimulationResult:
-    """Run config's population sharded over Ray and merge the shards into config.run_dir."""
+    """Run config's population sharded over Ray and merge the shards into config.run_dir.
+
+    codebook: the artifact at config.codebook_dir, already loaded (loaded here when not given).
+    The policy spec is checked against it here, on the driver, before any worker starts.
+    """
     import ray
 
-    spec.check()
+    if codebook is None:
+        codebook = CodebookArtifact.load(config.codebook_dir)
+    check_policy(spec, codebook)
     spec = spec.resolved()
     if population is None:
-        population = sample_population(config.codebook_dir, config.shop, config.buyers, config.seed)
+        population = sample_population(codebook, config.shop, config.buyers, config.seed)
     elif len(population) != config.buyers:
         raise ValueError(f"config.buyers is {config.buyers} but the population given has {len(population)} buyers")
     run = RunDir(config.run_dir)
@@ -225,15 +177,15 @@ def run_sharded(
         count = shard_count(scale, len(population))
         configs = [shard_config(config, index, count) for index in range(count)]
         task = ray.remote(run_shard).options(num_cpus=scale.cpus_per_shard, max_retries=0)
-        population_ref = ray.put(population)
+        population_ref, codebook_ref = ray.put(population), ray.put(codebook)
         started = time.perf_counter()
-        pending = {task.remote(shard, spec, population_ref): shard.shard[0] for shard in configs}
+        pending = {task.remote(shard, spec, population_ref, codebook_ref): shard.shard[0] for shard in configs}
         results = _wait_for_shards(pending, config.progress)
         elapsed = time.perf_counter() - started
     finally:
         if started_ray:
             ray.shutdown()
-    return merge_shards(config, population, results, elapsed, scale)
+    return merge_shards(config, population, results, elapsed, scale, codebook)
 
 
 class ShardError(RuntimeError):
@@ -265,7 +217,8 @@ def _wait_for_shards(pending: dict, show_progress: bool) -> list[dict]:
 
 
 def merge_shards(
-    config: SimulationConfig, population: list[SyntheticBuyer], results: list[dict], elapsed_s: float, scale: ScaleConfig
+    config: SimulationConfig, population: list[SyntheticBuyer], results: list[dict], elapsed_s: float, scale: ScaleConfig,
+    codebook: CodebookArtifact,
 ) -> SimulationResult:
     """Write runs/<run_id>/ from the shard results: trajectories by buyer_index, summary over all."""
     records: dict[int, dict] = {}
@@ -276,7 +229,7 @@ def merge_shards(
     summaries = [result["summary"] for result in results]
     config.policy = summaries[0]["policy"] if summaries else config.policy
 
-    manifest = build_manifest(config, population)
+    manifest = build_manifest(config, population, codebook, results[0]["policy"] if results else None)
     manifest["shards"] = {
         "count": len(results),
         "ray_address": scale.address,
@@ -289,7 +242,8 @@ def merge_shards(
     throughput_parts = [summary["throughput"] for summary in summaries]
     steps = sum(part["steps_this_session"] for part in throughput_parts)
     buyers_now = sum(part["buyers_this_session"] for part in throughput_parts)
-    summary = summarize(trajectories, config, population, elapsed_s, steps, buyers_now, [], session=_merged_session(summaries))
+    summary = summarize(trajectories, config, population, codebook, elapsed_s, steps, buyers_now, [],
+                        session=_merged_session(summaries))
     calls = sum(part["policy_calls"] for part in throughput_parts)
     summary["throughput"].update(
         policy_calls=calls,

@@ -63,7 +63,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from agent.actions import ActionError, parse_action
 from agent.policy import BuyerTurn, Policy
 from harness.drivers import check_driver, open_pool
-from harness.sim.population import ShopMixError, SyntheticBuyer, load_shop_mix, sample_population
+from codebook.artifact import CodebookArtifact, ShopMixError
+from harness.sim.policies import PolicySpec, build_policy, close_policy, policy_record
+from harness.sim.population import SyntheticBuyer, sample_population
 from harness.sim.rundir import RunDir, command_line, git_revision, package_versions
 
 log = logging.getLogger("simpersona.simulate")
@@ -343,7 +345,11 @@ def make_guard(config: SimulationConfig):
 
 
 async def run_simulation(
-    config: SimulationConfig, policy: Policy, pool=None, population: list[SyntheticBuyer] | None = None
+    config: SimulationConfig,
+    policy: Policy,
+    pool=None,
+    population: list[SyntheticBuyer] | None = None,
+    codebook: CodebookArtifact | None = None,
 ) -> SimulationResult:
     """Run (or resume) a simulation; returns the run directory and its summary.
 
@@ -352,13 +358,18 @@ async def run_simulation(
     population: the buyers to run, instead of sampling config.buyers from the shop's mix in the
         codebook (held-out shops have no entry there; A/B arms share one population). Recorded in
         the manifest like a sampled one, so a resume must pass the same population.
+    codebook: the artifact at config.codebook_dir, already loaded; loaded here when the population
+        is to be sampled. A run given its population and no codebook has no real rates to compare.
     """
     config.policy = getattr(policy, "name", type(policy).__name__)
+    if codebook is None and population is None:
+        codebook = CodebookArtifact.load(config.codebook_dir)
     if population is None:
-        population = sample_population(config.codebook_dir, config.shop, config.buyers, config.seed)
+        population = sample_population(codebook, config.shop, config.buyers, config.seed)
     elif len(population) != config.buyers:
         raise ValueError(f"config.buyers is {config.buyers} but the population given has {len(population)} buyers")
-    run = RunDir.open(config.run_dir, build_manifest(config, population), resume=config.resume)
+    manifest = build_manifest(config, population, codebook, policy_record(policy))
+    run = RunDir.open(config.run_dir, manifest, resume=config.resume)
     finished_before = run.latest_records() if config.resume else []
     # A resume reruns the buyers with no record and those whose record is an infrastructure error.
     done = {record["buyer_index"] for record in finished_before if record["outcome"] != "error"}
@@ -437,7 +448,8 @@ async def run_simulation(
         "rejected_lines": len(run.rejected_this_session),
     }
     summary = summarize(
-        trajectories, config, population, elapsed, counts["steps"], counts["written"], batcher.batch_sizes, session=session
+        trajectories, config, population, codebook, elapsed, counts["steps"], counts["written"], batcher.batch_sizes,
+        session=session,
     )
     if stop["signal"] is None and summary["missing_buyers"]:
         log.warning("%d buyers of %s have no record; a resume runs them", summary["missing_buyers"], run.path)
@@ -519,35 +531,27 @@ def stop_on_signals(callback, enabled: bool = True):
 def simulate(
     store_url: str,
     shop: str,
-    codebook_dir: str | Path,
-    policy: Policy,
-    *,
-    buyers: int = 20,
-    concurrency: int = 4,
-    driver: str = "browser",
-    max_steps: int = 40,
-    seed: int = 0,
-    out_dir: str | Path = "runs",
-    run_id: str | None = None,
-    resume: bool = False,
+    codebook: CodebookArtifact | str | Path,
+    policy: Policy | PolicySpec | str,
     **options,
 ) -> SimulationResult:
-    """Synchronous entry point; `options` are the other SimulationConfig fields."""
-    config = SimulationConfig(
-        store_url=store_url,
-        shop=shop,
-        codebook_dir=Path(codebook_dir),
-        buyers=buyers,
-        concurrency=concurrency,
-        driver=driver,
-        max_steps=max_steps,
-        seed=seed,
-        out_dir=Path(out_dir),
-        run_id=run_id,
-        resume=resume,
-        **options,
-    )
-    return asyncio.run(run_simulation(config, policy))
+    """Synchronous entry point; `options` are the other SimulationConfig fields (buyers, driver, …).
+
+    codebook: the codebook artifact, loaded (codebook.artifact) or its directory.
+    policy: a live policy, or what build_policy builds one from: a PolicySpec, or its name alone
+    (random | type-profile | AGENT_DIR | http(s)://ENDPOINT).
+    """
+    if not isinstance(codebook, CodebookArtifact):
+        codebook = CodebookArtifact.load(codebook)
+    config = SimulationConfig(store_url=store_url, shop=shop, codebook_dir=codebook.path, **options)
+    if isinstance(policy, (PolicySpec, str)):
+        spec = policy if isinstance(policy, PolicySpec) else PolicySpec(policy, seed=config.seed)
+        built = build_policy(spec, codebook)
+        try:
+            return asyncio.run(run_simulation(config, built, codebook=codebook))
+        finally:
+            close_policy(built)
+    return asyncio.run(run_simulation(config, policy, codebook=codebook))
 
 
 def _progress_bar(enabled: bool) -> Progress:
@@ -562,12 +566,16 @@ def _progress_bar(enabled: bool) -> Progress:
     )
 
 
-def build_manifest(config: SimulationConfig, population: list[SyntheticBuyer]) -> dict:
+def build_manifest(config: SimulationConfig, population: list[SyntheticBuyer], codebook: CodebookArtifact | None = None,
+                   policy: dict | None = None) -> dict:
+    """manifest.json; `policy` is policy_record(policy): its name and, for an agent, how it samples."""
     return {
         "run_id": config.run_id,
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": command_line(),
         "config": {key: _plain(value) for key, value in asdict(config).items()},
+        "codebook": None if codebook is None else asdict(codebook.identity),
+        "policy": policy,
         "seeds": {
             "run_seed": config.seed,
             "buyers": [{"buyer_index": b.buyer_index, "code": b.code, "seed": b.seed} for b in population],
@@ -595,6 +603,7 @@ def summarize(
     trajectories: list[dict],
     config: SimulationConfig,
     population: list[SyntheticBuyer],
+    codebook: CodebookArtifact | None,
     elapsed_s: float,
     steps_this_session: int,
     buyers_this_session: int,
@@ -614,7 +623,7 @@ def summarize(
     expected = {buyer.buyer_index for buyer in population if in_shard(buyer, config.shard)}
     recorded = {record["buyer_index"] for record in trajectories}
     outcomes = Counter(record["outcome"] for record in trajectories)
-    real_rates = real_conversion_rates(config.codebook_dir)
+    real_rates = codebook.real_conversion_rates() if codebook is not None else {}
     per_type: dict[str, dict] = {}
     for code in sorted({record["code"] for record in trajectories}):
         members = [record for record in trajectories if record["code"] == code]
@@ -625,11 +634,7 @@ def summarize(
             "conversion_rate": converted / len(members),
             "real_conversion_rate": real_rates.get(code),
         }
-    try:
-        mix = load_shop_mix(config.codebook_dir, config.shop)
-    except ShopMixError:  # a shop the codebook never saw: the population itself is its mix
-        drawn = Counter(buyer.code for buyer in population)
-        mix = {code: n / len(population) for code, n in drawn.items()}
+    mix = _type_mix(codebook, config.shop, population)
     known = {code: p for code, p in mix.items() if code in real_rates}
     real_overall = (
         sum(p * real_rates[code] for code, p in known.items()) / sum(known.values()) if known else None
@@ -673,14 +678,15 @@ def summarize(
     }
 
 
-def real_conversion_rates(codebook_dir: Path) -> dict[int, float]:
-    """Real conversion rate per code from types.json ({} when the artifact has none)."""
-    from agent.baselines import TypeProfileError, load_type_profiles
-
-    try:
-        return {code: profile.conversion_rate for code, profile in load_type_profiles(codebook_dir).items()}
-    except TypeProfileError:
-        return {}
+def _type_mix(codebook: CodebookArtifact | None, shop: str, population: list[SyntheticBuyer]) -> dict[int, float]:
+    """The shop's type mix in the codebook; for a shop it never saw (or no codebook), the population's own."""
+    if codebook is not None:
+        try:
+            return codebook.shop_mix(shop)
+        except ShopMixError:
+            pass
+    drawn = Counter(buyer.code for buyer in population)
+    return {code: n / len(population) for code, n in drawn.items()}
 
 
 def store_counted_conversions(db_path: Path, run_id: str, trajectories: list[dict]) -> dict:
