@@ -36,7 +36,7 @@ from rich.console import Console
 from rich.table import Table
 
 from harness.drivers.browser import BrowserPool
-from harness.drivers.http_driver import SoupWalker, css_hidden_ids
+from harness.drivers.soup_walk import SoupWalker, css_hidden_ids
 from harness.drivers.observation import render
 from harness.drivers.safety import SiteGuard
 

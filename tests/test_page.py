@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.page import Element, Page, element_state, names_cart, parse, render
-from harness.drivers.http_driver import SoupWalker, css_hidden_ids
+from harness.drivers.soup_walk import SoupWalker, css_hidden_ids
 from harness.drivers.observation import render as render_snapshot
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
