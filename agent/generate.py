@@ -71,17 +71,24 @@ class SeededSampling(LogitsProcessor):
 
     argmax(logits / T + Gumbel noise) is a draw from softmax(logits / T); generating the noise from
     a per-row generator makes each row's draw independent of its batch neighbours.
+
+    The generators live on the device of the scores (created at the first step), so on a GPU the
+    noise never crosses to the CPU; a seed draws the same stream on every run on the same kind of
+    device, whatever the batch (a CPU and a CUDA stream differ).
     """
 
     def __init__(self, temperature: float, row_seeds: list[int]):
         self.temperature = temperature
-        self.generators = [torch.Generator().manual_seed(int(seed)) for seed in row_seeds]
+        self.row_seeds = [int(seed) for seed in row_seeds]
+        self.generators: list[torch.Generator] | None = None
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.generators is None:
+            self.generators = [torch.Generator(device=scores.device).manual_seed(seed) for seed in self.row_seeds]
         noisy = scores.float() / self.temperature
         for row, generator in enumerate(self.generators):
-            uniform = torch.rand(scores.shape[1], generator=generator).clamp_(1e-10, 1.0)
-            noisy[row] = noisy[row] - torch.log(-torch.log(uniform)).to(noisy.device)
+            uniform = torch.rand(scores.shape[1], generator=generator, device=scores.device).clamp_(1e-10, 1.0)
+            noisy[row] = noisy[row] - torch.log(-torch.log(uniform))
         return noisy
 
 

@@ -203,7 +203,8 @@ def add_persona_tokens(
 
 
 def _init_rows(weight, old_rows, new_ids, init, centroids, noise_scale, generator) -> None:
-    existing = weight[:old_rows].float()
+    # Statistics on the CPU, where the seeded generator draws: the rows are the same on any device.
+    existing = weight[:old_rows].detach().float().cpu()
     mean, spread = existing.mean(dim=0), existing.std(dim=0)
     code_ids, neutral_id = new_ids[:-1], new_ids[-1]
     if init == "centroid":
@@ -213,5 +214,5 @@ def _init_rows(weight, old_rows, new_ids, init, centroids, noise_scale, generato
         offsets = offsets / offsets.std().clamp_min(1e-8) * spread * noise_scale
     else:
         offsets = torch.randn(len(code_ids), weight.shape[1], generator=generator) * spread * noise_scale
-    weight[code_ids] = (mean + offsets).to(weight.dtype)
-    weight[neutral_id] = mean.to(weight.dtype)
+    weight[code_ids] = (mean + offsets).to(weight.device, weight.dtype)
+    weight[neutral_id] = mean.to(weight.device, weight.dtype)

@@ -22,7 +22,12 @@ them the trained tiny agent's action probabilities were identical under every pe
   the softmax every answer token pushes all of them down the same way; with tied embeddings that
   common push outweighs the small per-persona signal, and the tokens stay interchangeable.
 Everything random draws from `seed`.
-`accelerate` places the model (CPU here; GPU with bf16 autocast where present).
+
+Where it runs: `device` ("auto" picks CUDA when present) and `precision` ("auto": bf16 autocast on
+CUDA, fp32 on CPU; the master weights stay fp32 either way). One optimiser step averages
+`grad_accumulation` forward passes of `batch_size` examples, so a large effective batch fits in
+memory. Each stage stops at its epochs, its step cap or its wall-clock budget, whichever comes first;
+the curves record which.
 """
 
 from __future__ import annotations
@@ -30,24 +35,25 @@ from __future__ import annotations
 import json
 import math
 import random
+import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate import Accelerator
-from accelerate.utils import set_seed
 from tqdm.auto import tqdm
-from transformers import get_linear_schedule_with_warmup
+from transformers import get_linear_schedule_with_warmup, set_seed
 
-from agent.models import LocalModel
+from agent.models import LocalModel, align_generation_config, resolve_device
 from agent.persona import PersonaMap, add_persona_tokens, persona_token_ids
 from agent.prompt import PromptConfig, answer_text, render_prompt
 from agent.traces import Trace, rename_shop
 
 IGNORE_INDEX = -100
 STAGE2_MODES = ("full", "lora")
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
 @dataclass
@@ -61,7 +67,8 @@ class SFTConfig:
     lora_lr: float = 5e-4
     lora_r: int = 16
     lora_alpha: int = 32
-    batch_size: int = 8
+    batch_size: int = 8  # examples per forward pass
+    grad_accumulation: int = 1  # forward passes per optimiser step: the effective batch is their product
     max_length: int = 1024  # tokens per example; longer observations are cut (prompt.shorten_observation)
     neutral_dropout: float = 0.1
     # Every epoch sees each trace in a renamed shop (agent.traces.rename_shop: a fresh shop id of
@@ -74,8 +81,12 @@ class SFTConfig:
     init_noise_scale: float = 0.1  # spread of the new rows relative to the existing rows' spread
     warmup_fraction: float = 0.1
     max_grad_norm: float = 1.0
-    stage1_max_steps: int | None = None  # caps for smoke runs and benchmarks
+    stage1_max_steps: int | None = None  # optimiser-step caps, for smoke runs and benchmarks
     stage2_max_steps: int | None = None
+    stage1_max_seconds: float | None = None  # wall-clock budgets; a stage stops at the first step past it
+    stage2_max_seconds: float | None = None
+    device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda" or "cuda:N"
+    precision: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on CPU), "bf16" or "fp32"
     seed: int = 0
     prompt: PromptConfig = field(default_factory=PromptConfig)
 
@@ -84,6 +95,10 @@ class SFTConfig:
             raise ValueError(f"stage2 must be one of {STAGE2_MODES}, got {self.stage2!r}")
         if not 0.0 <= self.neutral_dropout < 1.0:
             raise ValueError(f"neutral_dropout must be in [0, 1), got {self.neutral_dropout}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.batch_size < 1 or self.grad_accumulation < 1:
+            raise ValueError(f"batch_size and grad_accumulation must be >= 1, got {self.batch_size}, {self.grad_accumulation}")
 
 
 @dataclass
@@ -96,7 +111,8 @@ class Example:
 class TrainResult:
     model: LocalModel
     persona_map: PersonaMap
-    curves: list[dict]  # one record per optimiser step: stage, step, epoch, loss, lr
+    curves: list[dict]  # one record per optimiser step: stage, step, epoch, loss, lr, seconds
+    stages: dict = field(default_factory=dict)  # per stage: steps, seconds, why it stopped
 
 
 # --- examples and batches -------------------------------------------------------------------------
@@ -192,70 +208,125 @@ def _per_epoch(examples: list[Example] | Callable[[int], list[Example]]) -> Call
     return examples if callable(examples) else (lambda epoch: examples)
 
 
+@dataclass(frozen=True)
+class Runtime:
+    """Where training runs: the device and the autocast dtype (None: plain fp32)."""
+
+    device: torch.device
+    autocast_dtype: torch.dtype | None
+
+    @classmethod
+    def from_config(cls, config: SFTConfig) -> "Runtime":
+        device = resolve_device(config.device)
+        bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
+        return cls(device, torch.bfloat16 if bf16 else None)
+
+    def autocast(self):
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+
 def _run_stage(stage: str, model, parameters, examples, config: SFTConfig, epochs: int, lr: float,
-               max_steps: int | None, accelerator: Accelerator, pad_id: int, curves: list[dict],
-               persona_ids: list[int]) -> None:
+               max_steps: int | None, max_seconds: float | None, runtime: Runtime, pad_id: int,
+               curves: list[dict], persona_ids: list[int]) -> dict:
+    """Train `parameters` for up to `epochs`; returns the stage's steps, seconds and stop reason."""
+    started = time.perf_counter()
     examples_for = _per_epoch(examples)
     rng = random.Random(f"{config.seed}-{stage}")
     examples = examples_for(0)
     batches_per_epoch = math.ceil(len(examples) / config.batch_size)  # renaming keeps the count
-    total = epochs * batches_per_epoch
+    steps_per_epoch = math.ceil(batches_per_epoch / config.grad_accumulation)
+    total = epochs * steps_per_epoch
     if max_steps is not None:
         total = min(total, max_steps)
     optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0)
     schedule = get_linear_schedule_with_warmup(optimizer, int(config.warmup_fraction * total), total)
-    optimizer, schedule = accelerator.prepare(optimizer, schedule)
     model.train()
-    step = 0
-    blocked = torch.tensor(persona_ids)
+    step, stopped = 0, None
+    blocked = torch.tensor(persona_ids, device=runtime.device)
     progress = tqdm(total=total, desc=f"SFT {stage}", leave=False)
     for epoch in range(epochs):
         examples = examples if epoch == 0 else examples_for(epoch)
-        for batch_indices in random_batches(len(examples), config.batch_size, rng):
-            if step >= total:
+        batches = random_batches(len(examples), config.batch_size, rng)
+        for first in range(0, len(batches), config.grad_accumulation):
+            stopped = _stop_reason(step, total, max_seconds, started)
+            if stopped:
                 break
-            batch = {k: v.to(accelerator.device) for k, v in collate([examples[i] for i in batch_indices], pad_id).items()}
-            with accelerator.autocast():
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                loss = action_loss(logits, batch["labels"], blocked)
-            accelerator.backward(loss)
-            accelerator.clip_grad_norm_(parameters, config.max_grad_norm)
+            group = batches[first : first + config.grad_accumulation]
+            loss = _accumulate_gradients(model, [[examples[i] for i in b] for b in group], runtime, pad_id, blocked)
+            torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
             optimizer.step()
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            curves.append({"stage": stage, "step": step, "epoch": epoch, "loss": float(loss.detach()), "lr": schedule.get_last_lr()[0]})
+            curves.append({"stage": stage, "step": step, "epoch": epoch, "loss": loss, "lr": schedule.get_last_lr()[0],
+                           "seconds": round(time.perf_counter() - started, 3)})
             progress.update(1)
-            progress.set_postfix(loss=f"{curves[-1]['loss']:.3f}")
+            progress.set_postfix(loss=f"{loss:.3f}")
+        if stopped:
+            break
     progress.close()
     model.eval()
+    return {"steps": step, "planned_steps": total, "seconds": round(time.perf_counter() - started, 3),
+            "stopped_by": stopped or "epochs"}
 
 
-def run_stage1(model, persona_ids, examples, config, accelerator, pad_id, curves) -> None:
+def _stop_reason(step: int, total: int, max_seconds: float | None, started: float) -> str | None:
+    """Why the stage ends before its next step (None: it goes on)."""
+    if step >= total:
+        return "max_steps"
+    if max_seconds is not None and time.perf_counter() - started >= max_seconds:
+        return "max_seconds"
+    return None
+
+
+def _accumulate_gradients(model, micro_batches: list[list[Example]], runtime: Runtime, pad_id: int,
+                          blocked: torch.Tensor) -> float:
+    """Forward and backward every micro-batch, each loss weighted by its share of the answer
+    tokens, so the summed gradient is the mean over all of them; returns that mean loss."""
+    batches = [collate(examples, pad_id) for examples in micro_batches]
+    answer_counts = [int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()) for batch in batches]
+    total_answers = max(1, sum(answer_counts))
+    loss_sum = 0.0
+    for batch, answers in zip(batches, answer_counts):
+        batch = {key: value.to(runtime.device) for key, value in batch.items()}
+        with runtime.autocast():
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        loss = action_loss(logits, batch["labels"], blocked) * (answers / total_answers)
+        loss.backward()
+        loss_sum += float(loss.detach())
+    return loss_sum
+
+
+def run_stage1(model, persona_ids, examples, config, runtime, pad_id, curves) -> dict:
     handle = freeze_all_but_rows(model, persona_ids)
     try:
         parameters = [model.get_input_embeddings().weight]
-        _run_stage("stage1", model, parameters, examples, config, config.stage1_epochs, config.stage1_lr, config.stage1_max_steps, accelerator, pad_id, curves, persona_ids)
+        return _run_stage("stage1", model, parameters, examples, config, config.stage1_epochs, config.stage1_lr,
+                          config.stage1_max_steps, config.stage1_max_seconds, runtime, pad_id, curves, persona_ids)
     finally:
         handle.remove()
         for parameter in model.parameters():
             parameter.requires_grad_(True)
 
 
-def run_stage2(model, persona_ids, examples, config, accelerator, pad_id, curves):
-    """Returns the trained model with plain (merged) weights."""
+def run_stage2(model, persona_ids, examples, config, runtime, pad_id, curves):
+    """Returns the trained model with plain (merged) weights, and the stage's record."""
     if config.stage2 == "full":
         parameters = [p for p in model.parameters() if p.requires_grad]
-        _run_stage("stage2", model, parameters, examples, config, config.stage2_epochs, config.stage2_lr, config.stage2_max_steps, accelerator, pad_id, curves, persona_ids)
-        return model
+        record = _run_stage("stage2", model, parameters, examples, config, config.stage2_epochs, config.stage2_lr,
+                            config.stage2_max_steps, config.stage2_max_seconds, runtime, pad_id, curves, persona_ids)
+        return model, record
     from peft import LoraConfig, get_peft_model
 
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0, target_modules="all-linear",
                       trainable_token_indices=persona_ids, task_type="CAUSAL_LM")
     peft_model = get_peft_model(model, lora)
     parameters = [p for p in peft_model.parameters() if p.requires_grad]
-    _run_stage("stage2", peft_model, parameters, examples, config, config.stage2_epochs, config.lora_lr, config.stage2_max_steps, accelerator, pad_id, curves, persona_ids)
-    return peft_model.merge_and_unload()
+    record = _run_stage("stage2", peft_model, parameters, examples, config, config.stage2_epochs, config.lora_lr,
+                        config.stage2_max_steps, config.stage2_max_seconds, runtime, pad_id, curves, persona_ids)
+    return peft_model.merge_and_unload(), record
 
 
 def train_agent(traces: list[Trace], base: LocalModel, config: SFTConfig = SFTConfig(),
@@ -269,16 +340,19 @@ def train_agent(traces: list[Trace], base: LocalModel, config: SFTConfig = SFTCo
     if too_large:
         raise ValueError(f"traces use codes {too_large[:5]} but num_codes is {num_codes}")
     model, tokenizer = base.model, base.tokenizer
+    runtime = Runtime.from_config(config)
+    model.to(device=runtime.device, dtype=torch.float32)  # fp32 master weights; bf16 only inside autocast
     persona_map = add_persona_tokens(model, tokenizer, num_codes, config.init, centroids, config.init_noise_scale, config.seed)
     persona_ids = persona_token_ids(tokenizer, persona_map)
     examples_for = epoch_examples(traces, tokenizer, persona_map, config)
-    accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
-    model.to(accelerator.device)
     curves: list[dict] = []
+    stages = {}
     if not config.single_stage:
-        run_stage1(model, persona_ids, examples_for, config, accelerator, tokenizer.pad_token_id, curves)
-    model = run_stage2(model, persona_ids, examples_for, config, accelerator, tokenizer.pad_token_id, curves)
-    return TrainResult(LocalModel(model.eval(), tokenizer, base.name), persona_map, curves)
+        stages["stage1"] = run_stage1(model, persona_ids, examples_for, config, runtime, tokenizer.pad_token_id, curves)
+    model, stages["stage2"] = run_stage2(model, persona_ids, examples_for, config, runtime, tokenizer.pad_token_id, curves)
+    for record in stages.values():
+        record.update(device=str(runtime.device), autocast=str(runtime.autocast_dtype).removeprefix("torch.") if runtime.autocast_dtype else "fp32")
+    return TrainResult(LocalModel(model.eval(), tokenizer, base.name), persona_map, curves, stages)
 
 
 # --- output ----------------------------------------------------------------------------------------
@@ -288,17 +362,25 @@ def save_agent(result: TrainResult, out_dir: str | Path, config: SFTConfig | Non
     """save_pretrained weights + tokenizer, persona.json, training curves (JSON and PNG)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # vllm and generate stop at the saved generation_config's end token: make it the end of turn.
+    align_generation_config(result.model.model, result.model.tokenizer)
     result.model.model.save_pretrained(out_dir)
     result.model.tokenizer.save_pretrained(out_dir)
     result.persona_map.save(out_dir)
-    record = {"base": result.model.name, "config": asdict(config) if config else None, "curves": result.curves, **(extra or {})}
+    record = {"base": result.model.name, "config": asdict(config) if config else None, "stages": result.stages,
+              "curves": result.curves, **(extra or {})}
     (out_dir / "training.json").write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
     plot_curves(result.curves, out_dir / "training_curves.png")
     return out_dir
 
 
 def plot_curves(curves: list[dict], path: Path) -> None:
-    import matplotlib
+    """The loss per optimiser step as a PNG; skipped where matplotlib is not installed (a bare GPU
+    machine): training.json holds the same curve."""
+    try:
+        import matplotlib
+    except ModuleNotFoundError:
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -12,7 +12,7 @@ import torch
 from agent.models import load_base, load_local, load_tiny, smollm2_gguf_path
 from agent.persona import PersonaMap, add_persona_tokens, persona_token_ids
 from agent.prompt import render_prompt
-from agent.sft import SFTConfig, TrainResult, build_examples, run_stage1, save_agent
+from agent.sft import Runtime, SFTConfig, TrainResult, build_examples, run_stage1, save_agent
 from agent.traces import make_synthetic_traces
 
 torch.set_num_threads(1)
@@ -93,10 +93,8 @@ def test_stage1_trains_only_persona_rows_every_other_weight_bit_identical(tiny):
     config = SFTConfig(stage1_epochs=1, stage1_lr=1e-2, batch_size=4, stage1_max_steps=4)
     examples = build_examples(TRACES, tiny.tokenizer, persona_map, config)
     curves = []
-    from accelerate import Accelerator
-
-    run_stage1(tiny.model, persona_ids, examples, config, Accelerator(cpu=True), tiny.tokenizer.pad_token_id, curves)
-    assert len(curves) == 4
+    record = run_stage1(tiny.model, persona_ids, examples, config, Runtime.from_config(config), tiny.tokenizer.pad_token_id, curves)
+    assert len(curves) == 4 and record["steps"] == 4 and record["stopped_by"] == "max_steps"
     after = tiny.model.state_dict()
     for name, tensor in before.items():
         if name in ("model.embed_tokens.weight", "lm_head.weight"):  # the tied matrix

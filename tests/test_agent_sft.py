@@ -10,6 +10,7 @@ remove most of the group difference.
 from __future__ import annotations
 
 import json
+import os
 import random
 import statistics
 
@@ -18,7 +19,7 @@ import torch
 
 from agent.generate import score_answers
 from agent.models import TinyModelConfig, load_tiny
-from agent.persona import PersonaMap, add_persona_tokens
+from agent.persona import PersonaMap, add_persona_tokens, persona_token_ids
 from agent.prompt import render_prompt
 from agent.sft import (
     IGNORE_INDEX,
@@ -265,3 +266,112 @@ def test_lora_stage2_and_single_stage_produce_plain_merged_models():
     # PEFT's trainable tokens moved the persona rows and nothing else of the vocabulary.
     assert not torch.equal(embeddings[persona_rows], initial[persona_rows])
     assert torch.equal(embeddings[others], initial[others])
+
+
+# --- SmolLM2 end to end, and the train-agent command ---------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("SIMPERSONA_SLOW") != "1", reason="trains SmolLM2-135M (set SIMPERSONA_SLOW=1)")
+def test_smollm2_agent_dir_reloads_with_plain_transformers_and_identical_outputs(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from agent.generate import GenerationSettings, generate_batch
+    from agent.models import load_base
+
+    train = make_synthetic_traces(4, seed=5, compact=True)
+    config = SFTConfig(stage2="lora", num_codes=2, stage1_max_steps=2, stage2_max_steps=2, batch_size=2,
+                       max_length=256, device="cpu", seed=0)
+    result = train_agent(train, load_base("smollm2"), config)
+    out = save_agent(result, tmp_path / "agent", config)
+
+    # What `vllm serve AGENT_DIR` reads: plain weights, the tokenizer with the persona tokens, the
+    # chat template, and a generation config that stops at the end of turn.
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    assert not any("lora" in name for name, _ in model.named_parameters())
+    assert all(len(tokenizer(token, add_special_tokens=False).input_ids) == 1 for token in result.persona_map.tokens)
+    assert tokenizer.chat_template and model.generation_config.eos_token_id == tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+    trained = result.model
+    prompts = [render_prompt(trained.tokenizer, result.persona_map.token_for(t.code), t.steps[0].observation, [])
+               for t in train[:2]]
+    ids = trained.tokenizer(prompts[0], add_special_tokens=False, return_tensors="pt").input_ids
+    assert tokenizer(prompts[0], add_special_tokens=False, return_tensors="pt").input_ids.equal(ids)
+    with torch.inference_mode():
+        assert torch.equal(model(input_ids=ids).logits, trained.model(input_ids=ids).logits)
+    settings = GenerationSettings(max_new_tokens=8)
+    tokenizer.padding_side = "left"
+    assert generate_batch(model, tokenizer, prompts, settings).texts == trained.generate(prompts, settings).texts
+    stages = json.loads((out / "training.json").read_text())["stages"]
+    assert stages["stage1"]["steps"] == stages["stage2"]["steps"] == 2 and stages["stage2"]["device"] == "cpu"
+
+
+def test_train_agent_command_takes_device_accumulation_and_budgets(tmp_path):
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
+    traces = tmp_path / "traces.jsonl"
+    write_traces(make_synthetic_traces(4, seed=6, compact=True), traces)
+    result = CliRunner().invoke(app, ["train-agent", "--traces", str(traces), "--out", str(tmp_path / "agent"),
+                                      "--base", "tiny", "--device", "cpu", "--batch-size", "2",
+                                      "--grad-accumulation", "2", "--max-steps", "3", "--max-seconds", "60"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "agent" / "training.json").read_text())
+    assert record["config"]["grad_accumulation"] == 2 and record["config"]["stage2_max_seconds"] == 60
+    assert [record["stages"][stage]["steps"] for stage in ("stage1", "stage2")] == [3, 3]
+    assert record["stages"]["stage1"]["stopped_by"] == "max_steps"
+    refused = CliRunner().invoke(app, ["train-agent", "--traces", str(traces), "--out", str(tmp_path / "x"),
+                                       "--base", "tiny", "--precision", "fp8"])
+    assert refused.exit_code != 0 and "--precision must be one of" in " ".join(refused.output.replace("│", " ").split())
+
+
+# --- where and how long training runs -------------------------------------------------------------------
+
+
+def test_gradient_accumulation_gives_the_gradient_of_the_whole_batch():
+    from agent.sft import Runtime, _accumulate_gradients
+
+    train = make_synthetic_traces(4, seed=8, compact=True)
+    local = load_tiny(_texts(train))
+    persona_map = add_persona_tokens(local.model, local.tokenizer, 2, noise_scale=1.0)
+    examples = build_examples(train, local.tokenizer, persona_map, SFTConfig())[:6]
+    # Micro-batches with different numbers of answer tokens: a plain mean of their losses would differ.
+    assert len({sum(label != IGNORE_INDEX for label in e.labels) for e in examples}) > 1
+    runtime, blocked = Runtime(torch.device("cpu"), None), torch.tensor(persona_token_ids(local.tokenizer, persona_map))
+    pad = local.tokenizer.pad_token_id
+
+    def gradients(micro_batches):
+        local.model.zero_grad(set_to_none=True)
+        loss = _accumulate_gradients(local.model, micro_batches, runtime, pad, blocked)
+        return loss, [p.grad.clone() for p in local.model.parameters()]
+
+    whole_loss, whole = gradients([examples])
+    split_loss, split = gradients([examples[:2], examples[2:3], examples[3:]])
+    assert split_loss == pytest.approx(whole_loss, rel=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-6, rtol=1e-4) for a, b in zip(whole, split))
+
+
+def test_a_stage_stops_at_its_clock_budget_and_says_so():
+    train = make_synthetic_traces(4, seed=9, compact=True)
+    config = SFTConfig(stage1_max_steps=2, stage2_max_seconds=0.0, batch_size=4, grad_accumulation=2, device="cpu")
+    result = train_agent(train, load_tiny(_texts(train)), config)
+    assert result.stages["stage1"] | {"stopped_by": "max_steps", "steps": 2} == result.stages["stage1"]
+    assert result.stages["stage2"]["steps"] == 0 and result.stages["stage2"]["stopped_by"] == "max_seconds"
+    assert [c["stage"] for c in result.curves] == ["stage1", "stage1"]
+    assert all(c["seconds"] >= 0 for c in result.curves)
+
+
+def test_device_and_precision_are_checked():
+    from agent.models import resolve_device
+
+    with pytest.raises(ValueError, match="precision must be one of"):
+        SFTConfig(precision="fp16")
+    with pytest.raises(ValueError, match="grad_accumulation must be >= 1"):
+        SFTConfig(grad_accumulation=0)
+    assert resolve_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        assert resolve_device("auto") == torch.device("cpu")
+        with pytest.raises(ValueError, match="no CUDA device"):
+            resolve_device("cuda")

@@ -11,7 +11,6 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from agent.baselines import TypeProfilePolicy

@@ -86,6 +86,7 @@ def run_loop(config: DemoConfig, run_dir: Path, console: Console) -> dict:
     """Steps 4 to 6: held-out evaluation, A/B what-if, report."""
     from harness.eval.evaluate import EvaluateConfig, evaluate
     from harness.eval.report import write_report
+    from harness.eval.verdicts import ab_verdicts, evaluation_verdicts
 
     console.rule("4. held-out evaluation: replay → traces → two-stage SFT → simulate held-out shops")
     eval_dir = run_dir / "evaluation"
@@ -95,11 +96,15 @@ def run_loop(config: DemoConfig, run_dir: Path, console: Console) -> dict:
     headline = summary["headline"]["paper"]
     console.print("conversion alignment per policy (1 = perfect): "
                   + ", ".join(f"{name} {value:.3f}" for name, value in headline.items() if value is not None))
+    for line in evaluation_verdicts(summary):
+        console.print(f"verdict: {line}", markup=False, highlight=False)
 
     console.rule("5. A/B what-if: the same buyers on two layouts")
     ab = run_demo_ab(config, eval_dir, eval_config.catalog, console)
     console.print(f"{ab['variant_a']} → {ab['variant_b']}: ΔCR {ab['delta_cr']:+.3f} "
                   f"(95 % CI {ab['ci'][0]:+.3f} … {ab['ci'][1]:+.3f}), McNemar p = {ab['p_value']:.3g}")
+    for line in ab_verdicts(json.loads(Path(ab["summary"]).read_text())):
+        console.print(f"verdict: {line}", markup=False, highlight=False)
 
     console.rule("6. report")
     report = write_report(eval_dir)

@@ -1,15 +1,22 @@
 """report.html for a run directory: `write_report(run_dir)` builds it from what the directory holds.
 
-What it reads, each part optional (at least one must be there):
-* summary.json of a held-out evaluation (harness.eval.evaluate: "protocols" key): per protocol a table
-  of policies (alignment, Pearson, Spearman), a per-shop table, and PNG plots: simulated vs real
-  conversion per shop with the y = x line, type-mix recovery (sampled vs real share of every
-  code in every shop), per-type funnels (viewed -> carted -> purchased), the browser check;
+What it reads, each part optional (at least one of the first three must be there):
+* summary.json of a held-out evaluation (harness.eval.evaluate: "protocols" key): per protocol the
+  policies' alignment, simulated vs real conversion per shop (Wilson intervals on both axes),
+  type-mix recovery, real and simulated funnels per type side by side, the agent-vs-traces and
+  browser checks;
 * summary.json of one simulation run (harness.sim.simulate: "per_type" key): conversion per type;
-* ab_summary.json and ab_effects.png of an A/B run, in the directory itself or in `ab/`.
+* ab_summary.json of an A/B run (harness.sim.ab), in the directory itself or in `ab/`: the arms,
+  the per-type effects and a forest plot of ΔCR with its intervals;
+* the codebook of the run (`codebook/` or `<protocol>/codebook/`): its type table (types.json) and
+  its summary figures (metrics.json).
+
+On top, the verdicts (harness.eval.verdicts): one plain sentence per thing the figures do or do
+not show, such as an A/B in which nobody converted.
 
 The PNGs are written next to report.html (plots/), and report.html refers to them by relative
-path, so the directory is self-contained: copy it anywhere and open the file.
+path, so the directory is self-contained: copy it anywhere and open the file. Plots are drawn at
+100 dpi at the size they are shown, so their text reads like the page's.
 """
 
 from __future__ import annotations
@@ -19,10 +26,18 @@ import json
 import shutil
 from pathlib import Path
 
+from harness.eval import verdicts
+from harness.sim.paired import wilson_interval
+
 REPORT_FILE = "report.html"
 PLOTS_DIR = "plots"
+DPI = 100
 POLICY_COLOURS = {"persona": "#1f77b4", "neutral": "#ff7f0e", "no_persona": "#2ca02c", "type_profile": "#9467bd",
                   "global_rate": "#7f7f7f", "type_oracle": "#8c564b"}
+POLICY_MARKERS = {"persona": "o", "neutral": "^", "no_persona": "v", "type_profile": "s", "global_rate": "D",
+                  "type_oracle": "X"}
+REAL_COLOUR, SIMULATED_COLOUR = "#9e9e9e", POLICY_COLOURS["persona"]
+FUNNEL_STAGES = (("viewed_rate", "viewed a product"), ("cart_rate", "carted"), ("conversion_rate", "purchased"))
 
 
 class ReportError(ValueError):
@@ -35,6 +50,7 @@ def _pyplot():
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
+    plt.rcParams.update({"font.size": 11, "axes.titlesize": 12, "legend.fontsize": 10})
     return plt
 
 
@@ -47,76 +63,112 @@ def _read_json(path: Path) -> dict | None:
         raise ReportError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from None
 
 
+def _save(plt, figure, path: Path) -> None:
+    figure.tight_layout()
+    figure.savefig(path, dpi=DPI)
+    plt.close(figure)
+
+
 # ---------------------------------------------------------------------------------------------
-# Plots (each returns the PNG's path relative to the run dir)
+# Plots
 
 
 def plot_conversion(rows: list[dict], path: Path, title: str) -> None:
-    """Simulated vs real conversion per shop, one colour per policy, with the y = x line."""
+    """Simulated vs real conversion per shop, one colour per policy, Wilson intervals on both axes.
+
+    The horizontal bar is the real rate's interval (the shop's real buyers), the vertical one the
+    simulated rate's (the synthetic buyers); rows that need no simulation (global_rate,
+    type_oracle) have no vertical bar."""
     plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(5.5, 5))
+    figure, axis = plt.subplots(figsize=(5.2, 5.2))
     top = 0.0
     for policy in dict.fromkeys(r["policy"] for r in rows):
-        mine = [r for r in rows if r["policy"] == policy]
-        real, simulated = [r["cr_real"] for r in mine], [r["cr_sim"] for r in mine]
-        top = max(top, *real, *simulated)
-        marker = "_" if policy in ("global_rate", "type_oracle") else "o"
-        axis.scatter(real, simulated, label=policy, marker=marker, s=36, alpha=0.8, color=POLICY_COLOURS.get(policy))
-    top = top * 1.1 or 1.0
+        for index, row in enumerate(r for r in rows if r["policy"] == policy):
+            x, y = row["cr_real"], row["cr_sim"]
+            xerr = _error_bar(x, row.get("cr_real_ci"))
+            yerr = _error_bar(y, row.get("cr_sim_ci"))
+            axis.errorbar(x, y, xerr=xerr, yerr=yerr, fmt=POLICY_MARKERS.get(policy, "o"), markersize=7, capsize=3,
+                          color=POLICY_COLOURS.get(policy), alpha=0.85, label=policy if index == 0 else None)
+            top = max(top, x, y, *(row.get("cr_real_ci") or []), *(row.get("cr_sim_ci") or []))
+    top = min(1.0, top * 1.08) or 1.0
     axis.plot([0, top], [0, top], color="black", linewidth=1, linestyle="--", label="y = x")
-    axis.set_xlim(0, top), axis.set_ylim(0, top)
+    # A little room below 0: a policy that converts nobody sits on the axis and must stay visible.
+    axis.set_xlim(-0.02 * top, top), axis.set_ylim(-0.02 * top, top)
     axis.set_xlabel("real conversion rate (held-out shop)")
     axis.set_ylabel("simulated conversion rate (store-counted)")
-    _finish(plt, figure, axis, path, title, legend=True)
-
-
-def _finish(plt, figure, axis, path: Path, title: str, legend: bool = False) -> None:
-    """Title (and legend), tight layout, save as PNG, free the figure."""
     axis.set_title(title)
-    if legend:
-        axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    axis.legend(loc="upper left")
+    _save(plt, figure, path)
+
+
+def _error_bar(value: float, interval) -> list[list[float]] | None:
+    """matplotlib's [[below], [above]] from an interval (None: no bar)."""
+    if not interval:
+        return None
+    return [[max(0.0, value - interval[0])], [max(0.0, interval[1] - value)]]
 
 
 def plot_type_mix(shops: dict, path: Path, title: str) -> None:
     """Sampled vs real share of every code in every held-out shop (points on y = x: recovered)."""
     plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(5.5, 5))
+    figure, axis = plt.subplots(figsize=(5.2, 5.2))
     real, sampled = [], []
     for entry in shops.values():
         real_mix = {str(k): v for k, v in entry["real"].items()}
         sampled_mix = {str(k): v for k, v in entry["sampled"].items()}
         for code in real_mix.keys() | sampled_mix.keys():
             real.append(real_mix.get(code, 0.0)), sampled.append(sampled_mix.get(code, 0.0))
-    axis.scatter(real, sampled, s=18, alpha=0.6)
+    axis.scatter(real, sampled, s=30, alpha=0.6)
     top = max([*real, *sampled, 0.01]) * 1.05
     axis.plot([0, top], [0, top], color="black", linewidth=1, linestyle="--")
+    axis.set_xlim(0, top), axis.set_ylim(0, top)
     axis.set_xlabel("real share of the type in the shop")
     axis.set_ylabel("share among the sampled synthetic buyers")
-    _finish(plt, figure, axis, path, title)
+    axis.set_title(title)
+    _save(plt, figure, path)
 
 
-def plot_funnels(types: dict, path: Path, title: str, max_types: int = 16) -> None:
-    """Per type: share of buyers who viewed a product, put something in the cart, purchased."""
+def plot_funnels(real: dict, simulated: dict, path: Path, title: str) -> None:
+    """One panel per funnel stage; in each, per type, the real buyers' share (grey) next to the
+    simulated buyers' share (blue)."""
     import numpy as np
 
     plt = _pyplot()
-    chosen = sorted(types.items(), key=lambda item: -item[1]["buyers"])[:max_types]
-    chosen.sort(key=lambda item: int(item[0]))
-    labels = [code for code, _ in chosen]
-    stages = (("viewed_rate", "viewed a product"), ("cart_rate", "carted"), ("conversion_rate", "purchased"))
-    figure, axis = plt.subplots(figsize=(max(5.5, 0.6 * len(labels) + 2), 4))
-    x = np.arange(len(labels))
-    width = 0.8 / len(stages)
-    for index, (key, label) in enumerate(stages):
-        axis.bar(x + (index - 1) * width, [entry.get(key) or 0.0 for _, entry in chosen], width, label=label)
-    axis.set_xticks(x, labels)
-    axis.set_xlabel("buyer type (code)")
-    axis.set_ylabel("share of the type's synthetic buyers")
-    axis.set_ylim(0, 1.05)
-    _finish(plt, figure, axis, path, title, legend=True)
+    codes = sorted(real.keys() | simulated.keys(), key=int)
+    x = np.arange(len(codes))
+    figure, axes = plt.subplots(len(FUNNEL_STAGES), 1, figsize=(10.4, 7.6), sharex=True)
+    for axis, (key, label) in zip(axes, FUNNEL_STAGES):
+        for offset, source, colour, name in ((-0.2, real, REAL_COLOUR, "real buyers"),
+                                             (0.2, simulated, SIMULATED_COLOUR, "persona agent")):
+            heights = [(source.get(code) or {}).get(key) or 0.0 for code in codes]
+            axis.bar(x + offset, heights, 0.4, color=colour, label=name)
+        axis.set_ylim(0, 1.05)
+        axis.set_ylabel(f"share that\n{label}")
+        axis.grid(axis="y", alpha=0.3)
+    # Title on the left and legend on the right, both above the bars they would otherwise hide.
+    axes[0].set_title(title, loc="left")
+    axes[0].legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncols=2, frameon=False)
+    axes[-1].set_xticks(x, codes)
+    axes[-1].set_xlabel("buyer type (code)")
+    _save(plt, figure, path)
+
+
+def plot_forest(rows: list[dict], path: Path, title: str) -> None:
+    """ΔCR (B − A) with its interval, overall on top, then one row per type."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(7.8, 1.4 + 0.34 * len(rows)))
+    y = list(range(len(rows)))[::-1]
+    for row, position in zip(rows, y):
+        low, high = row["ci"]
+        colour = "black" if row["label"].startswith("all") else SIMULATED_COLOUR
+        axis.errorbar(row["delta"], position, xerr=[[row["delta"] - low], [high - row["delta"]]], fmt="o",
+                      color=colour, capsize=4, markersize=6)
+    axis.axvline(0, color="grey", linestyle="--", linewidth=1)
+    axis.set_yticks(y, [row["label"] for row in rows])
+    axis.set_xlabel("ΔCR = CR(B) − CR(A), with its paired bootstrap interval")
+    axis.set_title(title)
+    axis.grid(axis="x", alpha=0.3)
+    _save(plt, figure, path)
 
 
 def plot_type_rates(per_type: dict, path: Path, title: str) -> None:
@@ -126,13 +178,17 @@ def plot_type_rates(per_type: dict, path: Path, title: str) -> None:
     plt = _pyplot()
     codes = sorted(per_type, key=int)
     x = np.arange(len(codes))
-    figure, axis = plt.subplots(figsize=(max(5.5, 0.5 * len(codes) + 2), 4))
-    axis.bar(x - 0.2, [per_type[c]["conversion_rate"] for c in codes], 0.4, label="simulated")
-    axis.bar(x + 0.2, [per_type[c].get("real_conversion_rate") or 0.0 for c in codes], 0.4, label="real")
+    figure, axis = plt.subplots(figsize=(max(5.6, 0.45 * len(codes) + 2.5), 4.2))
+    axis.bar(x - 0.2, [per_type[c].get("real_conversion_rate") or 0.0 for c in codes], 0.4, color=REAL_COLOUR,
+             label="real (type's rate)")
+    axis.bar(x + 0.2, [per_type[c]["conversion_rate"] for c in codes], 0.4, color=SIMULATED_COLOUR, label="simulated")
     axis.set_xticks(x, codes)
+    axis.set_ylim(0, 1.05)
     axis.set_xlabel("buyer type (code)")
     axis.set_ylabel("conversion rate")
-    _finish(plt, figure, axis, path, title, legend=True)
+    axis.set_title(title)
+    axis.legend()
+    _save(plt, figure, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,38 +202,67 @@ def _cell(value) -> str:
         return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:.4g}"
-    if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, float) for v in value):
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value):
         return f"[{value[0]:.3f}, {value[1]:.3f}]"
     return html.escape(str(value))
 
 
-def table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
-    """An HTML table: columns are (key, heading)."""
-    head = "".join(f"<th>{html.escape(heading)}</th>" for _, heading in columns)
-    body = "".join("<tr>" + "".join(f"<td>{_cell(row.get(key))}</td>" for key, _ in columns) + "</tr>" for row in rows)
+def table(rows: list[dict], columns: list[tuple[str, str]], left: tuple[str, ...] = ()) -> str:
+    """An HTML table: columns are (key, heading); numbers align right, the `left` columns (text) left."""
+    head = "".join(f"<th{' class=text' if key in left else ''}>{html.escape(heading)}</th>" for key, heading in columns)
+    body = "".join("<tr>" + "".join(f"<td{' class=text' if key in left else ''}>{_cell(row.get(key))}</td>"
+                                    for key, _ in columns) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def image(relative: str, caption: str) -> str:
-    return f'<figure><img src="{html.escape(relative)}" alt="{html.escape(caption)}"><figcaption>{html.escape(caption)}</figcaption></figure>'
+def rate_with_interval(rate: float | None, interval=None) -> str:
+    """'28.4 % [22.1, 35.2]' (percent); a plain string so that table() shows it as it is."""
+    if rate is None:
+        return "—"
+    text = f"{100 * rate:.1f} %"
+    if interval:
+        text += f" [{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]"
+    return text
+
+
+def image(relative: str, caption: str, wide: bool = False) -> str:
+    kind = "wide" if wide else "half"
+    return (f'<figure class="{kind}"><img src="{html.escape(relative)}" alt="{html.escape(caption)}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def verdict_box(lines: list[str]) -> str:
+    if not lines:
+        return ""
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
+    return f"<section class='verdicts'><h2>Verdicts</h2><ul>{items}</ul></section>"
 
 
 STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
-table { border-collapse: collapse; margin: 0.8em 0 1.6em; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1080px; padding: 0 1em; color: #222;
+       font-size: 16px; line-height: 1.45; }
+h2 { border-bottom: 2px solid #ddd; padding-bottom: 0.2em; margin-top: 2em; }
+table { border-collapse: collapse; margin: 0.8em 0 1.6em; font-size: 0.95em; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
+td { white-space: nowrap; }
 th { background: #f0f0f0; } td:first-child, th:first-child { text-align: left; }
-figure { display: inline-block; margin: 0.5em 1em 1em 0; vertical-align: top; }
-img { max-width: 520px; border: 1px solid #ddd; } figcaption { font-size: 0.85em; color: #555; }
-.note { color: #555; font-size: 0.9em; }
+td.text, th.text { text-align: left; }
+figure { display: inline-block; margin: 0.5em 0.8em 1.2em 0; vertical-align: top; }
+figure.half { width: 520px; } figure.wide { display: block; }
+figure img { max-width: 100%; height: auto; border: 1px solid #ddd; }  /* at the size drawn: no shrinking */
+figcaption { font-size: 0.92em; color: #444; margin-top: 0.3em; }
+.note { color: #444; }
+.verdicts { background: #fff8e1; border: 1px solid #f0c36d; padding: 0.2em 1.2em 0.6em; }
+.verdicts h2 { border: none; margin-top: 0.6em; } .verdicts li { margin: 0.3em 0; }
+p.verdict { background: #fff8e1; border-left: 4px solid #f0c36d; padding: 0.3em 0.8em; }
 """
 
 
 # ---------------------------------------------------------------------------------------------
-# Sections
+# Held-out evaluation
 
 
-def evaluation_section(summary: dict, run_dir: Path, plots: Path) -> str:
+def evaluation_section(summary: dict, plots: Path) -> str:
     parts = ["<h2>Held-out evaluation</h2>",
              f"<p class='note'>Held-out shops: {len(summary['split']['held_out'])} "
              f"(of {summary['split']['eligible']} eligible); training shops: {summary['split']['training']}. "
@@ -185,56 +270,117 @@ def evaluation_section(summary: dict, run_dir: Path, plots: Path) -> str:
              "simulated conversions are counted from the store's order log.</p>"]
     for protocol, result in summary["protocols"].items():
         parts.append(f"<h3>Protocol: {html.escape(protocol)}</h3>")
-        policies = [{"policy": name, **figures} for name, figures in result["policies"].items()]
-        parts.append(table(policies, [("policy", "policy"), ("shops", "shops"), ("alignment", "alignment"),
-                                      ("pearson", "Pearson r"), ("spearman", "Spearman ρ"),
-                                      ("mean_abs_error", "mean |CR sim − real|"), ("mean_cr_sim", "mean CR sim"),
-                                      ("mean_cr_real", "mean CR real")]))
-        conversion_png = plots / f"conversion_{protocol}.png"
-        plot_conversion(result["shops"], conversion_png, f"{protocol}: simulated vs real conversion")
-        figures = [image(f"{PLOTS_DIR}/{conversion_png.name}", "CR simulated vs real per held-out shop (y = x dashed)")]
-        mix = result.get("type_mix") or {}
-        if mix.get("shops"):
-            mix_png = plots / f"type_mix_{protocol}.png"
-            plot_type_mix(mix["shops"], mix_png, f"{protocol}: type-mix recovery (mean JSD {mix['mean_jsd']:.4f} bits)")
-            figures.append(image(f"{PLOTS_DIR}/{mix_png.name}", "share of each type: sampled vs real, every shop"))
-        behaviour = (result.get("per_type") or {}).get("types") or {}
-        if behaviour:
-            funnel_png = plots / f"funnels_{protocol}.png"
-            plot_funnels(behaviour, funnel_png, f"{protocol}: per-type funnels (persona agent)")
-            figures.append(image(f"{PLOTS_DIR}/{funnel_png.name}", "views → cart → purchase per type"))
-        parts.append("".join(figures))
+        parts.append(policies_table(result))
+        parts.append(conversion_figures(protocol, result, plots))
         parts.append("<h4>Per shop</h4>")
-        parts.append(table(result["shops"], [("policy", "policy"), ("shop", "shop"), ("sim_buyers", "sim buyers"),
-                                             ("cr_sim", "CR sim"), ("cr_sim_ci", "95% CI (Wilson)"),
-                                             ("real_buyers", "real buyers"), ("cr_real", "CR real"),
-                                             ("cr_real_ci", "95% CI (Wilson)"), ("alignment", "alignment"),
-                                             ("store_agreement", "store/agent agreement")]))
-        if behaviour:
-            kruskal = (result.get("per_type") or {}).get("kruskal") or {}
-            parts.append("<h4>Per-type behaviour (persona agent, pooled over held-out shops)</h4>")
-            parts.append(table([{"code": c, **v} for c, v in sorted(behaviour.items(), key=lambda kv: int(kv[0]))],
-                               [("code", "code"), ("buyers", "buyers"), ("mean_steps", "mean steps"),
-                                ("mean_product_views", "mean product views"), ("viewed_rate", "viewed"),
-                                ("cart_rate", "cart rate"), ("conversion_rate", "conversion")]))
-            parts.append(table([{"variable": k, **v} for k, v in kruskal.items()],
-                               [("variable", "Kruskal–Wallis across types"), ("H", "H"), ("p", "p")]))
-        check = result.get("agent_check")
-        if check:
-            parts.append("<h4>Agent vs traces: conversion per code</h4>"
-                         f"<p class='note'>Weighted mean |agent − traces| = {_cell(check.get('weighted_mean_abs_gap'))}; "
-                         f"Pearson r = {_cell(check.get('pearson'))}.</p>")
-            parts.append(table([{"code": c, **v} for c, v in sorted(check["per_code"].items(), key=lambda kv: int(kv[0]))],
-                               [("code", "code"), ("agent_buyers", "agent buyers"), ("agent_conversion", "agent conversion"),
-                                ("trace_count", "traces"), ("trace_conversion", "trace conversion")]))
-        browser = result.get("browser_check")
-        if browser:
-            rows = [{"driver": driver, **browser[driver]} for driver in ("browser", "http")]
-            parts.append(f"<h4>Driver check on shop {html.escape(str(browser['shop']))} "
-                         f"({'agree' if browser['agree'] else 'DISAGREE'} within Wilson intervals)</h4>")
-            parts.append(table(rows, [("driver", "driver"), ("sim_buyers", "buyers"), ("sim_converted", "converted"),
-                                      ("cr_sim", "CR"), ("cr_sim_ci", "95% CI (Wilson)")]))
+        parts.append(shops_table(result["shops"]))
+        parts.append(funnel_part(protocol, result, plots))
+        parts.append(agent_check_part(result.get("agent_check")))
+        parts.append(browser_check_part(result.get("browser_check")))
     return "\n".join(parts)
+
+
+def policies_table(result: dict) -> str:
+    policies = [{"policy": name, **figures} for name, figures in result["policies"].items()]
+    return table(policies, [("policy", "policy"), ("shops", "shops"), ("alignment", "alignment"),
+                            ("pearson", "Pearson r"), ("spearman", "Spearman ρ"),
+                            ("mean_abs_error", "mean |CR sim − real|"), ("mean_cr_sim", "mean CR sim"),
+                            ("mean_cr_real", "mean CR real")])
+
+
+def conversion_figures(protocol: str, result: dict, plots: Path) -> str:
+    png = plots / f"conversion_{protocol}.png"
+    plot_conversion(result["shops"], png, f"{protocol}: simulated vs real conversion")
+    figures = [image(f"{PLOTS_DIR}/{png.name}",
+                     "Each point is one held-out shop under one policy: real conversion (x) against simulated "
+                     "conversion (y), with 95 % Wilson intervals on both axes. Points on the dashed y = x line "
+                     "convert like the shop's real buyers.")]
+    mix = result.get("type_mix") or {}
+    if mix.get("shops"):
+        png = plots / f"type_mix_{protocol}.png"
+        plot_type_mix(mix["shops"], png, f"{protocol}: type-mix recovery")
+        figures.append(image(f"{PLOTS_DIR}/{png.name}",
+                             "Each point is one buyer type in one held-out shop: its share among the shop's real "
+                             "buyers (x) and among the sampled synthetic buyers (y). "
+                             f"Mean Jensen–Shannon divergence {mix['mean_jsd']:.4f} bits."))
+    return "".join(figures)
+
+
+def shops_table(rows: list[dict]) -> str:
+    shaped = [{"policy": r["policy"], "shop": r["shop"], "sim_buyers": r.get("sim_buyers"),
+               "cr_sim": rate_with_interval(r["cr_sim"], r.get("cr_sim_ci")), "real_buyers": r.get("real_buyers"),
+               "cr_real": rate_with_interval(r["cr_real"], r.get("cr_real_ci")), "alignment": r.get("alignment"),
+               "max_steps": (r.get("outcomes") or {}).get("max_steps"), "store_agreement": r.get("store_agreement")}
+              for r in rows]
+    return table(shaped, [("policy", "policy"), ("shop", "shop"), ("sim_buyers", "sim buyers"),
+                          ("cr_sim", "CR sim [95 % Wilson]"), ("real_buyers", "real buyers"),
+                          ("cr_real", "CR real [95 % Wilson]"), ("alignment", "alignment"),
+                          ("max_steps", "ended at max-steps"), ("store_agreement", "store = agent")], left=("shop",))
+
+
+def funnel_part(protocol: str, result: dict, plots: Path) -> str:
+    """Real and simulated funnels per type: the plot, the table, the Kruskal–Wallis tests."""
+    behaviour = result.get("per_type") or {}
+    simulated = behaviour.get("types") or {}
+    real = result.get("real_per_type") or {}
+    if not simulated and not real:
+        return ""
+    png = plots / f"funnels_{protocol}.png"
+    plot_funnels(real, simulated, png, f"{protocol}: funnel per type, real buyers vs persona agent")
+    caption = ("Per buyer type, pooled over the held-out shops: the share of buyers who viewed a product, put "
+               "something in the cart and purchased — real buyers (grey) next to the persona agent's synthetic "
+               "buyers (blue, from the store's event log). A type the agent plays well has equal bars.")
+    if not real:
+        caption += " This run's summary has no real funnel (evaluated before it was recorded): grey bars are absent."
+    parts = ["<h4>Funnels per type</h4>", image(f"{PLOTS_DIR}/{png.name}", caption, wide=True),
+             funnel_table(real, simulated)]
+    kruskal = behaviour.get("kruskal") or {}
+    if kruskal:
+        parts.append(table([{"variable": k, **v} for k, v in kruskal.items()],
+                           [("variable", "Kruskal–Wallis across types (agent)"), ("H", "H"), ("p", "p")]))
+    return "\n".join(parts)
+
+
+def funnel_table(real: dict, simulated: dict) -> str:
+    rows = []
+    for code in sorted(real.keys() | simulated.keys(), key=int):
+        mine, theirs = simulated.get(code) or {}, real.get(code) or {}
+        row = {"code": code, "real_buyers": theirs.get("buyers"), "sim_buyers": mine.get("buyers"),
+               "mean_steps": mine.get("mean_steps")}
+        for key, _ in FUNNEL_STAGES:
+            row[f"real_{key}"] = rate_with_interval(theirs.get(key))
+            row[f"sim_{key}"] = rate_with_interval(mine.get(key))
+        rows.append(row)
+    return table(rows, [("code", "type"), ("real_buyers", "real buyers"), ("real_viewed_rate", "real viewed"),
+                        ("real_cart_rate", "real carted"), ("real_conversion_rate", "real purchased"),
+                        ("sim_buyers", "agent buyers"), ("sim_viewed_rate", "agent viewed"),
+                        ("sim_cart_rate", "agent carted"), ("sim_conversion_rate", "agent purchased"),
+                        ("mean_steps", "agent mean steps")])
+
+
+def agent_check_part(check: dict | None) -> str:
+    if not check:
+        return ""
+    rows = [{"code": c, **v} for c, v in sorted(check["per_code"].items(), key=lambda kv: int(kv[0]))]
+    return ("<h4>Agent vs traces: conversion per code</h4>"
+            f"<p class='note'>Weighted mean |agent − traces| = {_cell(check.get('weighted_mean_abs_gap'))}; "
+            f"Pearson r = {_cell(check.get('pearson'))}.</p>"
+            + table(rows, [("code", "code"), ("agent_buyers", "agent buyers"), ("agent_conversion", "agent conversion"),
+                           ("trace_count", "traces"), ("trace_conversion", "trace conversion")]))
+
+
+def browser_check_part(browser: dict | None) -> str:
+    if not browser:
+        return ""
+    rows = [{"driver": driver, **browser[driver]} for driver in ("browser", "http")]
+    return (f"<h4>Driver check on shop {html.escape(str(browser['shop']))} "
+            f"({'agree' if browser['agree'] else 'DISAGREE'} within Wilson intervals)</h4>"
+            + table(rows, [("driver", "driver"), ("sim_buyers", "buyers"), ("sim_converted", "converted"),
+                           ("cr_sim", "CR"), ("cr_sim_ci", "95% CI (Wilson)")]))
+
+
+# ---------------------------------------------------------------------------------------------
+# One simulation
 
 
 def simulation_section(summary: dict, plots: Path) -> str:
@@ -244,42 +390,130 @@ def simulation_section(summary: dict, plots: Path) -> str:
     overview = [{"figure": k, "value": summary.get(k)} for k in ("shop", "policy", "driver", "buyers", "completed",
                                                                   "converted", "conversion_rate", "real_conversion_rate",
                                                                   "conversion_gap")]
+    caption = ("Per buyer type: the type's real conversion rate (grey, from the codebook) next to the rate of its "
+               "synthetic buyers in this run (blue).")
     return "\n".join(["<h2>Simulation</h2>", table(overview, [("figure", "figure"), ("value", "value")]),
-                      image(f"{PLOTS_DIR}/{png.name}", "simulated vs real conversion per type"),
+                      image(f"{PLOTS_DIR}/{png.name}", caption, wide=len(rows) > 10),
                       table(rows, [("code", "code"), ("buyers", "buyers"), ("converted", "converted"),
                                    ("conversion_rate", "CR sim"), ("real_conversion_rate", "CR real")])])
 
 
-def ab_section(run_dir: Path, plots: Path) -> str:
-    """The A/B helper's ab_summary.json (scalar figures as a table) and ab_effects.png."""
+# ---------------------------------------------------------------------------------------------
+# A/B
+
+
+def find_ab(run_dir: Path) -> Path | None:
+    """The folder of an A/B run: the run dir itself or its ab/ sub-folder."""
     for folder in (run_dir, run_dir / "ab"):
-        summary = _read_json(folder / "ab_summary.json")
-        png = folder / "ab_effects.png"
-        if summary is None and not png.is_file():
-            continue
-        parts = ["<h2>A/B layout effects</h2>"]
-        if png.is_file():
-            target = plots / "ab_effects.png"
-            shutil.copyfile(png, target)
-            parts.append(image(f"{PLOTS_DIR}/{target.name}", "A/B effects with confidence intervals"))
-        if summary is not None:
-            flat = [{"figure": key, "value": value} for key, value in _flatten(summary).items()]
-            parts.append(table(flat, [("figure", "figure"), ("value", "value")]))
-        return "\n".join(parts)
-    return ""
+        if (folder / "ab_summary.json").is_file() or (folder / "ab_effects.png").is_file():
+            return folder
+    return None
 
 
-def _flatten(record: dict, prefix: str = "", depth: int = 0) -> dict:
-    """Scalar leaves of a nested dict as 'a.b.c' keys (lists of numbers kept as they are)."""
-    flat = {}
-    for key, value in record.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and depth < 3:
-            flat.update(_flatten(value, name + ".", depth + 1))
-        elif not isinstance(value, (dict, list)) or (isinstance(value, list) and len(value) <= 4
-                                                     and all(isinstance(v, (int, float)) for v in value)):
-            flat[name] = value
-    return flat
+def ab_section(folder: Path, plots: Path) -> str:
+    """The arms, the forest plot and the per-type effects, under the A/B's own verdict: a forest of
+    zero-width intervals (nobody converted) must not be read without it."""
+    summary = _read_json(folder / "ab_summary.json")
+    parts = ["<h2>A/B layout effects</h2>"]
+    if summary is None:  # only the A/B helper's own plot is there
+        target = plots / "ab_effects.png"
+        shutil.copyfile(folder / "ab_effects.png", target)
+        return "\n".join(parts + [image(f"{PLOTS_DIR}/{target.name}", "ΔCR overall and per type with intervals")])
+    parts.append(f"<p class='note'>{html.escape(summary.get('kind', 'A/B'))} on shop {html.escape(str(summary['shop']))}, "
+                 f"policy {html.escape(str(summary.get('policy')))}, {summary['n']} paired buyers (the same buyers in "
+                 f"both arms); conversions from the {html.escape(str(summary.get('outcome_source', 'store order log')))}. "
+                 f"McNemar mid-p = {summary['p_value']:.3g}.</p>")
+    parts += [f"<p class='verdict'>{html.escape(line)}</p>" for line in verdicts.ab_verdicts(summary)]
+    parts.append(arms_table(summary))
+    rows = effect_rows(summary)
+    png = plots / "ab_forest.png"
+    plot_forest(rows, png, f"B = {summary['variants']['B']} vs A = {summary['variants']['A']}")
+    parts.append(image(f"{PLOTS_DIR}/{png.name}",
+                       "Forest plot: the change in conversion rate from layout A to layout B, for all buyers (black) "
+                       f"and per buyer type (blue), with {summary.get('confidence', 0.95):.0%} paired bootstrap intervals. "
+                       "An interval that crosses the dashed zero line is no evidence of a difference.", wide=True))
+    parts.append(table(rows, [("label", "buyers"), ("cr_a", "CR A"), ("cr_b", "CR B"), ("delta_text", "ΔCR [interval]"),
+                              ("only_a", "converted in A only"), ("only_b", "converted in B only"), ("p_mid", "McNemar mid-p")]))
+    return "\n".join(parts)
+
+
+def arms_table(summary: dict) -> str:
+    rows = []
+    n = summary["n"]
+    for arm in ("A", "B"):
+        figures = (summary.get("arms") or {}).get(arm) or {}
+        converted = round(summary[f"conversion_{arm.lower()}"] * n)
+        outcomes = figures.get("outcomes") or {}
+        rows.append({"arm": arm, "variant": summary["variants"][arm], "buyers": n, "converted": converted,
+                     "cr": rate_with_interval(converted / n, wilson_interval(converted, n)),
+                     "max_steps": outcomes.get("max_steps"), "errors": outcomes.get("error")})
+    return table(rows, [("arm", "arm"), ("variant", "layout"), ("buyers", "buyers"), ("converted", "converted"),
+                        ("cr", "CR [95 % Wilson]"), ("max_steps", "ended at max-steps"), ("errors", "errors")],
+                 left=("variant",))
+
+
+def effect_rows(summary: dict) -> list[dict]:
+    """Overall, then one row per type (by code): rates, ΔCR with its interval, discordant pairs."""
+    overall = {"n": summary["n"], "conversion_a": summary["conversion_a"], "conversion_b": summary["conversion_b"],
+               "delta": summary["delta"], "ci": summary["ci"], "p_mid": summary["p_value"],
+               "b_only_a_converted": summary["mcnemar"]["b_only_a_converted"],
+               "c_only_b_converted": summary["mcnemar"]["c_only_b_converted"]}
+    entries = [(f"all buyers (n={summary['n']})", overall)]
+    for code, effect in sorted((summary.get("per_type") or {}).items(), key=lambda kv: int(kv[0])):
+        entries.append((f"type {code} (n={effect['n']})", effect))
+    return [{"label": label, "delta": e["delta"], "ci": e["ci"], "cr_a": rate_with_interval(e["conversion_a"]),
+             "cr_b": rate_with_interval(e["conversion_b"]),
+             "delta_text": f"{e['delta']:+.3f} [{e['ci'][0]:+.3f}, {e['ci'][1]:+.3f}]",
+             "only_a": e["b_only_a_converted"], "only_b": e["c_only_b_converted"], "p_mid": e["p_mid"]}
+            for label, e in entries]
+
+
+# ---------------------------------------------------------------------------------------------
+# Codebook
+
+
+def codebook_dirs(run_dir: Path, summary: dict | None) -> list[tuple[str, Path]]:
+    """(name, dir) of every codebook under the run: codebook/ and <protocol>/codebook/."""
+    names = ["."] + list((summary or {}).get("protocols") or {})
+    found = [(name, run_dir / name / "codebook") for name in names]
+    return [(("codebook" if name == "." else f"{name}/codebook"), path) for name, path in found
+            if (path / "types.json").is_file()]
+
+
+def codebook_section(name: str, directory: Path) -> str:
+    types = (_read_json(directory / "types.json") or {}).get("types") or []
+    metrics = _read_json(directory / "metrics.json") or {}
+    parts = [f"<h2>Codebook ({html.escape(name)})</h2>"]
+    if metrics:
+        parts.append(metrics_table(metrics))
+    rows = [{"code": t.get("code"), "buyers": t.get("n_buyers"), "share": rate_with_interval(t.get("share")),
+             "conversion": rate_with_interval(t.get("conversion_rate")), "median_events": t.get("median_events"),
+             "summary": t.get("summary")} for t in sorted(types, key=lambda t: t.get("code", 0))]
+    parts.append(table(rows, [("code", "type"), ("buyers", "buyers"), ("share", "share"), ("conversion", "conversion"),
+                              ("median_events", "median events"), ("summary", "summary")], left=("summary",)))
+    return "\n".join(parts)
+
+
+def metrics_table(metrics: dict) -> str:
+    conversion, shops = metrics.get("conversion") or {}, metrics.get("shops") or {}
+    active = metrics.get("active_codes") or {}
+    rows = [
+        ("buyers it learned from", metrics.get("n_buyers")),
+        ("types (K)", metrics.get("codebook_size")),
+        ("active types", active.get("count")),
+        ("perplexity (effective number of types)", metrics.get("perplexity")),
+        ("reconstruction MSE (standardised features)", metrics.get("reconstruction_mse")),
+        ("Calinski–Harabasz", metrics.get("calinski_harabasz")),
+        ("conversion AUC from the type's rate", conversion.get("auc_from_type_rate")),
+        ("std of conversion between types", conversion.get("rate_std_between_types")),
+        ("JSD between shops' type mixes (bits)", shops.get("between_shops_jsd_bits")),
+        ("JSD split-half noise floor (bits)", shops.get("split_half_jsd_bits")),
+    ]
+    return table([{"figure": k, "value": v} for k, v in rows if v is not None], [("figure", "figure"), ("value", "value")])
+
+
+# ---------------------------------------------------------------------------------------------
+# The report
 
 
 def write_report(run_dir: str | Path) -> Path:
@@ -287,20 +521,25 @@ def write_report(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ReportError(f"{run_dir}: no such run directory")
-    plots = run_dir / PLOTS_DIR
-    plots.mkdir(exist_ok=True)
     summary = _read_json(run_dir / "summary.json")
-    sections = []
-    if summary and "protocols" in summary:
-        sections.append(evaluation_section(summary, run_dir, plots))
-    elif summary and "per_type" in summary:
-        sections.append(simulation_section(summary, plots))
-    ab = ab_section(run_dir, plots)
-    if ab:
-        sections.append(ab)
-    if not sections:
+    ab_folder = find_ab(run_dir)
+    evaluation = summary if summary and "protocols" in summary else None
+    simulation = summary if summary and "per_type" in summary and not evaluation else None
+    if not (evaluation or simulation or ab_folder):
         raise ReportError(f"{run_dir}: nothing to report (expected summary.json of an evaluation or a simulation, "
                           "or ab_summary.json / ab_effects.png here or in ab/)")
+    plots = run_dir / PLOTS_DIR
+    plots.mkdir(exist_ok=True)
+    ab_summary = _read_json(ab_folder / "ab_summary.json") if ab_folder else None
+    lines = run_verdicts(evaluation, simulation, ab_summary)
+    sections = [verdict_box(lines)]
+    if evaluation:
+        sections.append(evaluation_section(evaluation, plots))
+    if simulation:
+        sections.append(simulation_section(simulation, plots))
+    if ab_folder:
+        sections.append(ab_section(ab_folder, plots))
+    sections += [codebook_section(name, path) for name, path in codebook_dirs(run_dir, evaluation)]
     title = f"SimPersona report — {run_dir.name}"
     document = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
                 f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>\n" + "\n".join(sections)
@@ -308,3 +547,15 @@ def write_report(run_dir: str | Path) -> Path:
     path = run_dir / REPORT_FILE
     path.write_text(document, encoding="utf-8")
     return path
+
+
+def run_verdicts(evaluation: dict | None, simulation: dict | None, ab_summary: dict | None) -> list[str]:
+    """Every verdict line of the run, in the order of the report's sections."""
+    lines = []
+    if evaluation:
+        lines += verdicts.evaluation_verdicts(evaluation)
+    if simulation:
+        lines += verdicts.simulation_verdicts(simulation)
+    if ab_summary:
+        lines += verdicts.ab_verdicts(ab_summary)
+    return lines

@@ -1,0 +1,126 @@
+"""Plain-language verdicts over a run's summaries: what the figures do and do not show.
+
+Pure functions of the JSON summaries, each returning a list of one-line sentences; the demo prints
+them and report.html shows them. They exist because a figure can look like a result when it is not
+one: an A/B in which nobody converted has ΔCR 0 and p = 1, which reads as "no difference" but
+means the run could not see any difference at all.
+
+    ab_verdicts(ab_summary)            ab_summary.json of harness.sim.ab
+    evaluation_verdicts(summary)       summary.json of harness.eval.evaluate ("protocols")
+    simulation_verdicts(summary)       summary.json of one simulation run ("per_type")
+"""
+
+from __future__ import annotations
+
+AGENT = "persona"
+BASELINES = ("global_rate", "type_profile")
+# Below this many conversions over both arms together an A/B has no power: even if every one of
+# them fell in the same arm, McNemar's mid-p (0.5 ** conversions) would not get below 0.05.
+MIN_AB_CONVERSIONS = 5
+# A buyer that ends at max-steps neither bought nor left: it got lost. When most buyers do, the
+# agent does not find its way through the store and its conversion rate says little about types.
+MAX_STEPS_MAJORITY = 0.5
+
+
+def _percent(rate: float) -> str:
+    return f"{100 * rate:.1f} %"
+
+
+def _arm_conversions(ab: dict, arm: str) -> int:
+    """Buyers who converted in one arm (the rate is over the n paired buyers)."""
+    return round(ab[f"conversion_{arm.lower()}"] * ab["n"])
+
+
+def lost_buyers(outcomes: dict | None, buyers: int) -> str | None:
+    """A sentence when most buyers ended at max-steps, else None."""
+    lost = (outcomes or {}).get("max_steps", 0)
+    if buyers and lost / buyers > MAX_STEPS_MAJORITY:
+        return f"{lost} of {buyers} buyers ended at max-steps: the agent does not find its way through the store"
+    return None
+
+
+def ab_verdicts(ab: dict) -> list[str]:
+    """The A/B's outcome, or that it tells nothing when (almost) nobody converted."""
+    n, alpha = ab["n"], ab.get("alpha", 0.05)
+    a, b = _arm_conversions(ab, "A"), _arm_conversions(ab, "B")
+    counts = f"{a}/{n} converted in A ({ab['variants']['A']}), {b}/{n} in B ({ab['variants']['B']})"
+    lines = []
+    if a + b == 0:
+        lines.append(f"A/B tells nothing: nobody converted in either arm ({counts}); "
+                     "the layouts cannot be compared with this agent")
+    elif a + b < MIN_AB_CONVERSIONS:
+        lines.append(f"A/B tells almost nothing: only {a + b} conversions over both arms ({counts}); "
+                     "too few for any difference to be detected")
+    else:
+        low, high = ab["ci"]
+        effect = f"ΔCR {ab['delta']:+.3f} (CI {low:+.3f} … {high:+.3f}), McNemar p = {ab['p_value']:.3g}"
+        if ab["p_value"] < alpha:
+            better = "better" if ab["delta"] > 0 else "worse"
+            lines.append(f"A/B: B converts {better} than A: {effect}; {counts}")
+        else:
+            lines.append(f"A/B: no significant difference at α = {alpha:g}: {effect}; {counts}")
+    for arm, figures in sorted((ab.get("arms") or {}).items()):
+        lost = lost_buyers(figures.get("outcomes"), n)
+        if lost:
+            lines.append(f"A/B arm {arm}: {lost}")
+    return lines
+
+
+def alignment_verdicts(result: dict, agent: str = AGENT) -> list[str]:
+    """Whether the agent is ahead of or behind each baseline on conversion alignment."""
+    policies = result.get("policies") or {}
+    mine = (policies.get(agent) or {}).get("alignment")
+    if mine is None:
+        return []
+    lines = []
+    ahead = []
+    for baseline in BASELINES:
+        theirs = (policies.get(baseline) or {}).get("alignment")
+        if theirs is None:
+            continue
+        if mine < theirs:
+            lines.append(f"the {agent} agent is BEHIND the {baseline} baseline on alignment ({mine:.3f} vs {theirs:.3f})")
+        else:
+            ahead.append(f"{baseline} {theirs:.3f}")
+    if ahead:
+        lines.append(f"the {agent} agent ({mine:.3f}) is ahead of " + ", ".join(ahead) + " on alignment")
+    return lines
+
+
+def collapse_verdicts(result: dict, agent: str = AGENT) -> list[str]:
+    """Held-out shops where the agent converts nobody although real buyers do; most buyers lost."""
+    rows = [row for row in result.get("shops") or [] if row.get("policy") == agent and row.get("sim_buyers")]
+    lines = []
+    for row in rows:
+        if row.get("sim_converted", 0) == 0 and row.get("real_converted", 0) > 0:
+            lines.append(f"the {agent} agent collapsed in shop {row['shop']}: 0 of {row['sim_buyers']} buyers converted "
+                         f"(real rate {_percent(row['cr_real'])})")
+    buyers = sum(row["sim_buyers"] for row in rows)
+    lost = sum((row.get("outcomes") or {}).get("max_steps", 0) for row in rows)
+    sentence = lost_buyers({"max_steps": lost}, buyers)
+    if sentence:
+        lines.append(f"the {agent} agent collapsed over the held-out shops: {sentence}")
+    return lines
+
+
+def evaluation_verdicts(summary: dict, agent: str = AGENT) -> list[str]:
+    """Alignment and collapse verdicts of every protocol (named when there are several)."""
+    protocols = summary.get("protocols") or {}
+    lines = []
+    for name, result in protocols.items():
+        prefix = f"{name}: " if len(protocols) > 1 else ""
+        lines += [prefix + line for line in collapse_verdicts(result, agent) + alignment_verdicts(result, agent)]
+    return lines
+
+
+def simulation_verdicts(summary: dict) -> list[str]:
+    """One simulation run: no conversions where real buyers of those types do convert; most buyers lost."""
+    buyers = summary.get("completed") or 0
+    lines = []
+    if buyers and summary.get("converted", 0) == 0 and (summary.get("real_conversion_rate") or 0) > 0:
+        lines.append(f"the agent collapsed: 0 of {buyers} buyers converted "
+                     f"(real rate of these types {_percent(summary['real_conversion_rate'])})")
+    lost = lost_buyers(summary.get("outcomes"), buyers)
+    if lost:
+        lines.append(lost)
+    return lines

@@ -1,0 +1,107 @@
+"""harness.eval.verdicts: plain sentences over hand-made summaries."""
+
+from harness.eval.verdicts import (
+    ab_verdicts,
+    alignment_verdicts,
+    collapse_verdicts,
+    evaluation_verdicts,
+    simulation_verdicts,
+)
+
+
+def ab_summary(conversion_a: float, conversion_b: float, p_value: float, n: int = 80, ci=(-0.05, 0.05),
+               max_steps: int = 0) -> dict:
+    arms = {arm: {"outcomes": {"converted": 0, "left": n - max_steps, "max_steps": max_steps, "error": 0}}
+            for arm in ("A", "B")}
+    return {"n": n, "alpha": 0.05, "variants": {"A": "saved_details", "B": "worse_saved_details"},
+            "conversion_a": conversion_a, "conversion_b": conversion_b, "delta": conversion_b - conversion_a,
+            "ci": list(ci), "p_value": p_value, "arms": arms}
+
+
+def test_ab_where_nobody_converted_tells_nothing():
+    lines = ab_verdicts(ab_summary(0.0, 0.0, 1.0, ci=(0.0, 0.0)))
+    assert lines[0].startswith("A/B tells nothing: nobody converted in either arm")
+    assert "0/80 converted in A (saved_details), 0/80 in B" in lines[0]
+    assert not any("no significant difference" in line for line in lines)
+
+
+def test_ab_with_almost_no_conversions_tells_almost_nothing():
+    lines = ab_verdicts(ab_summary(2 / 80, 1 / 80, 1.0))
+    assert lines[0].startswith("A/B tells almost nothing: only 3 conversions over both arms")
+    assert not any("no significant difference" in line for line in lines)
+
+
+def test_ab_with_enough_conversions_reports_the_test():
+    worse = ab_verdicts(ab_summary(0.30, 0.10, 0.001, ci=(-0.3, -0.1)))
+    assert worse == ["A/B: B converts worse than A: ΔCR -0.200 (CI -0.300 … -0.100), McNemar p = 0.001; "
+                     "24/80 converted in A (saved_details), 8/80 in B (worse_saved_details)"]
+    same = ab_verdicts(ab_summary(0.30, 0.28, 0.6))
+    assert same[0].startswith("A/B: no significant difference at α = 0.05: ΔCR -0.020")
+
+
+def test_ab_arm_with_most_buyers_lost_says_so():
+    lines = ab_verdicts(ab_summary(0.0, 0.0, 1.0, max_steps=51))
+    assert "A/B arm A: 51 of 80 buyers ended at max-steps: the agent does not find its way through the store" in lines
+    assert len([line for line in lines if "max-steps" in line]) == 2
+    assert not any("max-steps" in line for line in ab_verdicts(ab_summary(0.0, 0.0, 1.0, max_steps=40)))
+
+
+def protocol(persona_alignment: float, rows: list[dict]) -> dict:
+    return {"policies": {"persona": {"alignment": persona_alignment}, "type_profile": {"alignment": 0.826},
+                         "global_rate": {"alignment": 0.759}, "type_oracle": {"alignment": 0.99}},
+            "shops": rows}
+
+
+def shop_row(shop: str, converted: int, max_steps: int, buyers: int = 40, real_converted: int = 11,
+             policy: str = "persona") -> dict:
+    return {"policy": policy, "shop": shop, "sim_buyers": buyers, "sim_converted": converted, "cr_real": 0.284,
+            "real_converted": real_converted, "outcomes": {"converted": converted, "max_steps": max_steps}}
+
+
+def test_agent_behind_the_baselines():
+    lines = alignment_verdicts(protocol(0.0, []))
+    assert lines == ["the persona agent is BEHIND the global_rate baseline on alignment (0.000 vs 0.759)",
+                     "the persona agent is BEHIND the type_profile baseline on alignment (0.000 vs 0.826)"]
+
+
+def test_agent_ahead_of_the_baselines_but_not_compared_with_the_oracle():
+    lines = alignment_verdicts(protocol(0.9, []))
+    assert lines == ["the persona agent (0.900) is ahead of global_rate 0.759, type_profile 0.826 on alignment"]
+    assert alignment_verdicts({"policies": {"type_profile": {"alignment": 0.8}}}) == []
+
+
+def test_collapsed_agent():
+    rows = [shop_row("s1", 0, 30), shop_row("s2", 0, 21), shop_row("s1", 0, 40, policy="type_profile")]
+    lines = collapse_verdicts(protocol(0.0, rows))
+    assert lines == [
+        "the persona agent collapsed in shop s1: 0 of 40 buyers converted (real rate 28.4 %)",
+        "the persona agent collapsed in shop s2: 0 of 40 buyers converted (real rate 28.4 %)",
+        "the persona agent collapsed over the held-out shops: 51 of 80 buyers ended at max-steps: "
+        "the agent does not find its way through the store",
+    ]
+
+
+def test_healthy_agent_and_a_shop_without_real_purchases_are_not_collapse():
+    rows = [shop_row("s1", 12, 3), shop_row("s2", 0, 2, real_converted=0)]
+    assert collapse_verdicts(protocol(0.9, rows)) == []
+
+
+def test_evaluation_verdicts_name_the_protocol_when_there_are_several():
+    collapsed = protocol(0.0, [shop_row("s1", 0, 5)])
+    one = evaluation_verdicts({"protocols": {"paper": collapsed}})
+    assert one[0].startswith("the persona agent collapsed in shop s1")
+    both = evaluation_verdicts({"protocols": {"paper": collapsed, "strict": protocol(0.9, [shop_row("s1", 9, 0)])}})
+    assert both[0].startswith("paper: the persona agent collapsed in shop s1")
+    assert both[-1].startswith("strict: the persona agent (0.900) is ahead")
+
+
+def test_simulation_verdicts():
+    collapsed = {"completed": 40, "converted": 0, "real_conversion_rate": 0.3,
+                 "outcomes": {"converted": 0, "left": 10, "max_steps": 30, "error": 0}}
+    assert simulation_verdicts(collapsed) == [
+        "the agent collapsed: 0 of 40 buyers converted (real rate of these types 30.0 %)",
+        "30 of 40 buyers ended at max-steps: the agent does not find its way through the store",
+    ]
+    healthy = {"completed": 40, "converted": 12, "real_conversion_rate": 0.3,
+               "outcomes": {"converted": 12, "left": 25, "max_steps": 3, "error": 0}}
+    assert simulation_verdicts(healthy) == []
