@@ -82,7 +82,7 @@ def agent_dir(work, store, tmp_path_factory) -> Path:
               for (index, code), steps in recorder.steps.items()]
     result = CliRunner().invoke(app, [
         "train-agent", "--traces", str(write_traces(traces, work / "traces.jsonl")), "--out", str(work / "agent"),
-        "--base", "tiny", "--codebook", str(work / "codebook"), "--single-stage", "--stage2-epochs", "6",
+        "--base", "tiny", "--codebook", str(work / "codebook"), "--single-stage", "--stage2-epochs", "20",
         "--stage2-lr", "1e-2", "--batch-size", "8", "--max-length", "1024",
     ])
     assert result.exit_code == 0, result.output
@@ -133,8 +133,18 @@ def test_the_agent_dir_records_its_codebook_traces_and_sampling(work, agent_dir)
     assert persona_map.sampling == Sampling()  # not calibrated yet: the documented default
 
 
+# A calibrated temperature other than the default, so that every path is seen to read it from the
+# agent dir; the agent still writes valid actions at it, so sampling (not the greedy retry) decides.
+CALIBRATED_TEMPERATURE = 1.2
+
+
 @pytest.mark.slow
 def test_simulate_ab_evaluate_and_ray_shards_act_alike(work, agent_dir, store, local_ray, tmp_path):
+    calibrated = tmp_path / "work"
+    shutil.copytree(work / "codebook", calibrated / "codebook")
+    shutil.copytree(agent_dir, calibrated / "agent")
+    record_calibrated_temperature(calibrated / "agent", {"shops": ["1001"], "chosen": CALIBRATED_TEMPERATURE})
+    work, agent_dir = calibrated, calibrated / "agent"
     codebook = CodebookArtifact.load(work / "codebook")
     spec = PolicySpec(str(agent_dir), seed=SEED)  # what `simulate` and `ab` build from --policy and --seed
 
@@ -165,7 +175,7 @@ def test_simulate_ab_evaluate_and_ray_shards_act_alike(work, agent_dir, store, l
         assert _actions(trajectories) == expected, name
     manifests = [tmp_path / run / "manifest.json" for run in ("simulate", "ab/A", "evaluate", "ray")]
     temperatures = {json.loads(path.read_text())["policy"]["temperature"] for path in manifests}
-    assert temperatures == {Sampling().temperature}  # every path sampled at the agent dir's temperature
+    assert temperatures == {CALIBRATED_TEMPERATURE}  # every path sampled at the agent dir's temperature
     # The comparison has teeth: greedy decoding, or another sampling seed, acts otherwise.
     for other in (replace(spec, temperature=0.0), replace(spec, seed=SEED + 1)):
         run = simulate(store.url, "mixed", codebook, other, out_dir=tmp_path, run_id=f"other-{other.seed}-{other.temperature}",

@@ -105,3 +105,14 @@ def test_simulation_verdicts():
     healthy = {"completed": 40, "converted": 12, "real_conversion_rate": 0.3,
                "outcomes": {"converted": 12, "left": 25, "max_steps": 3, "error": 0}}
     assert simulation_verdicts(healthy) == []
+
+
+def test_the_ab_command_says_a_run_without_conversions_tells_nothing():
+    from harness.sim.ab import verdict
+    from harness.sim.paired import paired_effect
+
+    nobody = paired_effect([0] * 40, [0] * 40)
+    assert verdict(nobody, 0.05, conversions=0) == "tells nothing: nobody converted in either arm"
+    assert verdict(paired_effect([1, 1] + [0] * 38, [0] * 40), 0.05, conversions=2).startswith("tells almost nothing")
+    strong = paired_effect([1] * 30 + [0] * 10, [0] * 40)
+    assert verdict(strong, 0.05, conversions=30) == "B converts worse than A"

@@ -51,11 +51,9 @@ from agent.page import ORDER_CONFIRMED_PATH
 from harness.drivers.base import Observation, StepOutcome
 from storefronts import BUYER_HEADER
 from harness.drivers.observation import (
-    DEFAULT_SETTLE_MS, DEFAULT_TOKEN_BUDGET, NETWORK_IDLE_TIMEOUT_MS,
-    PAGE_TEXT_MAX_CHARS, PRODUCT_NAME_SELECTORS, PageSnapshot, RawElement, accessible_name,
-    disabled_error, find_element, interception_detail, is_form_field, is_pay_control, listed_elements, match_option,
-    no_option_error, render, stale_id_error, stamp_rules,
-    scroll_window,
+    DEFAULT_SETTLE_MS, DEFAULT_TOKEN_BUDGET, NETWORK_IDLE_TIMEOUT_MS, PAGE_TEXT_MAX_CHARS, PRODUCT_NAME_SELECTORS,
+    accessible_name, chosen_option, disabled_error, find_element, interception_detail, is_form_field,
+    is_pay_control, listed_elements, PageSnapshot, RawElement, render, scroll_window, stale_id_error, stamp_rules,
 )
 from harness.drivers.safety import SiteGuard
 
@@ -538,11 +536,9 @@ class BrowserSession:
             await locator.fill(action.text or "")
             await locator.press("Enter")
         elif action.verb == "select":
-            if raw.tag != "select":
-                return StepOutcome(error=f"[{raw.id}] is not a drop-down; click it instead")
-            index = match_option(raw.options, action.text or "")
-            if index is None:
-                return StepOutcome(error=no_option_error(raw.id, raw.options, action.text or ""))
+            index, error = chosen_option(raw, action.text or "")
+            if error:
+                return StepOutcome(error=error)
             await locator.select_option(index=index)
         else:
             raise ActionError(f"unknown action {action.verb!r}")

@@ -27,9 +27,9 @@ from agent.actions import Action, ActionError, parse_action
 from agent.page import ORDER_CONFIRMED_PATH
 from harness.drivers.base import Observation, StepOutcome
 from harness.drivers.observation import (
-    DEFAULT_TOKEN_BUDGET, PAGE_TEXT_MAX_CHARS, PRODUCT_NAME_SELECTORS, PageSnapshot, RawElement, accessible_name,
-    collapse, disabled_error, find_element, interception_detail, is_form_field, is_pay_control, listed_elements,
-    match_option, no_option_error, render, scroll_window, stale_id_error,
+    DEFAULT_TOKEN_BUDGET, PAGE_TEXT_MAX_CHARS, PRODUCT_NAME_SELECTORS, accessible_name, chosen_option, collapse,
+    disabled_error, find_element, interception_detail, is_form_field, is_pay_control, listed_elements,
+    PageSnapshot, RawElement, render, scroll_window, stale_id_error,
 )
 from harness.drivers.safety import SiteGuard
 from harness.drivers.soup_walk import BLOCKS_IMPLICIT_SUBMISSION, SoupWalker, css_hidden_ids, form_fields, input_type
@@ -186,11 +186,9 @@ class HttpSession:
             tag["value"] = action.text or ""
             return await self._implicit_submit(tag, walker)
         if action.verb == "select":
-            if raw.tag != "select":
-                return StepOutcome(error=f"[{raw.id}] is not a drop-down; click it instead")
-            index = match_option(raw.options, action.text or "")
-            if index is None:
-                return StepOutcome(error=no_option_error(raw.id, raw.options, action.text or ""))
+            index, error = chosen_option(raw, action.text or "")
+            if error:
+                return StepOutcome(error=error)
             for position, option in enumerate(tag.find_all("option")):
                 if position == index:
                     option["selected"] = ""

@@ -460,6 +460,16 @@ def no_option_error(element_id: int, options: list[str], wanted: str) -> str:
     return f"[{element_id}] has no option {quote(wanted)}; options: {shown}"
 
 
+def chosen_option(raw: RawElement, wanted: str) -> tuple[int | None, str | None]:
+    """(index of the option `select [id] "wanted"` names, None), or (None, the buyer's error line)."""
+    if raw.tag != "select":
+        return None, f"[{raw.id}] is not a drop-down; click it instead"
+    index = match_option(raw.options, wanted)
+    if index is None:
+        return None, no_option_error(raw.id, raw.options, wanted)
+    return index, None
+
+
 def interception_detail(control: str, url: str, page_text: str, product: str) -> dict:
     return {
         "intercepted": True,

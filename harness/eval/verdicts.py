@@ -12,11 +12,10 @@ means the run could not see any difference at all.
 
 from __future__ import annotations
 
+from harness.sim.ab import MIN_AB_CONVERSIONS
+
 AGENT = "persona"
 BASELINES = ("global_rate", "type_profile")
-# Below this many conversions over both arms together an A/B has no power: even if every one of
-# them fell in the same arm, McNemar's mid-p (0.5 ** conversions) would not get below 0.05.
-MIN_AB_CONVERSIONS = 5
 # A buyer that ends at max-steps neither bought nor left: it got lost. When most buyers do, the
 # agent does not find its way through the store and its conversion rate says little about types.
 MAX_STEPS_MAJORITY = 0.5

@@ -244,7 +244,17 @@ def finish_ab(config: ABConfig, populations, arms, store_orders, policy_name: st
     return ABResult(config.run_dir, summary, overall, per_type)
 
 
-def verdict(effect: PairedEffect, alpha: float) -> str:
+# Fewer conversions than this over both arms and not even a one-sided split of them reaches
+# p < 0.05: the A/B cannot tell the layouts apart, whatever they do.
+MIN_AB_CONVERSIONS = 5
+
+
+def verdict(effect: PairedEffect, alpha: float, conversions: int) -> str:
+    """One line for the A/B; `conversions` counts converted buyers over both arms."""
+    if conversions == 0:
+        return "tells nothing: nobody converted in either arm"
+    if conversions < MIN_AB_CONVERSIONS:
+        return f"tells almost nothing: only {conversions} conversions over both arms"
     if effect.p_value >= alpha:
         return "no significant difference"
     return "B converts worse than A" if effect.delta < 0 else "B converts better than A"
@@ -294,7 +304,7 @@ def build_summary(config, table, arms, store_orders, overall, per_type, policy_n
         "p_value": overall.p_value,
         "p_value_method": "McNemar mid-p (two-sided) on the discordant pairs; p_exact is the exact binomial test",
         "significant": overall.p_value < config.alpha,
-        "verdict": verdict(overall, config.alpha),
+        "verdict": verdict(overall, config.alpha, int(table[f"{source}_A"].sum() + table[f"{source}_B"].sum())),
         "per_type": {str(code): _effect_row(effect) for code, effect in per_type.items()},
         "seeds": {
             "population_seed": config.seed,
