@@ -1,5 +1,8 @@
 """Held-out evaluation: do synthetic buyers convert like the real buyers of shops never trained on?
 
+(Over 500 lines: the evaluation's steps share one config and one work-dir layout and are read in
+the order they run; policies, reports and verdicts live in their own modules.)
+
 `evaluate(EvaluateConfig(...))` runs the whole loop, one step after another, each writing its file
 into `out_dir`, so a rerun skips the steps already done (resumable):
 

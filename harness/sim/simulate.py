@@ -1,5 +1,8 @@
 """Population simulation: N synthetic buyers of a shop's type mix shop at a store, C at a time.
 
+(Over 500 lines: one run's loop, its retries, clean stop and resume share the run's state; the
+drivers, the run dir and the policies live in their own modules.)
+
 One process drives every buyer with asyncio. Each buyer gets its own isolated session (a browser
 context, or an HTTP client with its own cookies), and every request it sends carries the header
 X-SimPersona-Buyer: <run_id>:<buyer_index>, so a store of ours counts orders per synthetic buyer.
