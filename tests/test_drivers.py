@@ -149,6 +149,9 @@ async def test_stale_malformed_and_wrong_actions_become_errors(buyer, server):
     sort_id = id_of(text, 'combobox "Sort by"')
     wrong = await buyer.act(parse_action(f'select [{sort_id}] "Cheapest"'))
     assert wrong.error == f'[{sort_id}] has no option "Cheapest"; options: "Most popular" | "Price: low to high"'
+    # A click only opens a drop-down, which the text cannot show: the buyer is told how to choose.
+    clicked = await buyer.act(parse_action(f"click [{sort_id}]"))
+    assert clicked.error == f'[{sort_id}] is a drop-down; choose an option with select [{sort_id}] "option"'
     ok = await buyer.act(parse_action("scroll down"))
     assert ok.error == "already at the bottom of the page"
     assert "Error:" not in (await buyer.observe()).text.replace("Error: already", "")

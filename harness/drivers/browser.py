@@ -52,8 +52,9 @@ from harness.drivers.base import Observation, StepOutcome
 from storefronts import BUYER_HEADER
 from harness.drivers.observation import (
     DEFAULT_SETTLE_MS, DEFAULT_TOKEN_BUDGET, NETWORK_IDLE_TIMEOUT_MS, PAGE_TEXT_MAX_CHARS, PRODUCT_NAME_SELECTORS,
-    accessible_name, chosen_option, disabled_error, find_element, interception_detail, is_form_field,
+    accessible_name, chosen_option, click_error, disabled_error, find_element, interception_detail,
     is_pay_control, listed_elements, PageSnapshot, RawElement, render, scroll_window, stale_id_error, stamp_rules,
+    typing_error,
 )
 from harness.drivers.safety import SiteGuard
 
@@ -527,12 +528,13 @@ class BrowserSession:
             return intercepted
         locator = self.page.locator(f'[data-sp-id="{raw.id}"]').first
         if action.verb == "click":
-            error = await self._click(raw)   # links open in the same tab: stamp.js removed their target
+            # links open in the same tab: stamp.js removed their target
+            error = click_error(raw) or await self._click(raw)
             if error:
                 return StepOutcome(error=error)
         elif action.verb == "type":
-            if not is_form_field(raw) or raw.tag == "select" or raw.input_type in ("checkbox", "radio"):
-                return StepOutcome(error=f"cannot type into [{raw.id}] ({raw.tag}); type into a text field")
+            if typing_error(raw):
+                return StepOutcome(error=typing_error(raw))
             await locator.fill(action.text or "")
             await locator.press("Enter")
         elif action.verb == "select":

@@ -27,9 +27,9 @@ from agent.actions import Action, ActionError, parse_action
 from agent.page import ORDER_CONFIRMED_PATH
 from harness.drivers.base import Observation, StepOutcome
 from harness.drivers.observation import (
-    DEFAULT_TOKEN_BUDGET, PAGE_TEXT_MAX_CHARS, PRODUCT_NAME_SELECTORS, accessible_name, chosen_option, collapse,
+    DEFAULT_TOKEN_BUDGET, PAGE_TEXT_MAX_CHARS, PRODUCT_NAME_SELECTORS, accessible_name, chosen_option, click_error, collapse,
     disabled_error, find_element, interception_detail, is_form_field, is_pay_control, listed_elements,
-    PageSnapshot, RawElement, render, scroll_window, stale_id_error,
+    PageSnapshot, RawElement, render, scroll_window, stale_id_error, typing_error,
 )
 from harness.drivers.safety import SiteGuard
 from harness.drivers.soup_walk import BLOCKS_IMPLICIT_SUBMISSION, SoupWalker, css_hidden_ids, form_fields, input_type
@@ -176,10 +176,12 @@ class HttpSession:
         if intercepted:
             return intercepted
         if action.verb == "click":
+            if click_error(raw):
+                return StepOutcome(error=click_error(raw))
             return await self._click(tag, raw, walker)
         if action.verb == "type":
-            if not is_form_field(raw) or raw.tag == "select" or raw.input_type in ("checkbox", "radio"):
-                return StepOutcome(error=f"cannot type into [{raw.id}] ({raw.tag}); type into a text field")
+            if typing_error(raw):
+                return StepOutcome(error=typing_error(raw))
             if tag.name == "textarea":
                 tag.string = action.text or ""
                 return StepOutcome()   # Enter in a textarea is a new line, not a submit

@@ -460,6 +460,21 @@ def no_option_error(element_id: int, options: list[str], wanted: str) -> str:
     return f"[{element_id}] has no option {quote(wanted)}; options: {shown}"
 
 
+def click_error(raw: RawElement) -> str | None:
+    """Why `click [id]` cannot act on the element, else None. A drop-down only opens on a click,
+    which changes nothing in the observation text, so a buyer clicking it would wait forever."""
+    if raw.tag == "select":
+        return f'[{raw.id}] is a drop-down; choose an option with select [{raw.id}] "option"'
+    return None
+
+
+def typing_error(raw: RawElement) -> str | None:
+    """Why `type [id] "text"` cannot go into the element, else None."""
+    if not is_form_field(raw) or raw.tag == "select" or raw.input_type in ("checkbox", "radio"):
+        return f"cannot type into [{raw.id}] ({raw.tag}); type into a text field"
+    return None
+
+
 def chosen_option(raw: RawElement, wanted: str) -> tuple[int | None, str | None]:
     """(index of the option `select [id] "wanted"` names, None), or (None, the buyer's error line)."""
     if raw.tag != "select":
