@@ -7,7 +7,7 @@
     .venv/bin/python scripts/alignment_tmall.py runs/tmall runs/tmall/seed2 --seed 2 \
         --baselines no_persona,neutral,type_profile,global_rate
 
-The configuration behind the README's alignment figures: the demo's codebook (K=16, hashed
+The configuration behind the alignment figures in docs/results.md: the demo's codebook (K=16, hashed
 embedding) and its 3 held-out shops, but 60 replayed training buyers per code (960 traces; with
 the demo's 12 per code the agent learns each training shop's page instead of the persona), 3 SFT
 epochs (about 1,400 steps; the seed 0 and 1 figures were made with --sft-max-steps 700, which stopped
