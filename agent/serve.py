@@ -272,32 +272,16 @@ class RunningServer:
 def serve_in_thread(agent_dir: str | Path, config: ServeConfig = ServeConfig(), local: LocalModel | None = None
                     ) -> Iterator[RunningServer]:
     """The transformers server on a background thread until the block exits (port 0: a free one)."""
-    import socket
-
-    import uvicorn
+    from storefronts.server import serve_app
 
     local = local or load_local(agent_dir, device=config.device)
     served_name = config.served_model_name or str(agent_dir)
     batcher = Batcher(local, config.max_batch, config.batch_wait_ms)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((config.host, config.port))
-    sock.listen(256)
-    server = uvicorn.Server(uvicorn.Config(create_app(batcher, served_name), log_level="warning", access_log=False,
-                                           lifespan="off", timeout_keep_alive=60))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="serve-agent", daemon=True)
-    thread.start()
     try:
-        while not server.started:
-            if not thread.is_alive():
-                raise RuntimeError("the agent server stopped during startup (see the log above)")
-            time.sleep(0.01)
-        yield RunningServer(f"http://{config.host}:{sock.getsockname()[1]}", served_name, batcher)
+        with serve_app(create_app(batcher, served_name), config.host, config.port, "serve-agent") as port:
+            yield RunningServer(f"http://{config.host}:{port}", served_name, batcher)
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
         batcher.close()
-        sock.close()
 
 
 def serve(agent_dir: str | Path, config: ServeConfig = ServeConfig()) -> None:

@@ -568,14 +568,15 @@ def simulate_agent(prepared: Path, config: CheckConfig, agent_dir: Path, deadlin
     real = pd.read_parquet(prepared / REAL_FILE)
     plans = plan_shops(evaluate_config, split.held_out, codes, real)
     # The persona row's policy exactly as `evaluate` builds it (its model on CUDA when present).
-    policy = row_policy("persona", work, evaluate_config, CodebookArtifact.load(work / "codebook"))
+    codebook = CodebookArtifact.load(work / "codebook")
+    policy = row_policy("persona", work, evaluate_config, codebook)
     rows, skipped, cut = [], [], []
     for plan in plans:
         if _left(deadline) <= 0:
             skipped.append(plan.shop)
             continue
         started = time.perf_counter()
-        run = simulate_shop(evaluate_config, work, "persona", policy, plan, "http", "persona")
+        run = simulate_shop(evaluate_config, work, codebook, "persona", policy, plan, "http", "persona")
         try:
             summary = asyncio.run(asyncio.wait_for(run, timeout=_left(deadline)))
         except TimeoutError:

@@ -61,7 +61,7 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as error:
         sock.close()
-        raise OSError(error.errno, f"cannot bind the store to {host}:{port}: {error.strerror}") from None
+        raise OSError(error.errno, f"cannot bind {host}:{port}: {error.strerror}") from None
     sock.listen(128)
     sock.setblocking(False)
     return sock
@@ -98,48 +98,59 @@ def serve_store(
         "products": str(len(store_catalog.products)),
         "prices_synthetic": str(len(store_catalog.prices_synthetic)),
     })
-    sock = None
     try:
         app = create_app(store_catalog, shop_id, log=log, variant=chosen, faults=faults)
-        sock = _bind(host, port)
-        bound_port = sock.getsockname()[1]
+        drop_filter = HideDropMessages()
+        logging.getLogger("uvicorn.error").addFilter(drop_filter)
+        try:
+            with serve_app(app, host, port, f"store-{shop_id}-{chosen.name}", log_level) as bound_port:
+                url_host = f"[{host}]" if ":" in host else host
+                yield RunningStore(url=f"http://{url_host}:{bound_port}/", host=host, port=bound_port,
+                                   db_path=db_file, variant=chosen, shop_id=store_catalog.shop_id, app=app)
+        finally:
+            logging.getLogger("uvicorn.error").removeFilter(drop_filter)
+    finally:
+        log.close()
+        if temp_dir is not None:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@contextmanager
+def serve_app(app, host: str = "127.0.0.1", port: int = 0, thread_name: str = "server",
+              log_level: str = "warning") -> Iterator[int]:
+    """Serve an ASGI app under uvicorn on a background thread until the block exits; yields the
+    port it listens on (port 0 picks a free one). The mock store and `serve-agent` both run on it."""
+    sock = _bind(host, port)
+    bound_port = sock.getsockname()[1]
+    try:
         # Keep idle connections longer than clients do (httpx drops them after 5 s): with uvicorn's
         # own 5 s default, a loaded machine lets the server close a connection the client is just
         # reusing, and that request fails with a ReadError.
         config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="off",
                                 timeout_graceful_shutdown=5, timeout_keep_alive=60)
         server = uvicorn.Server(config)
-        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},
-                                  name=f"store-{shop_id}-{chosen.name}-{bound_port}", daemon=True)
-        drop_filter = HideDropMessages()
-        logging.getLogger("uvicorn.error").addFilter(drop_filter)
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"{thread_name}-{bound_port}",
+                                  daemon=True)
         thread.start()
         try:
             _wait_started(server, thread)
-            url_host = f"[{host}]" if ":" in host else host
-            yield RunningStore(url=f"http://{url_host}:{bound_port}/", host=host, port=bound_port,
-                               db_path=db_file, variant=chosen, shop_id=store_catalog.shop_id, app=app)
+            yield bound_port
         finally:
             server.should_exit = True
             thread.join(SHUTDOWN_TIMEOUT_S)
             if thread.is_alive():  # a request that will not finish: stop waiting for it
                 server.force_exit = True
                 thread.join(SHUTDOWN_TIMEOUT_S)
-            logging.getLogger("uvicorn.error").removeFilter(drop_filter)
     finally:
-        if sock is not None:
-            sock.close()
-        log.close()
-        if temp_dir is not None:
-            shutil.rmtree(temp_dir, ignore_errors=True)
+        sock.close()
 
 
 def _wait_started(server: uvicorn.Server, thread: threading.Thread) -> None:
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while not server.started:
         if not thread.is_alive():
-            raise RuntimeError("the store's server thread stopped during startup (see the log above)")
+            raise RuntimeError(f"the server thread {thread.name} stopped during startup (see the log above)")
         if time.monotonic() > deadline:
             server.should_exit = True
-            raise RuntimeError(f"the store did not start within {STARTUP_TIMEOUT_S:.0f} s")
+            raise RuntimeError(f"the server {thread.name} did not start within {STARTUP_TIMEOUT_S:.0f} s")
         time.sleep(0.01)

@@ -78,9 +78,8 @@ def train_agent_command(
     """Fine-tune a base model on replayed traces: persona-token warm-up, then full or LoRA SFT."""
     from rich.console import Console
 
-    from agent.models import load_base
+    from agent.models import load_base, resolve_device
     from agent.persona import TraceSource
-    from agent.models import resolve_device
     from agent.sft import PRECISIONS, STAGE2_MODES, save_agent, train_agent
     from agent.traces import TraceError, read_traces
 

@@ -440,8 +440,8 @@ class ShopPlan:
         return {int(c): float(s) for c, s in codes.items()}
 
 
-async def simulate_shop(config: EvaluateConfig, work: Path, policy_name: str, policy, plan: ShopPlan,
-                        driver: str, run_group: str, pool=None) -> dict:
+async def simulate_shop(config: EvaluateConfig, work: Path, codebook: CodebookArtifact, policy_name: str, policy,
+                        plan: ShopPlan, driver: str, run_group: str, pool=None) -> dict:
     """Run (or resume, or reuse) one held-out shop's simulation; returns its summary."""
     from harness.sim.simulate import SimulationConfig, run_simulation
     from storefronts.server import serve_store
@@ -461,8 +461,7 @@ async def simulate_shop(config: EvaluateConfig, work: Path, policy_name: str, po
             out_dir=run_root, run_id=plan.shop, resume=(run_dir / "manifest.json").is_file(),
             store_db=store.db_path, our_store=True, variant=config.variant, progress=config.progress,
         )
-        result = await run_simulation(sim, policy, pool=pool, population=plan.population,
-                                      codebook=CodebookArtifact.load(work / "codebook"))
+        result = await run_simulation(sim, policy, pool=pool, population=plan.population, codebook=codebook)
     return result.summary
 
 
@@ -638,7 +637,7 @@ async def run_protocol(config: EvaluateConfig, protocol: str, split: ShopSplit, 
         for plan in plans:
             console.print(f"[bold]{protocol}[/] · {policy_name} · shop {plan.shop}: {len(plan.population)} buyers "
                           f"(real rate {plan.real_rate:.1%} of {plan.real_buyers})")
-            summary = await simulate_shop(config, work, policy_name, policy, plan, config.driver, policy_name)
+            summary = await simulate_shop(config, work, codebook, policy_name, policy, plan, config.driver, policy_name)
             rows.append(shop_row(policy_name, plan, summary, config.driver))
     training_codes = codes[codes["split"] == "training"]
     training_real = real.loc[real.index.isin(set(split.training))]
@@ -648,7 +647,7 @@ async def run_protocol(config: EvaluateConfig, protocol: str, split: ShopSplit, 
     code_rates = training_codes.groupby("code")["converted"].mean().to_dict()
     rows += [reference_row("type_oracle", plan, type_oracle_rate(plan.real_mix, code_rates, global_rate)) for plan in plans]
 
-    browser = await browser_check(config, work, plans) if config.browser_check and config.driver != "browser" and plans else None
+    browser = await browser_check(config, work, codebook, plans) if config.browser_check and config.driver != "browser" and plans else None
     behaviour = per_type_behaviour(work, "persona", [p.shop for p in plans])
     size = config.codebook_size
     mixes = {p.shop: {"real": p.real_mix, "sampled": p.sampled_mix, "jsd": mix_jsd(p.sampled_mix, p.real_mix, size)} for p in plans}
@@ -722,7 +721,7 @@ async def calibrate_temperature(config: EvaluateConfig, work: Path, split: ShopS
         rows = []
         for plan in plans:
             console.print(f"[bold]calibration[/] · T={temperature:g} · training shop {plan.shop}: {len(plan.population)} buyers")
-            summary = await simulate_shop(config, work, "persona", policy, plan, config.driver, f"calibration/T{temperature:g}")
+            summary = await simulate_shop(config, work, codebook, "persona", policy, plan, config.driver, f"calibration/T{temperature:g}")
             rows.append(shop_row("persona", plan, summary, config.driver))
         tried[f"{temperature:g}"] = {"temperature": temperature, **summarize_policy(rows), "rows": rows}
     chosen = max(tried.values(), key=lambda result: result["alignment"])["temperature"]
@@ -742,14 +741,14 @@ def record_calibrated_temperature(agent_dir: Path, calibration: dict) -> None:
     PersonaMap.load(agent_dir).with_sampling(calibration["chosen"], chosen_by).save(agent_dir)
 
 
-async def browser_check(config: EvaluateConfig, work: Path, plans: list[ShopPlan]) -> dict:
+async def browser_check(config: EvaluateConfig, work: Path, codebook: CodebookArtifact, plans: list[ShopPlan]) -> dict:
     """The persona agent on one held-out shop (the largest) with the browser driver as well:
     the two store-counted rates should agree within their Wilson intervals."""
     plan = max(plans, key=lambda p: p.real_buyers)
     plan = replace(plan, population=plan.population[: config.browser_buyers])
-    policy = row_policy("persona", work, config, CodebookArtifact.load(work / "codebook"))
-    browser = await simulate_shop(config, work, "persona", policy, plan, "browser", "persona_browser")
-    http = await simulate_shop(config, work, "persona", policy, plan, config.driver, "persona_http_check")
+    policy = row_policy("persona", work, config, codebook)
+    browser = await simulate_shop(config, work, codebook, "persona", policy, plan, "browser", "persona_browser")
+    http = await simulate_shop(config, work, codebook, "persona", policy, plan, config.driver, "persona_http_check")
     rows = {driver: shop_row("persona", plan, summary, driver) for driver, summary in (("browser", browser), (config.driver, http))}
     return {"shop": plan.shop, "buyers": len(plan.population),
             "browser": {k: rows["browser"][k] for k in ("cr_sim", "cr_sim_ci", "sim_converted", "sim_buyers")},
