@@ -3,7 +3,8 @@
 One `act` call renders every waiting buyer's prompt (persona token, observation, last actions) and
 runs one batched generation. Each answer is validated against the grammar and the page's ids.
 Rows that fail get one constrained retry, batched again: the output is restricted to the actions
-that need no free text (`click [id]` for an id on the page, scrolls, back, stop), greedily. A row
+that need no free text (`click [id]` for an id on the page, scrolls, back, stop), drawn at the
+policy's temperature from the buyer's own random stream. A row
 that still fails — e.g. an endpoint that was unreachable — gets the fallback action, logged as a
 warning, never an exception.
 
@@ -23,7 +24,7 @@ from agent.models import Backend, load_endpoint, load_local
 from agent.persona import PersonaMap
 from codebook.artifact import CodebookArtifact
 from agent.policy import BuyerTurn
-from agent.prompt import PromptConfig, candidate_actions, render_prompt, validate_action
+from agent.prompt import PromptConfig, candidate_actions, fit_prompt, validate_action
 
 log = logging.getLogger(__name__)
 FALLBACK_ACTION = "scroll down"  # harmless on every page; the harness's step limit ends loops
@@ -91,8 +92,8 @@ class LLMPolicy:
 
     def prompts(self, turns: list[BuyerTurn]) -> list[str]:
         return [
-            render_prompt(self.backend.tokenizer, self.persona_map.token_for(turn.code, self.neutral),
-                          turn.observation, turn.history, self.prompt_config)
+            fit_prompt(self.backend.tokenizer, self.persona_map.token_for(turn.code, self.neutral),
+                       turn.observation, turn.history, self.prompt_config, self.persona_map.prompt_tokens)
             for turn in turns
         ]
 
@@ -115,13 +116,15 @@ class LLMPolicy:
             decisions.append(decision)
         failed = [row for row, decision in enumerate(decisions) if decision.error is not None]
         if failed:
-            self._retry(turns, prompts, decisions, failed)
+            self._retry(turns, prompts, decisions, failed, seeds)
         return decisions
 
-    def _retry(self, turns, prompts, decisions, failed) -> None:
-        greedy = GenerationSettings(max_new_tokens=self.generation.max_new_tokens, temperature=0.0, seed=self.generation.seed)
+    def _retry(self, turns, prompts, decisions, failed, seeds) -> None:
+        # Drawn like the first answer (same temperature, the buyer's own stream): a greedy retry
+        # would send every buyer whose first answer failed down the one likeliest path.
         choices = [candidate_actions(turns[row].observation) for row in failed]
-        retry = self.backend.generate([prompts[row] for row in failed], greedy, choices=choices)
+        retry = self.backend.generate([prompts[row] for row in failed], self.generation,
+                                      [seeds[row] + 1 for row in failed], choices=choices)
         for index, row in enumerate(failed):
             decision = decisions[row]
             decision.retried = True

@@ -102,7 +102,7 @@ def grammar_words() -> list[str]:
 def prompt_words() -> list[str]:
     """The fixed text of every prompt (template, roles), so it becomes a few tokens, not bytes."""
     system = SYSTEM_TEMPLATE.format(token="", forms=expected_forms())
-    return [system, "system user assistant", "Last actions: none", "URL: Title: Cart: items"]
+    return [system, "system user assistant", "Last actions: none", "Shopper:", "URL: Title: Cart: items"]
 
 
 def build_tiny_tokenizer(texts: list[str], vocab_size: int = 512) -> PreTrainedTokenizerFast:

@@ -24,7 +24,8 @@ checkpoint carries its model arguments:
      "init": "mean",
      "codebook": {"k": K, "content_hash": "<sha256>", "path": "…"},     the codebook it was trained for
      "traces": {"path": "…", "count": 1234, "content_hash": "<sha256>"}, what it learned from
-     "sampling": {"temperature": 0.7, "chosen_by": "…"}}                 how its actions are drawn
+     "sampling": {"temperature": 0.7, "chosen_by": "…"},                 how its actions are drawn
+     "prompt_tokens": 500}                                               its longest prompt (longer pages are cut)
 
 Every command samples the agent at `sampling.temperature` unless told otherwise (evaluate writes the
 temperature its calibration on training shops chose), and `check_codebook` refuses a codebook
@@ -93,6 +94,9 @@ class PersonaMap:
     codebook: CodebookIdentity | None = None  # None: trained without naming its codebook
     traces: TraceSource | None = None
     sampling: Sampling = field(default_factory=Sampling)
+    # The longest prompt the agent was trained on, in tokens: longer pages are cut to fit at
+    # inference as in training (agent.prompt.fit_prompt). None: no limit.
+    prompt_tokens: int | None = None
 
     @classmethod
     def for_codes(cls, num_codes: int, init: str = "mean") -> "PersonaMap":
@@ -152,10 +156,45 @@ class PersonaMap:
                 codebook=CodebookIdentity(**record["codebook"]) if record.get("codebook") else None,
                 traces=TraceSource(**record["traces"]) if record.get("traces") else None,
                 sampling=Sampling(**record["sampling"]) if record.get("sampling") else Sampling(),
+                prompt_tokens=record.get("prompt_tokens"),
             )
         except (KeyError, ValueError, AttributeError, TypeError) as error:
             raise ValueError(f"{path}: expected {{'num_codes': int, 'code_to_token': {{code: token}}, "
                              f"'codebook': {{...}}, 'traces': {{...}}, 'sampling': {{...}}}} ({error})") from None
+
+
+@dataclass
+class PersonaAnchors:
+    """Persona rows a base model already reads: the navigation base (harness.eval.nav_base) keeps the
+    rows of the types it was trained with, and its neutral row, in `persona_anchors.safetensors`.
+    A dataset's persona tokens start from them (agent.sft: each code at the row that explains its
+    traces best), so stage 1 begins where the backbone knows a type token, not at a word's mean."""
+
+    names: list[str]
+    rows: torch.Tensor  # (types, hidden)
+    neutral: torch.Tensor  # (hidden,)
+
+    FILE = "persona_anchors.safetensors"
+
+    def save(self, directory: str | Path) -> Path:
+        from safetensors.torch import save_file
+
+        path = Path(directory) / self.FILE
+        save_file({"rows": self.rows.detach().float().cpu().contiguous(), "neutral": self.neutral.detach().float().cpu().contiguous()},
+                  str(path), metadata={"names": json.dumps(self.names)})
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> PersonaAnchors | None:
+        """The anchors a base directory holds, or None (a base without them)."""
+        from safetensors import safe_open
+
+        path = Path(directory) / cls.FILE
+        if not path.is_file():
+            return None
+        with safe_open(str(path), framework="pt") as handle:
+            names = json.loads(handle.metadata()["names"])
+            return cls(names, handle.get_tensor("rows"), handle.get_tensor("neutral"))
 
 
 def persona_token_ids(tokenizer, persona_map: PersonaMap) -> list[int]:

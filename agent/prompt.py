@@ -3,7 +3,9 @@
 The prompt is the model's own chat template with:
 - a short system line that starts with the persona token (the only persona information the model
   gets: the token, not a prompt, carries the buyer type),
-- a user message with the current observation and the last few actions,
+- a user message with the current observation and the last few actions, ending with the persona
+  token again: the decision is read right next to it, not across a page of text (a small model
+  trained on a few hundred traces otherwise learns the average buyer and ignores the token),
 and the answer is exactly one action line of the grammar (agent/actions.py).
 
 Validation is strict: the first line of the model output must parse and, when it names an
@@ -21,6 +23,7 @@ from agent.page import parse
 
 DEFAULT_HISTORY_LENGTH = 4  # last actions shown; enough to see a loop, short enough for 135M models
 DEFAULT_MAX_OBSERVATION_CHARS = 2500  # observations are cut (at a line) beyond this
+ANSWER_TOKENS = 12  # room an example keeps for its answer (a click line and end of turn) under max_length
 SYSTEM_TEMPLATE = "{token} You are this shopper in an online store. Reply with one action: {forms}"
 
 
@@ -42,6 +45,7 @@ def build_messages(persona_token: str, observation: str, history: list[str], con
     recent = history[-config.history_length :] if config.history_length > 0 else []
     user = shorten_observation(observation, config.max_observation_chars)
     user += "\nLast actions: " + ("; ".join(recent) if recent else "none")
+    user += f"\nShopper: {persona_token}"
     system = SYSTEM_TEMPLATE.format(token=persona_token, forms=expected_forms())
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
@@ -50,6 +54,25 @@ def render_prompt(tokenizer, persona_token: str, observation: str, history: list
     """The full prompt text, ending where the assistant's answer starts."""
     messages = build_messages(persona_token, observation, history, config)
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def prompt_budget(max_length: int | None) -> int | None:
+    """The most prompt tokens an example of `max_length` tokens may have (None: no limit)."""
+    return None if max_length is None else max_length - ANSWER_TOKENS
+
+
+def fit_prompt(tokenizer, persona_token: str, observation: str, history: list[str], config: PromptConfig,
+               max_tokens: int | None) -> str:
+    """render_prompt, with the observation cut shorter until the prompt has at most `max_tokens`
+    tokens: the same rule in training (agent.sft) and at inference (agent.llm_policy), so the agent
+    never sees a longer prompt than it was trained on. None: no limit."""
+    while True:
+        prompt = render_prompt(tokenizer, persona_token, observation, history, config)
+        if max_tokens is None or config.max_observation_chars < 200:
+            return prompt
+        if len(tokenizer(prompt, add_special_tokens=False).input_ids) <= max_tokens:
+            return prompt
+        config = PromptConfig(config.history_length, int(config.max_observation_chars * 0.75))
 
 
 def answer_text(tokenizer, action: str) -> str:

