@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from harness.eval.evaluate import (
+    BASELINES,
     EvaluateConfig,
     alignment_term,
     buyers_needed,
@@ -186,7 +187,7 @@ def test_end_to_end_on_a_tmall_subset(tmall_subset, tmp_path):
         max_held_out_shops=1, buyers_per_shop=6, browser_buyers=3, codebook_size=4, codebook_epochs=2,
         embedding="hashed", traces_per_code=3, traces_per_shop=3, trace_max_steps=12, sft_stage1_epochs=1,
         sft_stage2_epochs=1, sft_max_steps=3, max_steps=4, concurrency=4, progress=False,
-        calibrate_temperatures=(1.0, 0.5), calibration_shops=1, calibration_buyers=4,
+        calibrate_temperatures=(1.0, 0.5), calibration_shops=1, calibration_buyers=4, baselines=BASELINES,
     )
     summary = evaluate(config)
 
