@@ -39,6 +39,13 @@ def test_ab_with_enough_conversions_reports_the_test():
     assert same[0].startswith("A/B: no significant difference at α = 0.05: ΔCR -0.020")
 
 
+def test_ab_arm_where_nobody_converted_says_the_effect_may_be_the_agents():
+    lines = ab_verdicts(ab_summary(39 / 80, 0.0, 1.8e-12, ci=(-0.6, -0.375)))
+    assert lines[0].startswith("A/B: B converts worse than A")
+    assert lines[1].startswith("A/B arm B: nobody converted on worse_saved_details although 39 did")
+    assert len(ab_verdicts(ab_summary(0.30, 0.10, 0.001))) == 1  # both arms convert: no such line
+
+
 def test_ab_arm_with_most_buyers_lost_says_so():
     lines = ab_verdicts(ab_summary(0.0, 0.0, 1.0, max_steps=51))
     assert "A/B arm A: 51 of 80 buyers ended at max-steps: the agent does not find its way through the store" in lines

@@ -58,6 +58,11 @@ def ab_verdicts(ab: dict) -> list[str]:
             lines.append(f"A/B: B converts {better} than A: {effect}; {counts}")
         else:
             lines.append(f"A/B: no significant difference at α = {alpha:g}: {effect}; {counts}")
+        for arm, mine, other in (("A", a, b), ("B", b, a)):
+            if mine == 0 and other >= MIN_AB_CONVERSIONS:
+                lines.append(f"A/B arm {arm}: nobody converted on {ab['variants'][arm]} although {other} did on the other "
+                             "layout: the agent may not get through that layout at all, so the effect measures the "
+                             "agent more than a buyer's response")
     for arm, figures in sorted((ab.get("arms") or {}).items()):
         lost = lost_buyers(figures.get("outcomes"), n)
         if lost:
