@@ -91,6 +91,12 @@ class TinyModelConfig:
     max_position_embeddings: int = 2048
     seed: int = 0
 
+    @classmethod
+    def of_width(cls, hidden_size: int, layers: int, seed: int = 0, **options) -> "TinyModelConfig":
+        """The agent's tiny shape at a given width: 4 heads sharing 2 key/value heads, a 4× MLP."""
+        return cls(hidden_size=hidden_size, intermediate_size=4 * hidden_size, num_hidden_layers=layers,
+                   num_attention_heads=4, num_key_value_heads=2, head_dim=hidden_size // 4, seed=seed, **options)
+
 
 def grammar_words() -> list[str]:
     """Every word an action line can contain, so the tiny BPE learns them as units."""

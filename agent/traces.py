@@ -97,6 +97,12 @@ def read_traces(path: str | Path) -> list[Trace]:
 _PORT = re.compile(r"(?<=//127\.0\.0\.1):\d+/")  # the local store's port in a URL
 
 
+def trace_texts(traces: list[Trace]) -> list[str]:
+    """Every observation and action of the traces: the corpus a tiny model's tokenizer is trained on."""
+    steps = [step for trace in traces for step in trace.steps]
+    return [step.observation for step in steps] + [step.action for step in steps]
+
+
 def rename_shop(trace: Trace, rng: random.Random) -> Trace:
     """The same trace as if it had happened in a shop the agent never saw: the shop id, wherever
     the pages or the typed queries show it, becomes a random id of the same form (digits for

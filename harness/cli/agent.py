@@ -83,7 +83,7 @@ def train_agent_command(
     from agent.persona import PersonaAnchors
     from agent.persona import TraceSource
     from agent.sft import PRECISIONS, STAGE2_MODES, save_agent, train_agent
-    from agent.traces import TraceError, read_traces
+    from agent.traces import TraceError, read_traces, trace_texts
 
     console = Console()
     if stage2 not in STAGE2_MODES:
@@ -104,13 +104,12 @@ def train_agent_command(
         console.print("[yellow]no --codebook[/yellow]: persona.json will not name the codebook, so no command can check it")
     elif num_codes is None:
         num_codes = artifact.k
-    texts = [step.observation for trace in records for step in trace.steps] + [step.action for trace in records for step in trace.steps]
     console.print(f"{len(records)} traces, {sum(len(t.steps) for t in records)} steps; loading base {base!r}")
     if base == "nav":
         from harness.eval.nav_base import ensure_nav_base
 
         base = str(ensure_nav_base(console=console))
-    model = load_base(base, texts)
+    model = load_base(base, trace_texts(records))
     # A base that already reads persona rows (the navigation base) starts the new tokens from them.
     anchors = PersonaAnchors.load(base) if Path(base).is_dir() and not centroids else None
     config = SFTConfig(

@@ -339,14 +339,13 @@ def train_protocol_agent(config: EvaluateConfig, traces_path: Path, out: Path, o
     Its persona.json records the protocol's codebook and the traces (agent/persona.py)."""
     from agent.persona import TraceSource
     from agent.sft import SFTConfig, save_agent, train_agent
-    from agent.traces import read_traces
+    from agent.traces import read_traces, trace_texts
 
     if (out / "persona.json").is_file():
         return out
     traces = read_traces(traces_path)
     if one_code:
         traces = [replace(trace, code=0) for trace in traces]
-    texts = [step.observation for trace in traces for step in trace.steps] + [step.action for trace in traces for step in trace.steps]
     console.print(f"[bold]agent[/] ({'no persona' if one_code else 'persona'}): {len(traces):,} traces, "
                   f"{sum(len(t.steps) for t in traces):,} steps, base {config.agent_base!r}")
     tiny = config.agent_base in ("tiny", "nav")
@@ -358,7 +357,7 @@ def train_protocol_agent(config: EvaluateConfig, traces_path: Path, out: Path, o
         stage1_max_steps=config.sft_max_steps, stage2_max_steps=config.sft_max_steps,
         init_noise_scale=1.0 if tiny else 0.1, seed=config.seed,
     )
-    base, anchors = load_agent_base(config, texts, console)
+    base, anchors = load_agent_base(config, trace_texts(traces), console)
     result = train_agent(traces, base, sft, anchors=anchors)
     codebook = CodebookArtifact.load(out.parent / "codebook")
     result.persona_map = result.persona_map.trained_for(codebook.identity, TraceSource.of(traces_path, len(traces)))
@@ -378,9 +377,7 @@ def load_agent_base(config: EvaluateConfig, texts: list[str], console: Console):
     if config.agent_base != "tiny":
         anchors = PersonaAnchors.load(config.agent_base) if Path(config.agent_base).is_dir() else None
         return load_base(config.agent_base, texts), anchors
-    size = TinyModelConfig(hidden_size=config.tiny_hidden_size, intermediate_size=4 * config.tiny_hidden_size,
-                           num_hidden_layers=config.tiny_layers, num_attention_heads=4, num_key_value_heads=2,
-                           head_dim=config.tiny_hidden_size // 4, seed=config.seed)
+    size = TinyModelConfig.of_width(config.tiny_hidden_size, config.tiny_layers, config.seed)
     return load_tiny(texts, size), None
 
 

@@ -153,12 +153,10 @@ def train_base(config: NavBaseConfig, traces, type_names: list[str], out: Path) 
     from agent.models import TinyModelConfig, align_generation_config, load_tiny
     from agent.persona import PersonaAnchors, persona_token_ids
     from agent.sft import SFTConfig, train_agent
+    from agent.traces import trace_texts
 
-    texts = [step.observation for trace in traces for step in trace.steps] + [step.action for trace in traces for step in trace.steps]
-    size = TinyModelConfig(vocab_size=config.vocab_size, hidden_size=config.hidden_size, intermediate_size=4 * config.hidden_size,
-                           num_hidden_layers=config.layers, num_attention_heads=4, num_key_value_heads=2,
-                           head_dim=config.hidden_size // 4, seed=config.seed)
-    base = load_tiny(texts, size)
+    size = TinyModelConfig.of_width(config.hidden_size, config.layers, config.seed, vocab_size=config.vocab_size)
+    base = load_tiny(trace_texts(traces), size)
     tokenizer = copy.deepcopy(base.tokenizer)  # without the type tokens train_agent adds
     sft = SFTConfig(single_stage=True, stage2_epochs=10_000, stage2_max_steps=config.steps, stage2_lr=config.lr,
                     batch_size=config.batch_size, max_length=config.max_length, rename_shops=True,
