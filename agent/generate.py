@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList
+from transformers import LogitsProcessor, LogitsProcessorList, SuppressTokensLogitsProcessor
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,9 @@ class GenerationSettings:
     max_new_tokens: int = 32  # the longest action line ("type [12] \"…\"") fits
     temperature: float = 0.0  # 0 means greedy
     seed: int = 0  # mixed with each row's own seed when sampling
+    # Token ids never generated: the persona tokens, which are input only (training leaves them out
+    # of the answer's softmax, so nothing ever taught the model not to say them).
+    suppressed_ids: tuple[int, ...] = ()
 
 
 @dataclass
@@ -110,6 +113,8 @@ def generate_batch(
     processors = LogitsProcessorList(list(extra_processors))
     if choices is not None:
         processors.append(ChoiceConstraint(tokenizer, choices, prompt_length))
+    if settings.suppressed_ids:
+        processors.append(SuppressTokensLogitsProcessor(list(settings.suppressed_ids), device=model.device))
     if settings.temperature > 0:
         seeds = row_seeds if row_seeds is not None else list(range(len(prompts)))
         processors.append(SeededSampling(settings.temperature, [settings.seed * 1_000_003 + seed for seed in seeds]))
@@ -136,14 +141,16 @@ def generate_batch(
 
 
 @torch.inference_mode()
-def score_answers(model, tokenizer, prompts: list[str], answers: list[str]) -> list[float]:
-    """Log-probability of each answer (its tokens and the end of turn) given its prompt."""
+def score_answers(model, tokenizer, prompts: list[str], answers: list[str], suppressed_ids: tuple[int, ...] = ()) -> list[float]:
+    """Log-probability of each answer (its tokens and the end of turn) given its prompt, with the
+    `suppressed_ids` out of the softmax as generation leaves them out."""
     scores = []
     for prompt, answer in zip(prompts, answers):
         prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
         answer_ids = tokenizer(answer.strip() + tokenizer.eos_token, add_special_tokens=False).input_ids
         ids = torch.tensor([prompt_ids + answer_ids], device=model.device)
         logits = model(input_ids=ids).logits[0, len(prompt_ids) - 1 : -1].float()
+        logits[:, list(suppressed_ids)] = float("-inf")
         picked = torch.log_softmax(logits, dim=-1).gather(1, ids[0, len(prompt_ids) :, None])
         scores.append(float(picked.sum()))
     return scores

@@ -15,7 +15,7 @@ retry or the fallback was used); `act` returns just the action lines.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from agent.actions import ActionError
@@ -67,6 +67,10 @@ class LLMPolicy:
     # Logits processors added to the free (first) pass only; for experiments and tests.
     first_pass_processors: list = field(default_factory=list)
     name: str = "llm"
+
+    def __post_init__(self) -> None:
+        persona_ids = tuple(self.backend.tokenizer.convert_tokens_to_ids(token) for token in self.persona_map.tokens)
+        self.generation = replace(self.generation, suppressed_ids=persona_ids)
 
     @classmethod
     def from_dir(cls, agent_dir: str | Path, codebook: CodebookArtifact | None = None, device: str | None = None,

@@ -379,6 +379,8 @@ class OpenAIEndpoint:
             "temperature": settings.temperature,
             "stop": [self.tokenizer.eos_token, "\n"],
         }
+        if settings.suppressed_ids:  # OpenAI's logit_bias: -100 bans a token (vLLM does the same)
+            common["logit_bias"] = {str(token): -100 for token in settings.suppressed_ids}
         requests, groupable = [], []
         for row, (prompt, seed) in enumerate(zip(prompts, seeds)):
             row_choices = None if choices is None else choices[row]

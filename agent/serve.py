@@ -5,8 +5,9 @@ module is the server used everywhere else: transformers in this process, behind 
 agent.models.OpenAIEndpoint speaks, so a simulation through an endpoint runs anywhere, CI included.
 
     POST /v1/completions   prompt (a string or a list of strings), max_tokens, temperature, seed,
-                           stop, and vLLM's `structured_outputs: {"choice": [...]}` (the policy's
-                           constrained retry); one choice per prompt, with token usage
+                           stop, logit_bias -100 (banned tokens: the persona tokens), and vLLM's
+                           `structured_outputs: {"choice": [...]}` (the policy's constrained retry);
+                           one choice per prompt, with token usage
     GET  /v1/models        the served model name (the agent dir as given, as vLLM names it)
     GET  /health           200 once the model is loaded
     GET  /stats            how the rows were batched: calls, rows, sizes
@@ -72,12 +73,13 @@ class Row:
     seed: int
     choices: list[str] | None
     stop: list[str]
+    suppressed_ids: tuple[int, ...] = ()  # logit_bias of -100
     answer: Future = field(default_factory=Future)
 
     @property
-    def group(self) -> tuple[int, float]:
+    def group(self) -> tuple[int, float, tuple[int, ...]]:
         """Rows that can share one generate call."""
-        return self.max_tokens, self.temperature
+        return self.max_tokens, self.temperature, self.suppressed_ids
 
 
 @dataclass
@@ -138,8 +140,8 @@ class Batcher:
                 return
 
     def _answer(self, rows: list[Row]) -> None:
-        max_tokens, temperature = rows[0].group
-        settings = GenerationSettings(max_new_tokens=max_tokens, temperature=temperature, seed=0)
+        max_tokens, temperature, suppressed_ids = rows[0].group
+        settings = GenerationSettings(max_new_tokens=max_tokens, temperature=temperature, seed=0, suppressed_ids=suppressed_ids)
         # seed=0 in the settings: generate_batch then seeds each row with the request's seed as
         # is, which is the mixed seed the client computed as generate_batch does in process.
         choices = [row.choices for row in rows]
@@ -203,8 +205,25 @@ def parse_completion_request(body: dict, served_name: str) -> list[Row]:
     choices = choices if choices is not None else body.get("guided_choice")  # vLLM's older name
     if choices is not None and (not isinstance(choices, list) or not choices or not all(isinstance(c, str) for c in choices)):
         raise RequestError("structured_outputs.choice must be a non-empty list of strings")
+    suppressed = banned_tokens(body.get("logit_bias"))
     # Every prompt of a list shares the request's seed, as vLLM does.
-    return [Row(prompt, max_tokens, float(temperature), seed, choices, stop) for prompt in prompts]
+    return [Row(prompt, max_tokens, float(temperature), seed, choices, stop, suppressed) for prompt in prompts]
+
+
+def banned_tokens(logit_bias) -> tuple[int, ...]:
+    """The token ids a logit_bias bans (bias -100, OpenAI's "never"); other biases are refused,
+    not silently ignored."""
+    if not logit_bias:
+        return ()
+    if not isinstance(logit_bias, dict):
+        raise RequestError("logit_bias must be an object of token id -> bias")
+    try:
+        biases = {int(token): float(bias) for token, bias in logit_bias.items()}
+    except (TypeError, ValueError):
+        raise RequestError("logit_bias keys must be token ids and values numbers") from None
+    if any(bias > -100 for bias in biases.values()):
+        raise RequestError("this server supports logit_bias -100 only (ban a token)")
+    return tuple(sorted(biases))
 
 
 def completion_response(rows: list[Row], answers: list[tuple], served_name: str) -> dict:

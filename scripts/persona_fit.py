@@ -39,7 +39,8 @@ def action_probabilities(policy: LLMPolicy, trace: Trace) -> list[float]:
     """P(the trace's action | its observation, its history, its own persona) at every step."""
     actions = [step.action for step in trace.steps]
     turns = [BuyerTurn(0, trace.code, step.observation, actions[:index]) for index, step in enumerate(trace.steps)]
-    scores = score_answers(policy.backend.model, policy.backend.tokenizer, policy.prompts(turns), actions)
+    scores = score_answers(policy.backend.model, policy.backend.tokenizer, policy.prompts(turns), actions,
+                           policy.generation.suppressed_ids)
     return [math.exp(score) for score in scores]
 
 
@@ -48,7 +49,8 @@ def decision_action_probability(policy: LLMPolicy, trace: Trace, action: str, rn
     index = decision_index(trace)
     renamed = rename_shop(trace, rng)
     turn = BuyerTurn(0, trace.code, renamed.steps[index].observation, [step.action for step in renamed.steps[:index]])
-    return math.exp(score_answers(policy.backend.model, policy.backend.tokenizer, policy.prompts([turn]), [action])[0])
+    return math.exp(score_answers(policy.backend.model, policy.backend.tokenizer, policy.prompts([turn]), [action],
+                                  policy.generation.suppressed_ids)[0])
 
 
 def buyers_first_action(traces: list[Trace]) -> str | None:

@@ -102,6 +102,29 @@ def test_left_padded_batch_equals_one_by_one_greedy(tiny):
     assert batched.latency_s > 0
 
 
+def test_persona_tokens_are_never_generated(tiny):
+    local, persona_map = tiny
+    policy = LLMPolicy(local, persona_map)
+    persona_ids = [local.tokenizer.convert_tokens_to_ids(token) for token in persona_map.tokens]
+    assert sorted(policy.generation.suppressed_ids) == sorted(persona_ids)
+    # A hook that makes every persona token the likeliest next token, and "stop" the next likeliest.
+    stop = local.tokenizer("stop", add_special_tokens=False).input_ids[0]
+
+    class FavourPersona(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            top = scores.max()
+            scores[:, persona_ids] = top + 50.0
+            scores[:, stop] = top + 40.0
+            return scores
+
+    prompts = policy.prompts(_turns(3))
+    free = local.generate(prompts, GenerationSettings(max_new_tokens=2), extra_processors=[FavourPersona()])
+    banned = local.generate(prompts, GenerationSettings(max_new_tokens=2, suppressed_ids=policy.generation.suppressed_ids),
+                            extra_processors=[FavourPersona()])
+    assert free.texts == ["", "", ""]  # the hook works: persona tokens are special and decode to nothing
+    assert banned.texts == [local.tokenizer.decode([stop, stop])] * 3
+
+
 def test_sampling_is_reproducible_per_buyer_whatever_the_batch(tiny):
     local, persona_map = tiny
     prompts = LLMPolicy(local, persona_map).prompts(_turns(4))

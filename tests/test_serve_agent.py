@@ -115,8 +115,12 @@ def test_the_api_answers_like_the_completions_api(agent_dir, server):
     chosen = _post(server.url, {"prompt": prompt, "max_tokens": 8, "temperature": 0, "structured_outputs": {"choice": choices}})
     assert chosen.json()["choices"][0]["text"] in choices
     assert _post(server.url, {"model": "another", "prompt": "x"}).status_code == 404
+    policy = LLMPolicy.from_dir(agent_dir, device="cpu")
+    banned = {str(token): -100 for token in policy.generation.suppressed_ids}
+    assert _post(server.url, {"prompt": prompt, "max_tokens": 8, "temperature": 0, "logit_bias": banned}).status_code == 200
     for bad in ({"prompt": []}, {"prompt": "x", "max_tokens": 0}, {"prompt": "x", "temperature": -1},
-                {"prompt": "x", "structured_outputs": {"choice": "stop"}}):
+                {"prompt": "x", "structured_outputs": {"choice": "stop"}}, {"prompt": "x", "logit_bias": {"5": 3}},
+                {"prompt": "x", "logit_bias": {"a": -100}}):
         refused = _post(server.url, bad)
         assert refused.status_code == 400 and refused.json()["error"]["message"]
 
