@@ -49,7 +49,7 @@ from transformers import get_linear_schedule_with_warmup, set_seed
 from agent.models import LocalModel, align_generation_config, resolve_device
 from agent.persona import PersonaAnchors, PersonaMap, add_persona_tokens, persona_token_ids
 from agent.prompt import PromptConfig, answer_text, fit_prompt, prompt_budget
-from agent.traces import Trace, rename_shop
+from agent.traces import Trace, decision_index, rename_shop
 
 IGNORE_INDEX = -100
 STAGE2_MODES = ("full", "lora")
@@ -76,6 +76,11 @@ class SFTConfig:
     # pins a type's buy-or-leave decision to the shop's page and, on a page it never saw, falls back
     # to the average buyer: a type that buys half the time then buys a quarter of the time.
     rename_shops: bool = False
+    # The loss weight of each trace's buy-or-leave step (its first product page) against 1 for every
+    # other step. Navigation is shared by every type, and a base that shops already knows it; what a
+    # persona token has to carry is that decision, one step among many and, for a type that leaves,
+    # a one-word answer ("stop") next to long typed queries.
+    decision_weight: float = 4.0
     num_codes: int | None = None  # default: largest code in the traces + 1
     init: str = "mean"  # persona-row initialisation, see agent/persona.py
     init_noise_scale: float = 0.1  # spread of the new rows relative to the existing rows' spread
@@ -105,6 +110,7 @@ class SFTConfig:
 class Example:
     input_ids: list[int]
     labels: list[int]
+    weight: float = 1.0  # of this step's mean answer-token loss in the batch's loss
 
 
 @dataclass
@@ -119,16 +125,28 @@ class TrainResult:
 
 
 def build_examples(traces: list[Trace], tokenizer, persona_map: PersonaMap, config: SFTConfig) -> list[Example]:
-    """One example per trace step; prompt tokens are masked out of the loss."""
+    """One example per trace step; prompt tokens are masked out of the loss; the decision step
+    weighs config.decision_weight."""
     rng = random.Random(config.seed)
     examples = []
     for trace in traces:
+        decision = decision_step(trace)
         for index, step in enumerate(trace.steps):
             neutral = rng.random() < config.neutral_dropout
             token = persona_map.token_for(trace.code, neutral=neutral)
             history = [earlier.action for earlier in trace.steps[:index]]
-            examples.append(_example(tokenizer, token, step.observation, history, step.action, config))
+            example = _example(tokenizer, token, step.observation, history, step.action, config)
+            example.weight = config.decision_weight if index == decision else 1.0
+            examples.append(example)
     return examples
+
+
+def decision_step(trace: Trace) -> int | None:
+    """The trace's buy-or-leave step (agent.traces.decision_index); None without a product page."""
+    try:
+        return decision_index(trace)
+    except ValueError:
+        return None
 
 
 def _example(tokenizer, token, observation, history, action, config: SFTConfig) -> Example:
@@ -157,16 +175,26 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
         input_ids[row, :length] = torch.tensor(example.input_ids)
         labels[row, :length] = torch.tensor(example.labels)
         attention_mask[row, :length] = 1
-    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+    weights = torch.tensor([example.weight for example in examples], dtype=torch.float32)
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask, "weights": weights}
 
 
-def action_loss(logits: torch.Tensor, labels: torch.Tensor, blocked_ids: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of the answer tokens, with `blocked_ids` (the persona tokens) out of the softmax."""
+def action_loss(logits: torch.Tensor, labels: torch.Tensor, blocked_ids: torch.Tensor,
+                weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy of the answer tokens with `blocked_ids` (the persona tokens) out of the softmax:
+    the mean over each example's tokens, then the `weights`-weighted mean over examples, so a step
+    counts as one step whether its answer is "stop" or a long typed query."""
     targets = labels[:, 1:]
     answer = targets != IGNORE_INDEX
     answer_logits = logits[:, :-1][answer].float()  # only the answer positions: small even for a 49k vocabulary
     answer_logits = answer_logits.index_fill(-1, blocked_ids.to(answer_logits.device), float("-inf"))
-    return torch.nn.functional.cross_entropy(answer_logits, targets[answer])
+    token_losses = torch.nn.functional.cross_entropy(answer_logits, targets[answer], reduction="none")
+    rows = answer.nonzero()[:, 0]
+    per_example = torch.zeros(len(labels), device=token_losses.device).index_add(0, rows, token_losses)
+    per_example = per_example / answer.sum(dim=1).clamp(min=1)
+    weights = torch.ones(len(labels)) if weights is None else weights
+    weights = weights.to(per_example.device) * (answer.sum(dim=1) > 0)
+    return (per_example * weights).sum() / weights.sum().clamp(min=1e-8)
 
 
 # --- stages ----------------------------------------------------------------------------------------
@@ -278,17 +306,17 @@ def _stop_reason(step: int, total: int, max_seconds: float | None, started: floa
 
 def _accumulate_gradients(model, micro_batches: list[list[Example]], runtime: Runtime, pad_id: int,
                           blocked: torch.Tensor) -> float:
-    """Forward and backward every micro-batch, each loss weighted by its share of the answer
-    tokens, so the summed gradient is the mean over all of them; returns that mean loss."""
+    """Forward and backward every micro-batch, each loss weighted by its share of the examples'
+    weight, so the summed gradient is the weighted mean over all of them; returns that mean loss."""
     batches = [collate(examples, pad_id) for examples in micro_batches]
-    answer_counts = [int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()) for batch in batches]
-    total_answers = max(1, sum(answer_counts))
+    batch_weights = [float(batch["weights"].sum()) for batch in batches]
+    total_weight = max(1e-8, sum(batch_weights))
     loss_sum = 0.0
-    for batch, answers in zip(batches, answer_counts):
+    for batch, weight in zip(batches, batch_weights):
         batch = {key: value.to(runtime.device) for key, value in batch.items()}
         with runtime.autocast():
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        loss = action_loss(logits, batch["labels"], blocked) * (answers / total_answers)
+        loss = action_loss(logits, batch["labels"], blocked, batch["weights"]) * (weight / total_weight)
         loss.backward()
         loss_sum += float(loss.detach())
     return loss_sum
@@ -343,6 +371,15 @@ def example_losses(model, examples: list[Example], runtime: Runtime, pad_id: int
     return torch.cat(losses).cpu()
 
 
+def anchor_steps(trace: Trace) -> list[int]:
+    """The steps a code is matched to an anchor on: its decision on the first product page (buy or
+    leave), where types differ most; every step of a trace that never reaches a product page.
+    Matched on every step, a type that leaves after one product view scores best under the anchor
+    that opens that product as quickly, a buyer, and starts as one."""
+    decision = decision_step(trace)
+    return list(range(len(trace.steps))) if decision is None else [decision]
+
+
 def start_from_anchors(model, traces: list[Trace], tokenizer, persona_map: PersonaMap, persona_ids: list[int],
                        anchors: PersonaAnchors, config: SFTConfig, runtime: Runtime) -> dict:
     """Each code's row starts at the anchor row under which a sample of its traces' actions is
@@ -352,7 +389,7 @@ def start_from_anchors(model, traces: list[Trace], tokenizer, persona_map: Perso
     rng = random.Random(f"{config.seed}-anchors")
     steps_by_code: dict[int, list[tuple[Trace, int]]] = {}
     for trace in traces:
-        steps_by_code.setdefault(trace.code, []).extend((trace, index) for index in range(len(trace.steps)))
+        steps_by_code.setdefault(trace.code, []).extend((trace, index) for index in anchor_steps(trace))
     examples, owners = [], []
     for code, steps in sorted(steps_by_code.items()):
         for trace, index in rng.sample(steps, min(ANCHOR_STEPS_PER_CODE, len(steps))):

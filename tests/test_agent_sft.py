@@ -173,9 +173,26 @@ def test_action_loss_keeps_persona_rows_out_of_the_output_softmax():
     assert persona_row_gradient(persona_ids) == 0.0
     # Without blocked ids it is the usual answer-token cross-entropy (what transformers computes).
     with torch.no_grad():
-        reference = local.model(**batch).loss
+        reference = local.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
         logits = local.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         assert torch.allclose(action_loss(logits, batch["labels"], torch.tensor([], dtype=torch.long)), reference, atol=1e-5)
+
+
+def test_each_step_counts_once_and_the_decision_step_weighs_more():
+    traces = make_synthetic_traces(2, seed=4, compact=True)
+    local = load_tiny(_texts(traces))
+    persona_map = add_persona_tokens(local.model, local.tokenizer, 2, noise_scale=1.0)
+    trace = traces[0]
+    examples = build_examples([trace], local.tokenizer, persona_map, SFTConfig(neutral_dropout=0.0, decision_weight=4.0))
+    assert [e.weight for e in examples] == [4.0 if i == decision_index(trace) else 1.0 for i in range(len(trace.steps))]
+    batch = collate(examples, local.tokenizer.pad_token_id)
+    with torch.no_grad():
+        logits = local.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        per_example = [action_loss(logits[i : i + 1], batch["labels"][i : i + 1], torch.tensor([], dtype=torch.long))
+                       for i in range(len(examples))]
+        weighted = sum(e.weight * loss for e, loss in zip(examples, per_example)) / sum(e.weight for e in examples)
+        assert torch.allclose(action_loss(logits, batch["labels"], torch.tensor([], dtype=torch.long), batch["weights"]),
+                              weighted, atol=1e-5)
 
 
 # --- the controlled persona check ---------------------------------------------------------------------

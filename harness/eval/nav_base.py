@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import fcntl
 import hashlib
 import json
 import os
@@ -41,7 +42,7 @@ from pathlib import Path
 import pandas as pd
 from rich.console import Console
 
-RECIPE_VERSION = 3  # bump when the recipe changes in a way its config does not show
+RECIPE_VERSION = 4  # bump when the recipe changes in a way its config does not show
 RECIPE_FILE = "recipe.json"
 
 
@@ -89,9 +90,26 @@ def ensure_nav_base(config: NavBaseConfig = NavBaseConfig(), console: Console | 
     if (out / RECIPE_FILE).is_file():
         return out
     console = console or Console()
-    console.print(f"[bold]navigation base[/]: not cached yet, building it once into {out} "
-                  f"({config.shops * config.buyers_per_shop} scripted buyers, {config.steps} SFT steps; about 20 min on 2 cores)")
-    return build_nav_base(config, out, console, progress)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # One builder per base: a second process (another evaluate, a test run) waits for the first
+    # instead of wiping its scratch directory, then finds the base built.
+    with open(out.with_name(out.name + ".lock"), "w") as lock:
+        if not _try_lock(lock):
+            console.print(f"[bold]navigation base[/]: another process is building {out}; waiting for it")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if (out / RECIPE_FILE).is_file():
+            return out
+        console.print(f"[bold]navigation base[/]: not cached yet, building it once into {out} "
+                      f"({config.shops * config.buyers_per_shop} scripted buyers, {config.steps} SFT steps; about 20 min on 2 cores)")
+        return build_nav_base(config, out, console, progress)
+
+
+def _try_lock(handle) -> bool:
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
 
 
 def build_nav_base(config: NavBaseConfig, out: Path, console: Console, progress: bool = True) -> Path:
