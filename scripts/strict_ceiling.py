@@ -22,7 +22,7 @@ buyers, here also >= 5 real purchases, so its real rate means something). The sh
 - with --codes: the codebook's own codes as `simpersona evaluate` saved them (types fitted on all
   training shops, so in-sample for these shops: optimistic).
 
-Scored with the alignment `simpersona evaluate` reports (harness.eval.evaluate.conversion_alignment).
+Scored with the alignment `simpersona evaluate` reports (harness.eval.metrics.conversion_alignment).
 Each row also gives the paired difference to the global rate with a 95 % bootstrap interval over
 shops, and the share of shops where the predictor is closer to the real rate than the global rate.
 Pass the paper protocol's features_all.parquet to see the same table with purchase features.
@@ -43,7 +43,7 @@ from sklearn.metrics import roc_auc_score
 
 from codebook.scaling import FeatureScaler
 from codebook.train import read_features
-from harness.eval.evaluate import alignment_term
+from harness.eval.metrics import alignment_term
 
 
 def shop_folds(frame: pd.DataFrame, folds: int, seed: int) -> np.ndarray:

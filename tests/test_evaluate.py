@@ -13,18 +13,28 @@ import pytest
 from harness.eval.evaluate import (
     BASELINES,
     EvaluateConfig,
-    alignment_term,
-    buyers_needed,
+    MismatchedPolicy,
     calibration_shop_ids,
-    conversion_alignment,
-    correlations,
     evaluate,
-    intervals_overlap,
-    mix_jsd,
     select_trace_buyers,
     traced_shops,
-    type_oracle_rate,
 )
+from harness.eval.folds import seed_spread
+from harness.eval.metrics import (
+    alignment_term,
+    bootstrap_interval,
+    buyers_needed,
+    conversion_alignment,
+    correlations,
+    expected_alignment_at,
+    intervals_overlap,
+    mix_jsd,
+    sampling_ceiling,
+    strata_alignment,
+    type_oracle_rate,
+    views_noise_floor,
+)
+from agent.policy import BuyerTurn
 from codebook.artifact import CodebookArtifact
 from harness.eval.split import ShopSplit, SplitConfig
 from harness.sim.paired import wilson_interval
@@ -108,6 +118,69 @@ def test_two_shops_with_the_same_mix_get_independent_buyers():
     assert 0.5 < same_code < 0.75  # independent orders agree on 0.25^2 + 0.75^2 = 62.5 % of positions
 
 
+def test_bootstrap_interval_brackets_the_mean_over_shops():
+    values = [0.2, 0.9, 0.5, 0.7, 0.4, 0.8, 0.6, 0.3]
+    low, high = bootstrap_interval(values, seed=1)
+    assert low < np.mean(values) < high and 0.2 <= low and high <= 0.9
+    assert bootstrap_interval(values, seed=1) == [low, high]  # seeded
+    assert bootstrap_interval([0.5, 0.5, 0.5]) == [0.5, 0.5] and bootstrap_interval([]) is None
+
+
+def test_sampling_ceiling_is_what_binomial_noise_alone_allows():
+    # N = 1, p = 0.5: the simulated rate is 0 or 1, each 50 % off in relative terms: 0.0 either way.
+    assert expected_alignment_at(0.5, 1) == pytest.approx(0.0)
+    # N = 2, p = 0.5: K = 1 (prob 0.5) scores 1, K = 0 or 2 score 0.
+    assert expected_alignment_at(0.5, 2) == pytest.approx(0.5)
+    assert expected_alignment_at(0.08, 300) < expected_alignment_at(0.08, 1000) < expected_alignment_at(0.08, 20000) < 1
+    assert sampling_ceiling([0.5, 0.5], [1, 2]) == pytest.approx(0.25)
+
+
+def test_strata_leave_out_what_the_real_log_never_records():
+    rows = [{"strata": {"viewed": {"sim": 0.9, "real": 1.0}, "carted": {"sim": 0.2, "real": 0.1},
+                        "checkout": {"sim": 0.3, "real": None}, "purchased": {"sim": 0.1, "real": 0.1}}},
+            {"strata": {"viewed": {"sim": 1.0, "real": 1.0}, "carted": {"sim": 0.0, "real": 0.0},
+                        "checkout": {"sim": 0.2, "real": None}, "purchased": {"sim": 0.0, "real": 0.2}}},
+            {"policy": "global_rate"}]  # a reference row has no strata
+    strata = strata_alignment(rows)
+    assert strata["checkout"] is None
+    assert strata["viewed"] == {"shops": 2, "alignment": pytest.approx(0.95), "mean_sim": pytest.approx(0.95), "mean_real": 1.0}
+    assert strata["carted"]["alignment"] == pytest.approx(0.5)  # 0.2 vs 0.1 is 100 % off; 0 vs 0 is exact
+    assert strata["purchased"]["alignment"] == pytest.approx(0.5)
+
+
+def test_views_noise_floor_shrinks_with_more_buyers():
+    real = [0, 1, 1, 2, 3, 5, 8, 1, 1, 0, 2, 4]
+    assert views_noise_floor(real, 10_000, seed=0) < views_noise_floor(real, 10, seed=0)
+
+
+def test_mismatched_buyers_see_another_types_token_for_their_whole_visit():
+    seen = []
+
+    class Recorder:
+        def act(self, turns):
+            seen.extend(turn.code for turn in turns)
+            return ["stop"] * len(turns)
+
+    mix = {0: 0.7, 1: 0.2, 2: 0.1}
+    policy = MismatchedPolicy(Recorder(), mix)
+    turns = [BuyerTurn(buyer_index=i, code=i % 3, observation="", seed=1000 + i) for i in range(3000)]
+    policy.act(turns)
+    assert all(shown != turn.code for shown, turn in zip(seen, turns))
+    assert [policy.other_code(turn) for turn in turns[:50]] == seen[:50]  # the same code at every step
+    # A type-1 buyer is shown 0 or 2 in the proportion 0.7 : 0.1 of the training mix.
+    shown_to_ones = Counter(shown for shown, turn in zip(seen, turns) if turn.code == 1)
+    assert shown_to_ones[0] / (shown_to_ones[0] + shown_to_ones[2]) == pytest.approx(0.875, abs=0.04)
+    assert policy.other_code(BuyerTurn(0, 5, "", seed=1)) in mix  # a code outside the mix still gets one
+
+
+def test_seed_spread_is_mean_and_sd_per_policy():
+    spread = seed_spread({0: {"paper": {"persona": 0.8, "global_rate": 0.5}},
+                          1: {"paper": {"persona": 0.9, "global_rate": 0.5}}})
+    assert spread["paper"]["persona"]["mean"] == pytest.approx(0.85)
+    assert spread["paper"]["persona"]["sd"] == pytest.approx(np.std([0.8, 0.9], ddof=1))
+    assert spread["paper"]["global_rate"]["sd"] == 0.0 and spread["paper"]["persona"]["per_seed"] == {"0": 0.8, "1": 0.9}
+
+
 def test_trace_buyers_come_from_training_shops_with_caps():
     codes = pd.DataFrame({"shop_id": ["a"] * 10 + ["b"] * 10 + ["h"] * 10, "buyer_id": [str(i) for i in range(30)],
                           "code": [0, 1] * 15, "split": ["training"] * 20 + ["held_out"] * 10})
@@ -184,7 +257,7 @@ def test_end_to_end_on_a_tmall_subset(tmall_subset, tmp_path):
     out = tmp_path / "eval"
     config = EvaluateConfig(
         out_dir=out, input_dir=tmall_subset, protocol="paper", agent_base="tiny", held_out_fraction=0.5, min_buyers=50,
-        max_held_out_shops=1, buyers_per_shop=6, browser_buyers=3, codebook_size=4, codebook_epochs=2,
+        folds=1, max_held_out_shops=1, buyers_per_shop=6, browser_buyers=3, codebook_size=4, codebook_epochs=2,
         embedding="hashed", traces_per_code=3, traces_per_shop=3, trace_max_steps=12, sft_stage1_epochs=1,
         sft_stage2_epochs=1, sft_max_steps=3, max_steps=4, concurrency=4, progress=False,
         calibrate_temperatures=(1.0, 0.5), calibration_shops=1, calibration_buyers=4, baselines=BASELINES,
@@ -194,7 +267,8 @@ def test_end_to_end_on_a_tmall_subset(tmall_subset, tmp_path):
     split = json.loads((out / "shop_split.json").read_text())
     assert split["n_held_out"] == 1 and split["held_out"][0] not in split["training"]
     result = summary["protocols"]["paper"]
-    assert set(result["policies"]) == {"persona", "no_persona", "neutral", "type_profile", "global_rate", "type_oracle"}
+    assert set(result["policies"]) == {"persona", "no_persona", "neutral", "mismatched", "type_profile", "global_rate",
+                                       "type_oracle"}
     for figures in result["policies"].values():
         assert figures["shops"] == 1 and 0.0 <= figures["alignment"] <= 1.0
     shop = split["held_out"][0]
@@ -236,4 +310,39 @@ def test_end_to_end_on_a_tmall_subset(tmall_subset, tmp_path):
 
     # Resumable: a second call reuses every step's file and gives the same figures.
     again = evaluate(config)
+    assert again["protocols"]["paper"]["policies"] == result["policies"]
+
+
+@pytest.mark.slow
+def test_folds_score_every_eligible_shop_once_with_intervals_strata_and_a_mismatched_row(tmall_subset, tmp_path):
+    out = tmp_path / "folds"
+    config = EvaluateConfig(
+        out_dir=out, input_dir=tmall_subset, protocol="paper", agent_base="tiny", min_buyers=50, folds=2,
+        buyers_per_shop=6, browser_check=False, codebook_size=4, codebook_epochs=2, traces_per_code=3, traces_per_shop=3,
+        trace_max_steps=12, sft_max_steps=3, max_steps=4, concurrency=4, progress=False, calibrate_temperatures=(),
+        baselines=("mismatched", "global_rate"),
+    )
+    summary = evaluate(config)
+
+    folds = [json.loads((out / f"shop_split_fold{k}.json").read_text()) for k in range(2)]
+    eligible = folds[0]["eligible"]
+    assert len(eligible) == 2 and sorted(f["held_out"][0] for f in folds) == sorted(eligible)
+    for k, fold in enumerate(folds):  # each fold's codebook never saw its held-out shop
+        mix = json.loads((out / f"fold{k}" / "paper" / "codebook" / "shop_mix.json").read_text())
+        assert fold["held_out"][0] not in mix.get("shops", mix)
+    result = summary["protocols"]["paper"]
+    assert sorted(result["held_out_shops"]) == sorted(eligible) and len(result["folds"]) == 2
+    assert set(result["policies"]) == {"persona", "mismatched", "global_rate", "type_oracle"}
+    for figures in result["policies"].values():
+        assert figures["shops"] == 2 and figures["alignment_ci"][0] <= figures["alignment"] <= figures["alignment_ci"][1]
+    assert {row["fold"] for row in result["shops"]} == {0, 1}
+    assert 0.0 <= result["sampling_ceiling"] <= 1.0 and 0.0 <= result["people_overlap"] <= 1.0
+    strata = result["strata"]["persona"]
+    assert strata["checkout"] is None  # the Tmall log records no checkout events: not scored
+    assert strata["viewed"]["shops"] == 2 and strata["viewed"]["mean_real"] > 0
+    assert result["distances"]["persona"]["noise_floor"] >= 0
+    report = (out / "report.html").read_text()
+    assert "Per fold" in report and "Funnel strata" in report and "95 % bootstrap over shops" in report
+
+    again = evaluate(config)  # resumable: every fold's steps are reused
     assert again["protocols"]["paper"]["policies"] == result["policies"]

@@ -44,6 +44,18 @@ def test_cap_and_at_least_one():
     assert none_eligible.held_out == [] and none_eligible.training == ["a", "b"]
 
 
+def test_folds_hold_out_every_eligible_shop_exactly_once_and_never_share_one():
+    splits = [split_shops(counts(), SplitConfig(seed=4, folds=5, fold=k, max_held_out=None)) for k in range(5)]
+    held = [shop for split in splits for shop in split.held_out]
+    assert sorted(held) == sorted(splits[0].eligible)  # each eligible shop once: merchant-disjoint folds
+    assert sorted(len(split.held_out) for split in splits) == [11, 11, 11, 11, 12]  # 56 shops dealt round-robin
+    for split in splits:
+        assert not set(split.held_out) & set(split.training)
+        assert set(split.held_out) | set(split.training) == set(counts())  # every other shop trains
+    with pytest.raises(ValueError, match="0 <= fold < folds"):
+        SplitConfig(folds=5, fold=5)
+
+
 def test_saved_and_reloaded(tmp_path):
     path = tmp_path / "shop_split.json"
     config = SplitConfig(held_out_fraction=0.3, seed=5)

@@ -25,6 +25,9 @@ class Protocol(str, Enum):
     both = "both"
 
 
+MAX_SHOP_LINES = 12  # more held-out shops than this (folds): the table shows the overall rows only
+
+
 def results_table(protocol: str, result: dict) -> Table:
     """Per shop: real and simulated (store-counted) conversion of every policy, then the overall row."""
     policies = list(result["policies"])
@@ -36,11 +39,15 @@ def results_table(protocol: str, result: dict) -> Table:
     by_shop: dict[str, dict] = {}
     for row in result["shops"]:
         by_shop.setdefault(row["shop"], {"real": row["cr_real"], "n": row["real_buyers"]})[row["policy"]] = row["cr_sim"]
+    if len(by_shop) > MAX_SHOP_LINES:
+        table.add_row(f"{len(by_shop)} shops", "(each in summary.json and report.html)", *("" for _ in policies))
+        by_shop = {}
     for shop, cells in by_shop.items():
         table.add_row(f"{shop} ({cells['n']})", f"{cells['real']:.1%}",
                       *(f"{cells[p]:.1%}" if p in cells else "—" for p in policies))
     figures = result["policies"]
     table.add_row("alignment", "", *(_number(figures[p].get("alignment")) for p in policies), style="bold")
+    table.add_row("95 % interval over shops", "", *(_interval(figures[p].get("alignment_ci")) for p in policies))
     table.add_row("Pearson r", "", *(_number(figures[p].get("pearson")) for p in policies))
     table.add_row("Spearman ρ", "", *(_number(figures[p].get("spearman")) for p in policies))
     return table
@@ -48,6 +55,31 @@ def results_table(protocol: str, result: dict) -> Table:
 
 def _number(value) -> str:
     return "—" if value is None else f"{value:.3f}"
+
+
+def _interval(interval) -> str:
+    return "—" if not interval else f"{interval[0]:.3f}–{interval[1]:.3f}"
+
+
+def print_result(console: Console, protocol: str, result: dict, driver: str) -> None:
+    """The per-shop table (a shop list, when there are few shops), the figures beside it, the driver check."""
+    console.print(results_table(protocol, result))
+    ceiling = result.get("sampling_ceiling")
+    if ceiling is not None:
+        console.print(f"sampling ceiling (a perfect simulation with these buyers per shop): {ceiling:.3f}; "
+                      f"persona / type oracle: {_number(result.get('persona_vs_oracle'))}")
+    if result.get("people_overlap") is not None:
+        console.print(f"held-out shops are not held-out people: {result['people_overlap']:.0%} of their buyers also shop in training shops")
+    strata = (result.get("strata") or {}).get("persona") or {}
+    cells = [f"{name} {entry['alignment']:.3f} (sim {entry['mean_sim']:.1%} vs real {entry['mean_real']:.1%})"
+             for name, entry in strata.items() if entry]
+    if cells:
+        console.print("persona funnel strata, alignment: " + "; ".join(cells))
+    check = result.get("browser_check")
+    if check:
+        console.print(f"driver check, shop {check['shop']}: browser {check['browser']['cr_sim']:.1%} vs "
+                      f"{driver} {check['http']['cr_sim']:.1%} ({'agree' if check['agree'] else 'DISAGREE'} "
+                      "within Wilson 95% intervals)")
 
 
 @app.command()
@@ -60,7 +92,12 @@ def evaluate(
     protocol: Protocol = typer.Option(Protocol(_default("protocol")), "--protocol", help="paper: types from all features; strict: browse-only."),
     held_out_fraction: float = typer.Option(_default("held_out_fraction"), "--held-out-fraction", help="Share of eligible shops held out."),
     min_buyers: int = typer.Option(_default("min_buyers"), "--min-buyers", min=1, help="Buyers a shop needs to be eligible for held-out."),
-    max_held_out: int = typer.Option(None, "--max-held-out", min=1, help=f"Cap on held-out shops (default {_default('max_held_out_shops')})."),
+    folds: int = typer.Option(None, "--folds", min=1,
+                              help=f"K merchant-disjoint folds: every eligible shop held out once (default {_default('folds')}; "
+                                   "1: one held-out split)."),
+    seeds: int = typer.Option(None, "--seeds", min=1, help="Repeat the whole evaluation with this many seeds; mean ± sd."),
+    max_held_out: int = typer.Option(None, "--max-held-out", min=1,
+                                     help=f"With --folds 1: cap on held-out shops (default {_default('max_held_out_shops')})."),
     buyers_per_shop: int = typer.Option(None, "--buyers-per-shop", min=1,
                                         help="Synthetic buyers per held-out shop (default: 100 (1-p)/p, capped)."),
     max_buyers_per_shop: int = typer.Option(None, "--max-buyers-per-shop", min=1, help="Cap on the automatic number."),
@@ -84,6 +121,9 @@ def evaluate(
         None, "--calibration-shops", min=1,
         help=f"Training shops the temperatures are tried on (shops with >= {_default('calibration_min_purchases')} "
              f"real purchases first; default {_default('calibration_shops')})."),
+    calibration_buyers: int = typer.Option(
+        None, "--calibration-buyers", min=1,
+        help=f"Cap on synthetic buyers per calibration shop and temperature (default {_default('calibration_buyers')})."),
     temperature: float = typer.Option(
         None, "--temperature", min=0.0,
         help="Sampling temperature of the agents (default: the one the agent dir records, which the calibration writes)."),
@@ -98,9 +138,10 @@ def evaluate(
                    held_out_fraction=held_out_fraction, min_buyers=min_buyers, driver=driver.value,
                    browser_check=browser_check, agent_base=agent_base, sft_rename_shops=sft_rename_shops, seed=seed)
     # Options left out keep the default of the chosen preset (--fast or the full one).
-    given = dict(max_held_out_shops=max_held_out, buyers_per_shop=buyers_per_shop, max_buyers_per_shop=max_buyers_per_shop,
+    given = dict(folds=folds, seeds=seeds, max_held_out_shops=max_held_out, buyers_per_shop=buyers_per_shop, max_buyers_per_shop=max_buyers_per_shop,
                  codebook_size=codebook_size, sft_max_steps=sft_max_steps, traces_per_code=traces_per_code,
-                 concurrency=concurrency, variant=variant, calibration_shops=calibration_shops, temperature=temperature)
+                 concurrency=concurrency, variant=variant, calibration_shops=calibration_shops,
+                 calibration_buyers=calibration_buyers, temperature=temperature)
     options.update({k: v for k, v in given.items() if v is not None})
     if calibrate_temperatures is not None:
         names = [name.strip() for name in calibrate_temperatures.split(",") if name.strip()]
@@ -116,12 +157,10 @@ def evaluate(
         raise typer.BadParameter(str(error)) from None
     summary = run_evaluation(config, console)
     for name, result in summary["protocols"].items():
-        console.print(results_table(name, result))
-        check = result.get("browser_check")
-        if check:
-            console.print(f"driver check, shop {check['shop']}: browser {check['browser']['cr_sim']:.1%} vs "
-                          f"{config.driver} {check['http']['cr_sim']:.1%} ({'agree' if check['agree'] else 'DISAGREE'} "
-                          "within Wilson 95% intervals)")
+        print_result(console, name, result, config.driver)
+    for protocol, policies in (summary.get("seeds") or {}).items():
+        console.print(f"{protocol}, over {config.seeds} seeds: " + "; ".join(
+            f"{policy} {entry['mean']:.3f} ± {entry['sd']:.3f}" for policy, entry in policies.items() if entry["sd"] is not None))
     console.print(f"summary: {out / 'summary.json'}\nreport: [bold]{out / 'report.html'}[/]")
 
 

@@ -17,6 +17,10 @@ into `out_dir`, so a rerun skips the steps already done (resumable):
     <protocol>/results.json            per shop and policy: simulated vs real conversion, type mixes
     summary.json, report.html          every figure, and the report (harness.eval.report)
 
+With --folds K > 1 (the default on a real log) every eligible shop is held out once: fold k keeps
+shop_split_fold<k>.json beside the features and its own fold<k>/<protocol>/ steps, and summary.json
+pools the folds (harness.eval.folds). With --seeds S > 1 each seed's folds live under seed<s>/.
+
 Protocols: "paper" builds types from all features (codes carry purchase information), "strict"
 from browse-only features (codebook.features browse_only=True; no purchase information).
 
@@ -24,6 +28,9 @@ Policies compared on the same shops with the same synthetic populations:
     persona       the persona agent (LLMPolicy), sampling its actions
     neutral       the same agent with every buyer given the neutral token (token ablation)
     no_persona    an agent trained on the same traces with every code mapped to one token
+    mismatched    the persona agent with each buyer shown ANOTHER type's token (drawn from the
+                  training buyers' type mix without the buyer's own type): if the token carries the
+                  behaviour, this row falls behind persona
     type_profile  agent.baselines.TypeProfilePolicy from the training-shop codebook
     global_rate   no simulation: the training buyers' overall conversion rate for every shop
 A reference row comes with every protocol, whatever the baselines:
@@ -40,7 +47,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -53,6 +59,15 @@ from codebook.artifact import CodebookArtifact
 from harness.sim.policies import PolicySpec, build_policy
 from harness.sim.population import SyntheticBuyer, population_from_mix
 from harness.sim.paired import wilson_interval
+from harness.eval.metrics import (
+    alignment_term,
+    buyers_needed,
+    correlations,
+    intervals_overlap,
+    mix_jsd,
+    summarize_policy,
+    type_oracle_rate,
+)
 from harness.eval.split import (
     SPLIT_FILE,
     ShopSplit,
@@ -62,8 +77,8 @@ from harness.eval.split import (
 )
 
 PROTOCOLS = ("paper", "strict")
-LLM_POLICIES = ("persona", "neutral", "no_persona")
-BASELINES = ("no_persona", "neutral", "type_profile", "global_rate")
+LLM_POLICIES = ("persona", "neutral", "no_persona", "mismatched")
+BASELINES = ("no_persona", "neutral", "mismatched", "type_profile", "global_rate")
 FEATURE_FILES = {"paper": "features_all.parquet", "strict": "features_browse_only.parquet"}
 SUMMARY_FILE = "summary.json"
 RESULTS_FILE = "results.json"
@@ -85,7 +100,11 @@ class EvaluateConfig:
     # split
     held_out_fraction: float = 0.2
     min_buyers: int = 50  # only shops with at least this many buyers can be held out
-    max_held_out_shops: int | None = 3
+    max_held_out_shops: int | None = 3  # with folds = 1
+    # K > 1: every eligible shop is held out once, in K merchant-disjoint folds, each fold learning
+    # its codebook, traces and agent from all other shops (harness.eval.folds); 1: one held-out split
+    folds: int = 5
+    seeds: int = 1  # S > 1: the whole evaluation again with seeds seed .. seed + S - 1; mean ± sd
     # synthetic buyers per held-out shop; None: enough that the simulated rate's standard error
     # is under a tenth of the real rate (N >= 100 (1 - p) / p), capped at max_buyers_per_shop
     buyers_per_shop: int | None = None
@@ -137,7 +156,7 @@ class EvaluateConfig:
     calibration_min_purchases: int = 5
     # simulation
     # no_persona costs another SFT; ask for it with --baselines
-    baselines: tuple[str, ...] = ("neutral", "type_profile", "global_rate")
+    baselines: tuple[str, ...] = ("neutral", "mismatched", "type_profile", "global_rate")
     concurrency: int = 16
     max_steps: int = 30
     seed: int = 0
@@ -163,6 +182,8 @@ class EvaluateConfig:
         if self.driver not in ("http", "browser"):
             raise ValueError(f"driver must be http or browser; got {self.driver!r}")
         self.baselines = tuple(self.baselines)
+        if self.folds < 1 or self.seeds < 1:
+            raise ValueError(f"folds and seeds must be at least 1, got folds={self.folds}, seeds={self.seeds}")
         self.calibrate_temperatures = tuple(float(t) for t in self.calibrate_temperatures)
         if any(t <= 0 for t in self.calibrate_temperatures):
             raise ValueError(f"calibration temperatures must be > 0 (sampling), got {self.calibrate_temperatures}")
@@ -180,73 +201,12 @@ class EvaluateConfig:
     def fast(cls, out_dir: Path, **options) -> EvaluateConfig:
         """A small preset for demos and smoke runs: a few held-out shops, capped buyers, tiny agent."""
         preset = dict(
-            max_held_out_shops=2, max_buyers_per_shop=40, browser_buyers=20, traces_per_code=12, traces_per_shop=10,
+            folds=1, max_held_out_shops=2, max_buyers_per_shop=40, browser_buyers=20, traces_per_code=12, traces_per_shop=10,
             sft_stage1_epochs=1, sft_stage2_epochs=4, sft_max_steps=150,
             max_steps=30, baselines=("type_profile", "global_rate"), calibrate_temperatures=(),
         )
         preset.update(options)
         return cls(out_dir=out_dir, **preset)
-
-
-# ---------------------------------------------------------------------------------------------
-# Metrics (plain functions on numbers; tested on hand-made values)
-
-
-def alignment_term(simulated: float, real: float) -> float:
-    """1 - min(1, |CR_sim - CR_real| / CR_real); a shop with no real purchases scores 1 only when
-    the simulation has none either (the relative error is undefined there)."""
-    if real == 0:
-        return 1.0 if simulated == 0 else 0.0
-    return 1.0 - min(1.0, abs(simulated - real) / real)
-
-
-def conversion_alignment(simulated: list[float], real: list[float]) -> float | None:
-    """Mean over shops of alignment_term."""
-    if not simulated:
-        return None
-    return float(np.mean([alignment_term(s, r) for s, r in zip(simulated, real)]))
-
-
-def correlations(simulated: list[float], real: list[float]) -> dict:
-    """Pearson and Spearman across shops (None with fewer than 3 shops or a constant side)."""
-    from scipy.stats import pearsonr, spearmanr
-
-    result = {"pearson": None, "pearson_p": None, "spearman": None, "spearman_p": None, "n_shops": len(simulated)}
-    if len(simulated) < 3 or np.ptp(simulated) == 0 or np.ptp(real) == 0:
-        return result
-    pearson, spearman = pearsonr(simulated, real), spearmanr(simulated, real)
-    result.update(pearson=float(pearson.statistic), pearson_p=float(pearson.pvalue),
-                  spearman=float(spearman.statistic), spearman_p=float(spearman.pvalue))
-    return result
-
-
-def mix_jsd(p: dict[int, float] | np.ndarray, q: dict[int, float] | np.ndarray, size: int | None = None) -> float:
-    """Squared Jensen–Shannon distance in bits (= the JS divergence, base 2) between two type mixes."""
-    from scipy.spatial.distance import jensenshannon
-
-    def dense(mix):
-        if isinstance(mix, dict):
-            vector = np.zeros(size if size is not None else max(mix) + 1)
-            for code, share in mix.items():
-                vector[code] = share
-            return vector
-        return np.asarray(mix, dtype=float)
-
-    if isinstance(p, dict) or isinstance(q, dict):
-        size = size or 1 + max([*(p if isinstance(p, dict) else range(len(p))), *(q if isinstance(q, dict) else range(len(q)))])
-    return float(jensenshannon(dense(p), dense(q), base=2) ** 2)
-
-
-def intervals_overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:
-    return a[0] <= b[1] and b[0] <= a[1]
-
-
-def buyers_needed(real_rate: float, cap: int, floor: int = 1) -> int:
-    """N >= 100 (1 - p) / p: the simulated rate's standard error sqrt(p (1-p) / N) is then at most
-    p / 10. Capped at `cap`; a shop without real purchases gets the cap."""
-    if real_rate <= 0:
-        return cap
-    return int(min(cap, max(floor, math.ceil(100 * (1 - real_rate) / real_rate))))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -397,7 +357,32 @@ class OneCodePolicy:
             forget(buyer_index)
 
 
-AGENT_DIRS = {"persona": "agent", "neutral": "agent", "no_persona": "agent_no_persona"}
+@dataclass
+class MismatchedPolicy:
+    """Runs the persona agent with each buyer shown another type's token: one code per buyer, drawn
+    (by the buyer's own seed) from the training buyers' type mix without the buyer's own code."""
+
+    inner: object
+    training_mix: dict[int, float]
+    name: str = "mismatched"
+
+    def other_code(self, turn) -> int:
+        others = sorted(code for code, share in self.training_mix.items() if code != turn.code and share > 0)
+        if not others:
+            return turn.code
+        weights = np.array([self.training_mix[code] for code in others])
+        return int(np.random.default_rng([turn.seed, turn.code]).choice(others, p=weights / weights.sum()))
+
+    def act(self, turns):
+        return self.inner.act([replace(turn, code=self.other_code(turn)) for turn in turns])
+
+    def forget(self, buyer_index: int) -> None:
+        forget = getattr(self.inner, "forget", None)
+        if forget is not None:
+            forget(buyer_index)
+
+
+AGENT_DIRS = {"persona": "agent", "neutral": "agent", "no_persona": "agent_no_persona", "mismatched": "agent"}
 
 
 def agent_temperature(work: Path, config: EvaluateConfig) -> float:
@@ -424,6 +409,10 @@ def row_spec(name: str, work: Path, config: EvaluateConfig) -> PolicySpec:
 def row_policy(name: str, work: Path, config: EvaluateConfig, codebook: CodebookArtifact):
     """The live policy of a simulating row, built like every command builds one (build_policy)."""
     policy = build_policy(row_spec(name, work, config), codebook)
+    if name == "mismatched":
+        codes = pd.read_parquet(work / "codes.parquet")
+        mix = codes.loc[codes["split"] == "training", "code"].value_counts(normalize=True)
+        return MismatchedPolicy(policy, {int(code): float(share) for code, share in mix.items()})
     return OneCodePolicy(policy) if name == "no_persona" else policy
 
 
@@ -493,12 +482,6 @@ def shop_row(policy: str, plan: ShopPlan, summary: dict, driver: str) -> dict:
     }
 
 
-def type_oracle_rate(mix: dict[int, float], code_rates: dict[int, float], fallback: float) -> float:
-    """The shop's rate if every buyer converted at its type's training rate (a code no training
-    buyer has, at the fallback)."""
-    return float(sum(share * code_rates.get(code, fallback) for code, share in mix.items()))
-
-
 def reference_row(policy: str, plan: ShopPlan, rate: float) -> dict:
     """A results.json line for a rate that needs no simulation (global_rate, type_oracle)."""
     return {"policy": policy, "shop": plan.shop, "driver": None, "cr_sim": rate,
@@ -520,33 +503,86 @@ def plan_shops(config: EvaluateConfig, shops: list[str], codes: pd.DataFrame, re
     return plans
 
 
+STRATUM_EVENTS = {"viewed": "product_view", "carted": "add_to_cart", "checkout": "checkout", "purchased": "purchase"}
+
+
+def simulated_buyers(run_root: Path, shop: str) -> pd.DataFrame:
+    """One row per synthetic buyer of a shop's run: code, steps, product views (from the store's own
+    event log), whether it carted and reached checkout, and whether it has an order (store-counted)."""
+    from storefronts.orderlog import read_events, read_orders
+
+    trajectories, db = run_root / shop / "trajectories.jsonl", run_root / f"{shop}.store.db"
+    columns = ["code", "steps", "product_views", "carted", "checkout", "purchased"]
+    if not trajectories.is_file() or not db.is_file():
+        return pd.DataFrame(columns=columns)
+    events = pd.DataFrame(read_events(db), columns=["buyer_tag", "event_type"])
+    counts = pd.crosstab(events["buyer_tag"], events["event_type"]) if len(events) else pd.DataFrame()
+    count = lambda tag, kind: int(counts.at[tag, kind]) if tag in counts.index and kind in counts.columns else 0
+    ordered = {order["buyer_tag"] for order in read_orders(db)}
+    rows = []
+    for line in trajectories.read_text().splitlines():
+        record = json.loads(line)
+        tag = record["buyer_tag"]
+        rows.append({"code": record["code"], "steps": record["n_steps"], "product_views": count(tag, "product_view"),
+                     "carted": count(tag, "add_to_cart") > 0, "checkout": count(tag, "checkout") > 0,
+                     "purchased": tag in ordered})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def real_buyers(events: Path, shops: list[str]) -> pd.DataFrame:
+    """One row per real buyer of the shops: product views, and whether they carted, checked out, purchased."""
+    import duckdb
+
+    with duckdb.connect() as con:
+        con.register("wanted", pd.DataFrame({"shop_id": [str(s) for s in shops]}))
+        return con.execute(
+            """SELECT CAST(e.shop_id AS VARCHAR) AS shop_id, e.buyer_id,
+                      count(*) FILTER (WHERE e.event_type = 'product_view') AS product_views,
+                      bool_or(e.event_type = 'add_to_cart') AS carted, bool_or(e.event_type = 'checkout') AS checkout,
+                      bool_or(e.event_type = 'purchase') AS purchased
+               FROM read_parquet(?) e JOIN wanted w ON CAST(e.shop_id AS VARCHAR) = w.shop_id
+               GROUP BY 1, 2""",
+            [str(events)],
+        ).df()
+
+
+def recorded_event_types(events: Path) -> frozenset[str]:
+    import duckdb
+
+    with duckdb.connect() as con:
+        return frozenset(row[0] for row in con.execute("SELECT DISTINCT event_type FROM read_parquet(?)", [str(events)]).fetchall())
+
+
+def stratum_shares(buyers: pd.DataFrame) -> dict[str, float]:
+    """The share of the buyers who reached each funnel stratum."""
+    reached = {"viewed": buyers["product_views"] > 0, "carted": buyers["carted"], "checkout": buyers["checkout"],
+               "purchased": buyers["purchased"]}
+    return {name: float(flags.astype(bool).mean()) if len(buyers) else 0.0 for name, flags in reached.items()}
+
+
+def with_funnel_figures(row: dict, simulated: pd.DataFrame, real: pd.DataFrame, recorded: frozenset[str], seed: int) -> dict:
+    """A simulated shop row, plus its funnel strata (simulated vs real share; None where the real log
+    never records that event) and the distance between product views per buyer with its noise floor."""
+    from harness.eval.metrics import views_distance, views_noise_floor
+
+    sim_shares, real_shares = stratum_shares(simulated), stratum_shares(real)
+    strata = {name: {"sim": sim_shares[name], "real": real_shares[name] if STRATUM_EVENTS[name] in recorded else None}
+              for name in STRATUM_EVENTS}
+    real_views = real["product_views"].astype(int).tolist()
+    return {**row, "strata": strata,
+            "views_distance": views_distance(simulated["product_views"].astype(int).tolist(), real_views),
+            "views_floor": views_noise_floor(real_views, len(simulated), seed)}
+
+
 def per_type_behaviour(work: Path, run_group: str, shops: list[str]) -> dict:
     """Per code, pooled over the shops' runs: buyers, mean steps, mean product views and cart rate
     (from the store's own event log), conversion; Kruskal–Wallis of each across codes."""
     from codebook.metrics import kruskal_across_types
-    from storefronts.orderlog import read_events, read_orders
 
-    rows = []
-    for shop in shops:
-        run_dir = work / "sim" / run_group / shop
-        trajectories = run_dir / "trajectories.jsonl"
-        db = work / "sim" / run_group / f"{shop}.store.db"
-        if not trajectories.is_file() or not db.is_file():
-            continue
-        views, carts, ordered = {}, {}, set()
-        for event in read_events(db):
-            tag = event.get("buyer_tag") or ""
-            views[tag] = views.get(tag, 0) + (event["event_type"] == "product_view")
-            carts[tag] = carts.get(tag, 0) + (event["event_type"] == "add_to_cart")
-        ordered = {order["buyer_tag"] for order in read_orders(db)}
-        for line in trajectories.read_text().splitlines():
-            record = json.loads(line)
-            tag = record["buyer_tag"]
-            rows.append({"code": record["code"], "steps": record["n_steps"], "product_views": views.get(tag, 0),
-                         "carted": carts.get(tag, 0) > 0, "converted": tag in ordered})
-    if not rows:
+    frame = pd.concat([simulated_buyers(work / "sim" / run_group, shop) for shop in shops], ignore_index=True)
+    if frame.empty:
         return {"types": {}, "kruskal": {}}
-    frame = pd.DataFrame(rows)
+    frame = frame.rename(columns={"purchased": "converted"})
     types = {
         str(code): {"buyers": len(g), "mean_steps": float(g["steps"].mean()),
                     "mean_product_views": float(g["product_views"].mean()),
@@ -615,16 +651,10 @@ def agent_code_check(trace_rates: dict, behaviour: dict) -> dict:
 # The pipeline
 
 
-def summarize_policy(rows: list[dict]) -> dict:
-    simulated, real = [r["cr_sim"] for r in rows], [r["cr_real"] for r in rows]
-    return {"shops": len(rows), "alignment": conversion_alignment(simulated, real), **correlations(simulated, real),
-            "mean_cr_sim": float(np.mean(simulated)) if rows else None,
-            "mean_cr_real": float(np.mean(real)) if rows else None,
-            "mean_abs_error": float(np.mean(np.abs(np.array(simulated) - np.array(real)))) if rows else None}
-
-
-async def run_protocol(config: EvaluateConfig, protocol: str, split: ShopSplit, real: pd.DataFrame, console: Console) -> dict:
-    work = config.out_dir / protocol
+async def run_protocol(config: EvaluateConfig, protocol: str, split: ShopSplit, real: pd.DataFrame, console: Console,
+                       root: Path | None = None) -> dict:
+    """One protocol on one split, its steps in `root`/<protocol> (the evaluation dir, or a fold's dir)."""
+    work = (root or config.out_dir) / protocol
     work.mkdir(parents=True, exist_ok=True)
     features = build_protocol_features(config, protocol, console)
     train_protocol_codebook(config, features, split, work, console)
@@ -641,13 +671,16 @@ async def run_protocol(config: EvaluateConfig, protocol: str, split: ShopSplit, 
         train_protocol_agent(config, traces_path, work / "agent_no_persona", True, console)
 
     rows: list[dict] = []
+    real_frame, recorded = real_buyers(config.events, [p.shop for p in plans]), recorded_event_types(config.events)
     for policy_name in config.policies:
         policy = row_policy(policy_name, work, config, codebook)
         for plan in plans:
             console.print(f"[bold]{protocol}[/] · {policy_name} · shop {plan.shop}: {len(plan.population)} buyers "
                           f"(real rate {plan.real_rate:.1%} of {plan.real_buyers})")
             summary = await simulate_shop(config, work, codebook, policy_name, policy, plan, config.driver, policy_name)
-            rows.append(shop_row(policy_name, plan, summary, config.driver))
+            row = shop_row(policy_name, plan, summary, config.driver)
+            rows.append(with_funnel_figures(row, simulated_buyers(work / "sim" / policy_name, plan.shop),
+                                            real_frame[real_frame["shop_id"] == plan.shop], recorded, config.seed))
     training_codes = codes[codes["split"] == "training"]
     training_real = real.loc[real.index.isin(set(split.training))]
     global_rate = float(training_real["converted"].sum() / training_real["buyers"].sum())
@@ -660,14 +693,16 @@ async def run_protocol(config: EvaluateConfig, protocol: str, split: ShopSplit, 
     behaviour = per_type_behaviour(work, "persona", [p.shop for p in plans])
     size = config.codebook_size
     mixes = {p.shop: {"real": p.real_mix, "sampled": p.sampled_mix, "jsd": mix_jsd(p.sampled_mix, p.real_mix, size)} for p in plans}
+    held_out = codes[codes["split"] == "held_out"]
     result = {
         "protocol": protocol,
+        # Held-out shops are not held-out people: the share of their buyers who also shop in training shops.
+        "people_overlap": float(held_out["buyer_id"].isin(set(training_codes["buyer_id"])).mean()) if len(held_out) else None,
         "held_out_shops": [p.shop for p in plans],
         "buyers_per_shop": {p.shop: len(p.population) for p in plans},
         "training_buyers": len(training_codes),
         "training_conversion_rate": global_rate,
-        "policies": {name: summarize_policy([r for r in rows if r["policy"] == name])
-                     for name in dict.fromkeys(r["policy"] for r in rows)},
+        **policy_figures(rows, config.seed),
         "type_mix": {"mean_jsd": float(np.mean([m["jsd"] for m in mixes.values()])) if mixes else None, "shops": mixes},
         "per_type": behaviour,
         "real_per_type": real_type_funnels(config.events, codes, [p.shop for p in plans]),
@@ -679,6 +714,25 @@ async def run_protocol(config: EvaluateConfig, protocol: str, split: ShopSplit, 
     }
     (work / RESULTS_FILE).write_text(json.dumps(result, indent=1, default=_json_default) + "\n")
     return result
+
+
+def policy_figures(rows: list[dict], seed: int) -> dict:
+    """Per policy over the shops of `rows`: the conversion figures, the funnel strata and the views
+    distance; the sampling ceiling of the persona rows; the persona / type-oracle ratio."""
+    from harness.eval.metrics import distance_summary, sampling_ceiling, strata_alignment
+
+    names = list(dict.fromkeys(r["policy"] for r in rows))
+    mine = {name: [r for r in rows if r["policy"] == name] for name in names}
+    policies = {name: summarize_policy(mine[name], seed) for name in names}
+    persona = mine.get("persona") or []
+    oracle = policies.get("type_oracle", {}).get("alignment")
+    return {
+        "policies": policies,
+        "strata": {name: strata_alignment(mine[name]) for name in names if any(r.get("strata") for r in mine[name])},
+        "distances": {name: distance_summary(mine[name]) for name in names if any(r.get("strata") for r in mine[name])},
+        "sampling_ceiling": sampling_ceiling([r["cr_real"] for r in persona], [r["sim_buyers"] for r in persona]),
+        "persona_vs_oracle": (policies["persona"]["alignment"] / oracle) if persona and oracle else None,
+    }
 
 
 def calibration_shop_ids(split: ShopSplit, real: pd.DataFrame, count: int, seed: int,
@@ -767,23 +821,33 @@ async def browser_check(config: EvaluateConfig, work: Path, codebook: CodebookAr
 
 def evaluate(config: EvaluateConfig, console: Console | None = None) -> dict:
     """Run every step (skipping those already done) and write summary.json and report.html."""
+    from harness.eval.folds import pool_folds, seed_spread
+
     console = console or Console(quiet=not config.progress)
     started = time.perf_counter()
     config.out_dir.mkdir(parents=True, exist_ok=True)
-    counts = buyers_per_shop(config.events)
-    split = make_or_load_split(config.out_dir / SPLIT_FILE, counts, SplitConfig(
-        config.held_out_fraction, config.min_buyers, config.max_held_out_shops, config.seed))
-    if not split.held_out:
-        raise ValueError(f"{config.events}: no shop has at least min_buyers={config.min_buyers} buyers; nothing to hold out")
-    console.print(f"[bold]split[/]: {len(split.training):,} training shops, {len(split.held_out)} held out "
-                  f"(of {len(split.eligible)} with ≥ {config.min_buyers} buyers)")
+    splits = fold_splits(config)
     real = real_conversion(config.events)
-    protocols = {protocol: asyncio.run(run_protocol(config, protocol, split, real, console)) for protocol in config.protocols}
+    pooled = {}
+    for seed in range(config.seed, config.seed + config.seeds):
+        run_config = replace(config, seed=seed)
+        by_protocol = {protocol: [] for protocol in config.protocols}
+        for fold, split in enumerate(splits):
+            if config.folds > 1:
+                console.rule(f"seed {seed} · fold {fold + 1}/{config.folds}: {len(split.held_out)} held-out shops")
+            for protocol in config.protocols:
+                result = asyncio.run(run_protocol(run_config, protocol, split, real, console, fold_root(config, seed, fold)))
+                by_protocol[protocol].append(result)
+        pooled[seed] = {protocol: results[0] if len(results) == 1 else pool_folds(results, seed, policy_figures)
+                        for protocol, results in by_protocol.items()}
+    protocols = pooled[config.seed]
+    headlines = {seed: headline(result) for seed, result in pooled.items()}
     summary = {
         "config": {k: _json_default(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
-        "split": {"training": len(split.training), "held_out": split.held_out, "eligible": len(split.eligible)},
+        "split": split_summary(splits),
         "protocols": protocols,
-        "headline": {p: {name: r["policies"].get(name, {}).get("alignment") for name in r["policies"]} for p, r in protocols.items()},
+        "headline": headlines[config.seed],
+        "seeds": seed_spread(headlines) if config.seeds > 1 else None,
         "seconds": round(time.perf_counter() - started, 1),
     }
     (config.out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=1, default=_json_default) + "\n")
@@ -791,6 +855,42 @@ def evaluate(config: EvaluateConfig, console: Console | None = None) -> dict:
 
     write_report(config.out_dir)
     return summary
+
+
+def fold_splits(config: EvaluateConfig) -> list[ShopSplit]:
+    """The held-out split, or one split per fold; saved beside the evaluation and reloaded on a rerun."""
+    counts = buyers_per_shop(config.events)
+    splits = []
+    for fold in range(config.folds):
+        path = config.out_dir / (SPLIT_FILE if config.folds == 1 else f"shop_split_fold{fold}.json")
+        split = make_or_load_split(path, counts, SplitConfig(config.held_out_fraction, config.min_buyers,
+                                                             config.max_held_out_shops if config.folds == 1 else None,
+                                                             config.seed, config.folds, fold))
+        if not split.held_out:
+            raise ValueError(f"{config.events}: {len(split.eligible)} shops have at least min_buyers={config.min_buyers} "
+                             f"buyers; {config.folds} folds need at least {config.folds}")
+        splits.append(split)
+    return splits  # seeded by the first seed only: every seed scores the same folds
+
+
+def fold_root(config: EvaluateConfig, seed: int, fold: int) -> Path:
+    """Where one (seed, fold) keeps its steps: the evaluation dir itself for one split and one seed."""
+    root = config.out_dir / (f"seed{seed}" if config.seeds > 1 else "")
+    return root / f"fold{fold}" if config.folds > 1 else root
+
+
+def split_summary(splits: list[ShopSplit]) -> dict:
+    if len(splits) == 1:
+        split = splits[0]
+        return {"training": len(split.training), "held_out": split.held_out, "eligible": len(split.eligible)}
+    training = sorted(len(split.training) for split in splits)
+    return {"folds": len(splits), "training": f"{training[0]:,}–{training[-1]:,} per fold",
+            "held_out": [shop for split in splits for shop in split.held_out], "eligible": len(splits[0].eligible),
+            "held_out_per_fold": [len(split.held_out) for split in splits]}
+
+
+def headline(protocols: dict) -> dict:
+    return {p: {name: figures.get("alignment") for name, figures in r["policies"].items()} for p, r in protocols.items()}
 
 
 def _json_default(value):

@@ -271,7 +271,11 @@ def evaluation_section(summary: dict, plots: Path) -> str:
     for protocol, result in summary["protocols"].items():
         parts.append(f"<h3>Protocol: {html.escape(protocol)}</h3>")
         parts.append(policies_table(result))
+        parts.append(reading_note(result))
+        parts.append(seeds_part((summary.get("seeds") or {}).get(protocol)))
+        parts.append(folds_part(result.get("folds")))
         parts.append(conversion_figures(protocol, result, plots))
+        parts.append(strata_part(result))
         parts.append("<h4>Per shop</h4>")
         parts.append(shops_table(result["shops"]))
         parts.append(funnel_part(protocol, result, plots))
@@ -283,9 +287,68 @@ def evaluation_section(summary: dict, plots: Path) -> str:
 def policies_table(result: dict) -> str:
     policies = [{"policy": name, **figures} for name, figures in result["policies"].items()]
     return table(policies, [("policy", "policy"), ("shops", "shops"), ("alignment", "alignment"),
-                            ("pearson", "Pearson r"), ("spearman", "Spearman ρ"),
+                            ("alignment_ci", "95 % bootstrap over shops"), ("pearson", "Pearson r"), ("spearman", "Spearman ρ"),
                             ("mean_abs_error", "mean |CR sim − real|"), ("mean_cr_sim", "mean CR sim"),
                             ("mean_cr_real", "mean CR real")])
+
+
+def reading_note(result: dict) -> str:
+    """How to read the headline: its sampling ceiling, the oracle ratio, who the held-out buyers are."""
+    notes = []
+    if result.get("sampling_ceiling") is not None:
+        notes.append(f"Sampling ceiling {result['sampling_ceiling']:.3f}: the alignment a simulation reproducing every "
+                     "shop's real rate exactly is expected to reach with this many synthetic buyers per shop.")
+    if result.get("persona_vs_oracle") is not None:
+        notes.append(f"Persona / type oracle = {result['persona_vs_oracle']:.3f}: the share of what the types "
+                     "themselves allow that the agent reaches.")
+    if result.get("people_overlap") is not None:
+        notes.append(f"Held-out shops are not held-out people: {100 * result['people_overlap']:.0f} % of their buyers "
+                     "also shop in training shops.")
+    return f"<p class='note'>{' '.join(html.escape(n) for n in notes)}</p>" if notes else ""
+
+
+def seeds_part(seeds: dict | None) -> str:
+    if not seeds:
+        return ""
+    names = sorted({seed for entry in seeds.values() for seed in entry["per_seed"]}, key=int)
+    rows = [{"policy": policy, "mean": entry["mean"], "sd": entry["sd"], **{f"s{n}": entry["per_seed"].get(n) for n in names}}
+            for policy, entry in seeds.items()]
+    return ("<h4>Over seeds</h4>"
+            + table(rows, [("policy", "policy"), ("mean", "mean alignment"), ("sd", "sd"),
+                           *((f"s{n}", f"seed {n}") for n in names)]))
+
+
+def folds_part(folds: list[dict] | None) -> str:
+    if not folds:
+        return ""
+    return ("<h4>Per fold</h4><p class='note'>Each fold learned its codebook, traces and agent from the other shops, "
+            "and chose its sampling temperature on its own training shops.</p>"
+            + table(folds, [("fold", "fold"), ("held_out", "held-out shops"), ("temperature", "temperature"),
+                            ("persona", "persona alignment"), ("type_oracle", "type oracle"),
+                            ("persona_vs_oracle", "persona / oracle"), ("per_type_pearson", "per-type Pearson (agent vs traces)"),
+                            ("people_overlap", "buyers also in training shops")]))
+
+
+def strata_part(result: dict) -> str:
+    """Per policy and funnel stratum: alignment of the share of buyers who reached it; the views distance."""
+    strata, distances = result.get("strata") or {}, result.get("distances") or {}
+    if not strata:
+        return ""
+    rows = []
+    for policy, by_stratum in strata.items():
+        row = {"policy": policy}
+        for name, entry in by_stratum.items():
+            row[name] = (f"{entry['alignment']:.3f} ({100 * entry['mean_sim']:.1f} % vs {100 * entry['mean_real']:.1f} %)"
+                         if entry else "not in the log")
+        distance = distances.get(policy) or {}
+        row["views"] = (f"{distance['views_distance']:.2f} (floor {distance['noise_floor']:.2f})" if distance else None)
+        rows.append(row)
+    names = list(next(iter(strata.values())))
+    return ("<h4>Funnel strata</h4><p class='note'>Per stratum, the alignment of the share of buyers who reached it "
+            "(simulated vs real mean share); a stratum the real log never records is not scored. Views: the Wasserstein "
+            "distance between product views per buyer, simulated vs real, mean over shops, beside its noise floor "
+            "(the same number of buyers drawn from the real buyers themselves).</p>"
+            + table(rows, [("policy", "policy"), *((name, name) for name in names), ("views", "views per buyer: distance")]))
 
 
 def conversion_figures(protocol: str, result: dict, plots: Path) -> str:

@@ -11,6 +11,9 @@ The rule:
 * every eligible shop gets a score: the seeded SHA-256 of its id mapped to [0, 1);
 * the ceil(fraction x eligible) eligible shops with the lowest scores are held out (at least one
   when any shop is eligible), optionally capped at `max_held_out`; every other shop trains.
+* with `folds` = K > 1 the eligible shops, in score order, are dealt round-robin into K folds and
+  fold k holds out exactly its own shops (fraction and cap do not apply): over the K folds every
+  eligible shop is held out once, and the folds never share a shop (merchant-disjoint).
 
 Hashing the id (rather than shuffling a list) keeps a shop's score independent of which other
 shops are in the log.
@@ -38,6 +41,8 @@ class SplitConfig:
     min_buyers: int = 50
     max_held_out: int | None = None  # cap on held-out shops (small, fast evaluations)
     seed: int = 0
+    folds: int = 1  # K > 1: cross-validation over the eligible shops; this split is fold `fold`
+    fold: int = 0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.held_out_fraction < 1.0:
@@ -46,6 +51,8 @@ class SplitConfig:
             raise ValueError(f"min_buyers must be at least 1, got {self.min_buyers}")
         if self.max_held_out is not None and self.max_held_out < 1:
             raise ValueError(f"max_held_out must be at least 1 or None, got {self.max_held_out}")
+        if self.folds < 1 or not 0 <= self.fold < self.folds:
+            raise ValueError(f"need folds >= 1 and 0 <= fold < folds, got folds={self.folds}, fold={self.fold}")
 
 
 @dataclass
@@ -60,7 +67,8 @@ class ShopSplit:
         return {
             "config": asdict(self.config),
             "rule": "eligible = shops with >= min_buyers buyers; held out = the ceil(fraction x eligible) "
-            "eligible shops with the lowest sha256(f'{seed}:{shop}'), capped at max_held_out",
+            "eligible shops with the lowest sha256(f'{seed}:{shop}'), capped at max_held_out; with folds = K > 1, "
+            "the eligible shops in that order are dealt round-robin into K folds and fold k holds out its own",
             "n_training": len(self.training),
             "n_held_out": len(self.held_out),
             "n_eligible": len(self.eligible),
@@ -104,10 +112,13 @@ def split_shops(buyers_per_shop: Mapping[str, int], config: SplitConfig = SplitC
         raise SplitError("no shops to split (the buyer counts are empty)")
     buyers = {str(shop): int(n) for shop, n in buyers_per_shop.items()}
     eligible = sorted((shop for shop, n in buyers.items() if n >= config.min_buyers), key=lambda s: shop_score(s, config.seed))
-    n_held_out = math.ceil(config.held_out_fraction * len(eligible)) if eligible else 0
-    if config.max_held_out is not None:
-        n_held_out = min(n_held_out, config.max_held_out)
-    held_out = eligible[:n_held_out]
+    if config.folds > 1:
+        held_out = eligible[config.fold :: config.folds]
+    else:
+        n_held_out = math.ceil(config.held_out_fraction * len(eligible)) if eligible else 0
+        if config.max_held_out is not None:
+            n_held_out = min(n_held_out, config.max_held_out)
+        held_out = eligible[:n_held_out]
     held = set(held_out)
     training = sorted(shop for shop in buyers if shop not in held)
     return ShopSplit(config, training, held_out, sorted(eligible), dict(sorted(buyers.items())))

@@ -1,0 +1,74 @@
+"""Cross-validation over shops: the per-fold results of a held-out evaluation pooled into one.
+
+With `simpersona evaluate --folds K` every eligible shop is held out exactly once (harness.eval.split
+deals them into K merchant-disjoint folds), and each fold learns its codebook, traces and agent from
+the other shops only. Each fold writes its own results.json (harness.eval.evaluate.run_protocol);
+this module reads nothing from disk: it pools those results into the same shape, so the report
+and the CLI table read a pooled result like a single split's, plus a `folds` list with what each
+fold chose (its temperature) and how its agent followed its types. With `--seeds S` the pooled
+headline of each seed is summarised as mean ± sd.
+
+Per-type figures (funnels, agent vs traces) stay per fold: each fold has its own codebook, so code 3
+of one fold is not code 3 of another.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def pool_folds(results: list[dict], seed: int, figures) -> dict:
+    """One protocol's fold results pooled: every shop row once, the policy figures over all shops
+    (`figures` = harness.eval.evaluate.policy_figures), the type-mix distances, a line per fold."""
+    rows = [{**row, "fold": fold} for fold, result in enumerate(results) for row in result["shops"]]
+    shops = {shop: mix for result in results for shop, mix in (result.get("type_mix") or {}).get("shops", {}).items()}
+    first = results[0]
+    return {
+        "protocol": first["protocol"],
+        "held_out_shops": [shop for result in results for shop in result["held_out_shops"]],
+        "buyers_per_shop": {shop: n for result in results for shop, n in result["buyers_per_shop"].items()},
+        "training_buyers": [result["training_buyers"] for result in results],
+        "training_conversion_rate": float(np.mean([result["training_conversion_rate"] for result in results])),
+        "people_overlap": float(np.mean([result.get("people_overlap") or 0.0 for result in results])),
+        **figures(rows, seed),
+        "type_mix": {"mean_jsd": float(np.mean([m["jsd"] for m in shops.values()])) if shops else None, "shops": shops},
+        "per_type": None,
+        "real_per_type": None,
+        "agent_check": None,
+        "browser_check": first.get("browser_check"),
+        "folds": [fold_line(fold, result) for fold, result in enumerate(results)],
+        "shops": rows,
+    }
+
+
+def fold_line(fold: int, result: dict) -> dict:
+    """What one fold chose and reached: its shops, temperature, persona and oracle alignment, and
+    how closely its agent's per-type conversion follows its traces (Pearson over codes)."""
+    policies = result["policies"]
+    calibration = result.get("calibration") or {}
+    return {
+        "fold": fold,
+        "held_out": len(result["held_out_shops"]),
+        "temperature": result.get("temperature"),
+        "calibration_shops": len(calibration.get("shops") or []),
+        "persona": (policies.get("persona") or {}).get("alignment"),
+        "type_oracle": (policies.get("type_oracle") or {}).get("alignment"),
+        "persona_vs_oracle": result.get("persona_vs_oracle"),
+        "per_type_pearson": (result.get("agent_check") or {}).get("pearson"),
+        "people_overlap": result.get("people_overlap"),
+    }
+
+
+def seed_spread(headlines: dict[int, dict]) -> dict:
+    """Per protocol and policy, the headline alignment of each seed and its mean ± sd (ddof 1)."""
+    spread: dict = {}
+    for seed, protocols in headlines.items():
+        for protocol, policies in protocols.items():
+            for policy, value in policies.items():
+                spread.setdefault(protocol, {}).setdefault(policy, {"per_seed": {}})["per_seed"][str(seed)] = value
+    for policies in spread.values():
+        for entry in policies.values():
+            values = [v for v in entry["per_seed"].values() if v is not None]
+            entry["mean"] = float(np.mean(values)) if values else None
+            entry["sd"] = float(np.std(values, ddof=1)) if len(values) > 1 else None
+    return spread
