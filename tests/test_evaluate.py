@@ -4,7 +4,6 @@
 import json
 import math
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -39,8 +38,7 @@ from codebook.artifact import CodebookArtifact
 from harness.eval.split import ShopSplit, SplitConfig
 from harness.sim.paired import wilson_interval
 from harness.sim.population import population_from_mix, quota_counts
-
-TMALL_CSV = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tmall_brand_2014" / "t_alibaba_data.csv"
+from tmall_data import ingested_tmall_brands
 
 
 # --- metrics on hand-made numbers ------------------------------------------------------------
@@ -238,17 +236,10 @@ def test_cli_rejects_bad_calibration_temperatures(tmp_path):
 @pytest.fixture(scope="module")
 def tmall_subset(tmp_path_factory):
     """Ingested Tmall log of a few brands: two with >= 50 buyers (held-out candidates), the rest training."""
-    if not TMALL_CSV.is_file():
-        pytest.skip(f"real data not present: {TMALL_CSV}")
-    from codebook.ingest import IngestConfig, ingest
-
-    raw = pd.read_csv(TMALL_CSV)
-    visitors = raw.groupby("brand_id")["user_id"].nunique().sort_values(ascending=False)
-    brands = list(visitors.index[20:22]) + list(visitors[(visitors >= 8) & (visitors < 30)].index[:25])
-    out = tmp_path_factory.mktemp("tmall_subset")
-    raw[raw["brand_id"].isin(brands)].to_csv(out / "t_alibaba_data.csv", index=False)
-    ingest([out / "t_alibaba_data.csv"], out / "ingested", IngestConfig())
-    return out / "ingested"
+    return ingested_tmall_brands(
+        tmp_path_factory.mktemp("tmall_subset"),
+        lambda visitors: list(visitors.index[20:22]) + list(visitors[(visitors >= 8) & (visitors < 30)].index[:25]),
+    )
 
 
 @pytest.mark.slow

@@ -21,8 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from gpu_check import CARRIED_WHEELS, GPU_MACHINE_HAS, PrepareConfig, prepare  # noqa: E402
+from tmall_data import TMALL_CSV  # noqa: E402
 
-TMALL_CSV = REPO.parent / "shared" / "data" / "tmall_brand_2014" / "t_alibaba_data.csv"
 # The project's dependencies the GPU machine lacks, and packages that transformers and its
 # requirements import only when present (Pillow, protobuf, charset-normalizer): not promised there.
 ABSENT_ON_GPU_MACHINE = ("duckdb", "playwright", "gguf", "sentence_transformers", "matplotlib", "ray", "vllm",

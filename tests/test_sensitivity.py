@@ -2,14 +2,13 @@
 
 import json
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
 from harness.cli import app
+from tmall_data import ingested_tmall_brands
 from harness.eval.sensitivity import (
     CELL_FILE,
     SensitivityConfig,
@@ -19,7 +18,6 @@ from harness.eval.sensitivity import (
     run_sensitivity,
 )
 
-TMALL_CSV = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tmall_brand_2014" / "t_alibaba_data.csv"
 SIZES, WEIGHTS, FOLDS, MIN_BUYERS = (4,), (0.25, 1.0), 2, 40
 
 
@@ -33,17 +31,10 @@ def test_code_purity_is_the_share_of_buyers_at_their_codes_majority_outcome():
 @pytest.fixture(scope="module")
 def tmall_subset(tmp_path_factory):
     """A few large brands (eligible with >= MIN_BUYERS buyers) and a few dozen small ones (training only)."""
-    if not TMALL_CSV.is_file():
-        pytest.skip(f"real data not present: {TMALL_CSV}")
-    from codebook.ingest import IngestConfig, ingest
-
-    raw = pd.read_csv(TMALL_CSV)
-    visitors = raw.groupby("brand_id")["user_id"].nunique().sort_values(ascending=False)
-    brands = list(visitors[visitors >= 60].index[10:14]) + list(visitors[(visitors >= 8) & (visitors < 30)].index[:30])
-    out = tmp_path_factory.mktemp("tmall_sensitivity")
-    raw[raw["brand_id"].isin(brands)].to_csv(out / "t_alibaba_data.csv", index=False)
-    ingest([out / "t_alibaba_data.csv"], out / "ingested", IngestConfig())
-    return out / "ingested"
+    return ingested_tmall_brands(
+        tmp_path_factory.mktemp("tmall_sensitivity"),
+        lambda visitors: list(visitors[visitors >= 60].index[10:14]) + list(visitors[(visitors >= 8) & (visitors < 30)].index[:30]),
+    )
 
 
 @pytest.mark.slow
