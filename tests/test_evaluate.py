@@ -3,6 +3,7 @@
 
 import json
 import math
+import time
 from collections import Counter
 
 import numpy as np
@@ -19,6 +20,7 @@ from harness.eval.evaluate import (
     traced_shops,
 )
 from harness.eval.folds import seed_spread
+from harness.eval.phases import PhaseTimes, pooled_phases
 from harness.eval.metrics import (
     alignment_term,
     bootstrap_interval,
@@ -179,6 +181,22 @@ def test_seed_spread_is_mean_and_sd_per_policy():
     assert spread["paper"]["global_rate"]["sd"] == 0.0 and spread["paper"]["persona"]["per_seed"] == {"0": 0.8, "1": 0.9}
 
 
+def test_phase_times_add_up_across_resumes_and_folds(tmp_path):
+    first = PhaseTimes.load(tmp_path)
+    with first.phase("simulate persona", buyers=120):
+        time.sleep(0.05)
+    resumed = PhaseTimes.load(tmp_path)  # a rerun adds to what the first run measured
+    with resumed.phase("simulate persona", buyers=120):
+        time.sleep(0.05)
+    summary = resumed.summary()
+    assert summary["seconds"]["simulate persona"] >= 0.1 and summary["buyers"] == {"simulate persona": 120}
+    assert summary["buyers_per_minute"]["simulate persona"] == pytest.approx(
+        60 * 120 / resumed.seconds["simulate persona"], rel=0.01)
+    pooled = pooled_phases([summary, summary])
+    assert pooled["buyers"]["simulate persona"] == 240
+    assert pooled["total_seconds"] == pytest.approx(2 * summary["total_seconds"], abs=0.2)
+
+
 def test_trace_buyers_come_from_training_shops_with_caps():
     codes = pd.DataFrame({"shop_id": ["a"] * 10 + ["b"] * 10 + ["h"] * 10, "buyer_id": [str(i) for i in range(30)],
                           "code": [0, 1] * 15, "split": ["training"] * 20 + ["held_out"] * 10})
@@ -332,8 +350,13 @@ def test_folds_score_every_eligible_shop_once_with_intervals_strata_and_a_mismat
     assert strata["checkout"] is None  # the Tmall log records no checkout events: not scored
     assert strata["viewed"]["shops"] == 2 and strata["viewed"]["mean_real"] > 0
     assert result["distances"]["persona"]["noise_floor"] >= 0
+    phases = result["phases"]  # both folds' steps added up, both policies' buyers counted
+    assert phases["buyers"] == {"simulate persona": 12, "simulate mismatched": 12}
+    assert phases["seconds"]["agent"] > 0 and phases["buyers_per_minute"]["simulate persona"] > 0
     report = (out / "report.html").read_text()
     assert "Per fold" in report and "Funnel strata" in report and "95 % bootstrap over shops" in report
+    assert "Time per step" in report
 
     again = evaluate(config)  # resumable: every fold's steps are reused
     assert again["protocols"]["paper"]["policies"] == result["policies"]
+    assert again["protocols"]["paper"]["phases"]["seconds"]["agent"] == pytest.approx(phases["seconds"]["agent"], abs=1.0)

@@ -75,6 +75,11 @@ def print_result(console: Console, protocol: str, result: dict, driver: str) -> 
              for name, entry in strata.items() if entry]
     if cells:
         console.print("persona funnel strata, alignment: " + "; ".join(cells))
+    phases = result.get("phases") or {}
+    if phases.get("seconds"):
+        console.print("time per step: " + ", ".join(f"{name} {seconds / 60:.1f} min" for name, seconds in phases["seconds"].items())
+                      + "; buyers/min: " + ", ".join(f"{name.removeprefix('simulate ')} {rate:,.0f}"
+                                                      for name, rate in phases["buyers_per_minute"].items()))
     check = result.get("browser_check")
     if check:
         console.print(f"driver check, shop {check['shop']}: browser {check['browser']['cr_sim']:.1%} vs "

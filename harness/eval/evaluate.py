@@ -15,6 +15,7 @@ into `out_dir`, so a rerun skips the steps already done (resumable):
     <protocol>/calibration.json        sampling temperature chosen on training shops (when asked)
     <protocol>/sim/<policy>/<shop>/    one simulation run per held-out shop and policy (harness.sim.simulate)
     <protocol>/results.json            per shop and policy: simulated vs real conversion, type mixes
+    <protocol>/phases.json             seconds per step, buyers/min of each simulation (harness.eval.phases)
     summary.json, report.html          every figure, and the report (harness.eval.report)
 
 With --folds K > 1 (the default on a real log) every eligible shop is held out once: fold k keeps
@@ -68,6 +69,7 @@ from harness.eval.metrics import (
     summarize_policy,
     type_oracle_rate,
 )
+from harness.eval.phases import PhaseTimes
 from harness.eval.split import (
     SPLIT_FILE,
     ShopSplit,
@@ -656,31 +658,39 @@ async def run_protocol(config: EvaluateConfig, protocol: str, split: ShopSplit, 
     """One protocol on one split, its steps in `root`/<protocol> (the evaluation dir, or a fold's dir)."""
     work = (root or config.out_dir) / protocol
     work.mkdir(parents=True, exist_ok=True)
-    features = build_protocol_features(config, protocol, console)
-    train_protocol_codebook(config, features, split, work, console)
+    phases = PhaseTimes.load(work)
+    with phases.phase("features"):
+        features = build_protocol_features(config, protocol, console)
+    with phases.phase("codebook"):
+        train_protocol_codebook(config, features, split, work, console)
     codes = pd.read_parquet(work / "codes.parquet")
     plans = plan_shops(config, split.held_out, codes, real)
     needs_agent = any(p in LLM_POLICIES for p in config.policies)
-    traces_path = await make_protocol_traces(config, work, console) if needs_agent else None
+    with phases.phase("traces"):
+        traces_path = await make_protocol_traces(config, work, console) if needs_agent else None
     codebook = CodebookArtifact.load(work / "codebook")
     calibration = None
     if needs_agent:
-        train_protocol_agent(config, traces_path, work / "agent", False, console)
-        calibration = await calibrate_temperature(config, work, split, codes, real, traces_path, codebook, console)
+        with phases.phase("agent"):
+            train_protocol_agent(config, traces_path, work / "agent", False, console)
+        with phases.phase("calibration"):
+            calibration = await calibrate_temperature(config, work, split, codes, real, traces_path, codebook, console)
     if "no_persona" in config.policies:
-        train_protocol_agent(config, traces_path, work / "agent_no_persona", True, console)
+        with phases.phase("agent no_persona"):
+            train_protocol_agent(config, traces_path, work / "agent_no_persona", True, console)
 
     rows: list[dict] = []
     real_frame, recorded = real_buyers(config.events, [p.shop for p in plans]), recorded_event_types(config.events)
     for policy_name in config.policies:
-        policy = row_policy(policy_name, work, config, codebook)
-        for plan in plans:
-            console.print(f"[bold]{protocol}[/] · {policy_name} · shop {plan.shop}: {len(plan.population)} buyers "
-                          f"(real rate {plan.real_rate:.1%} of {plan.real_buyers})")
-            summary = await simulate_shop(config, work, codebook, policy_name, policy, plan, config.driver, policy_name)
-            row = shop_row(policy_name, plan, summary, config.driver)
-            rows.append(with_funnel_figures(row, simulated_buyers(work / "sim" / policy_name, plan.shop),
-                                            real_frame[real_frame["shop_id"] == plan.shop], recorded, config.seed))
+        with phases.phase(f"simulate {policy_name}", buyers=sum(len(p.population) for p in plans)):
+            policy = row_policy(policy_name, work, config, codebook)
+            for plan in plans:
+                console.print(f"[bold]{protocol}[/] · {policy_name} · shop {plan.shop}: {len(plan.population)} buyers "
+                              f"(real rate {plan.real_rate:.1%} of {plan.real_buyers})")
+                summary = await simulate_shop(config, work, codebook, policy_name, policy, plan, config.driver, policy_name)
+                row = shop_row(policy_name, plan, summary, config.driver)
+                rows.append(with_funnel_figures(row, simulated_buyers(work / "sim" / policy_name, plan.shop),
+                                                real_frame[real_frame["shop_id"] == plan.shop], recorded, config.seed))
     training_codes = codes[codes["split"] == "training"]
     training_real = real.loc[real.index.isin(set(split.training))]
     global_rate = float(training_real["converted"].sum() / training_real["buyers"].sum())
@@ -689,7 +699,8 @@ async def run_protocol(config: EvaluateConfig, protocol: str, split: ShopSplit, 
     code_rates = training_codes.groupby("code")["converted"].mean().to_dict()
     rows += [reference_row("type_oracle", plan, type_oracle_rate(plan.real_mix, code_rates, global_rate)) for plan in plans]
 
-    browser = await browser_check(config, work, codebook, plans) if config.browser_check and config.driver != "browser" and plans else None
+    with phases.phase("browser check"):
+        browser = await browser_check(config, work, codebook, plans) if config.browser_check and config.driver != "browser" and plans else None
     behaviour = per_type_behaviour(work, "persona", [p.shop for p in plans])
     size = config.codebook_size
     mixes = {p.shop: {"real": p.real_mix, "sampled": p.sampled_mix, "jsd": mix_jsd(p.sampled_mix, p.real_mix, size)} for p in plans}
@@ -711,6 +722,7 @@ async def run_protocol(config: EvaluateConfig, protocol: str, split: ShopSplit, 
         "calibration": calibration,
         "temperature": agent_temperature(work, config) if needs_agent else None,
         "shops": rows,
+        "phases": phases.summary(),
     }
     (work / RESULTS_FILE).write_text(json.dumps(result, indent=1, default=_json_default) + "\n")
     return result

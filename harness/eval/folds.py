@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from harness.eval.phases import pooled_phases
+
 
 def pool_folds(results: list[dict], seed: int, figures) -> dict:
     """One protocol's fold results pooled: every shop row once, the policy figures over all shops
@@ -38,6 +40,7 @@ def pool_folds(results: list[dict], seed: int, figures) -> dict:
         "browser_check": first.get("browser_check"),
         "folds": [fold_line(fold, result) for fold, result in enumerate(results)],
         "shops": rows,
+        "phases": pooled_phases([result.get("phases") or {} for result in results]),
     }
 
 

@@ -281,6 +281,7 @@ def evaluation_section(summary: dict, plots: Path) -> str:
         parts.append(funnel_part(protocol, result, plots))
         parts.append(agent_check_part(result.get("agent_check")))
         parts.append(browser_check_part(result.get("browser_check")))
+        parts.append(phases_part(result.get("phases")))
     return "\n".join(parts)
 
 
@@ -327,6 +328,17 @@ def folds_part(folds: list[dict] | None) -> str:
                             ("persona", "persona alignment"), ("type_oracle", "type oracle"),
                             ("persona_vs_oracle", "persona / oracle"), ("per_type_pearson", "per-type Pearson (agent vs traces)"),
                             ("people_overlap", "buyers also in training shops")]))
+
+
+def phases_part(phases: dict | None) -> str:
+    """Where the evaluation's time went (all folds added up), and buyers per minute of each simulation."""
+    if not phases or not phases.get("seconds"):
+        return ""
+    rows = [{"step": name, "minutes": seconds / 60, "buyers": phases["buyers"].get(name),
+             "per_minute": phases["buyers_per_minute"].get(name)} for name, seconds in phases["seconds"].items()]
+    return (f"<h4>Time per step</h4><p class='note'>{phases['total_seconds'] / 60:.1f} min in all "
+            "(steps skipped on a resume count as first measured).</p>"
+            + table(rows, [("step", "step"), ("minutes", "minutes"), ("buyers", "buyers"), ("per_minute", "buyers / min")]))
 
 
 def strata_part(result: dict) -> str:
