@@ -15,7 +15,6 @@ import numpy as np
 BOOTSTRAP_RESAMPLES = 2000
 
 
-
 def alignment_term(simulated: float, real: float) -> float:
     """1 - min(1, |CR_sim - CR_real| / CR_real); a shop with no real purchases scores 1 only when
     the simulation has none either (the relative error is undefined there)."""
