@@ -93,6 +93,12 @@ def test_healthy_agent_and_a_shop_without_real_purchases_are_not_collapse():
     assert collapse_verdicts(protocol(0.9, rows)) == []
 
 
+def test_no_conversion_at_a_rate_that_n_buyers_cannot_tell_from_zero_is_not_collapse():
+    rare = {**shop_row("s3", 0, 0, buyers=100, real_converted=2), "cr_real": 0.02}  # 0/100 allows up to 3.7 %
+    assert collapse_verdicts(protocol(0.9, [rare])) == []
+    assert collapse_verdicts(protocol(0.9, [{**rare, "cr_real": 0.10}]))[0].startswith("the persona agent collapsed in shop s3")
+
+
 def test_evaluation_verdicts_name_the_protocol_when_there_are_several():
     collapsed = protocol(0.0, [shop_row("s1", 0, 5)])
     one = evaluation_verdicts({"protocols": {"paper": collapsed}})

@@ -32,10 +32,11 @@ from harness.sim.paired import wilson_interval
 REPORT_FILE = "report.html"
 PLOTS_DIR = "plots"
 DPI = 100
-POLICY_COLOURS = {"persona": "#1f77b4", "neutral": "#ff7f0e", "no_persona": "#2ca02c", "type_profile": "#9467bd",
-                  "global_rate": "#7f7f7f", "type_oracle": "#8c564b"}
-POLICY_MARKERS = {"persona": "o", "neutral": "^", "no_persona": "v", "type_profile": "s", "global_rate": "D",
-                  "type_oracle": "X"}
+POLICY_COLOURS = {"persona": "#1f77b4", "neutral": "#ff7f0e", "no_persona": "#2ca02c", "mismatched": "#d62728",
+                  "type_profile": "#9467bd", "global_rate": "#7f7f7f", "type_oracle": "#8c564b"}
+POLICY_MARKERS = {"persona": "o", "neutral": "^", "no_persona": "v", "mismatched": "P", "type_profile": "s",
+                  "global_rate": "D", "type_oracle": "X"}
+MANY_SHOPS = 12  # above this, the conversion plot draws small points and faint bars, the shop table folds
 REAL_COLOUR, SIMULATED_COLOUR = "#9e9e9e", POLICY_COLOURS["persona"]
 FUNNEL_STAGES = (("viewed_rate", "viewed a product"), ("cart_rate", "carted"), ("conversion_rate", "purchased"))
 
@@ -81,14 +82,16 @@ def plot_conversion(rows: list[dict], path: Path, title: str) -> None:
     type_oracle) have no vertical bar."""
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(5.2, 5.2))
+    many = len({r["shop"] for r in rows}) > MANY_SHOPS
+    style = dict(markersize=4, capsize=0, elinewidth=0.5, alpha=0.6) if many else dict(markersize=7, capsize=3, alpha=0.85)
     top = 0.0
     for policy in dict.fromkeys(r["policy"] for r in rows):
         for index, row in enumerate(r for r in rows if r["policy"] == policy):
             x, y = row["cr_real"], row["cr_sim"]
             xerr = _error_bar(x, row.get("cr_real_ci"))
             yerr = _error_bar(y, row.get("cr_sim_ci"))
-            axis.errorbar(x, y, xerr=xerr, yerr=yerr, fmt=POLICY_MARKERS.get(policy, "o"), markersize=7, capsize=3,
-                          color=POLICY_COLOURS.get(policy), alpha=0.85, label=policy if index == 0 else None)
+            axis.errorbar(x, y, xerr=xerr, yerr=yerr, fmt=POLICY_MARKERS.get(policy, "o"), color=POLICY_COLOURS.get(policy),
+                          label=policy if index == 0 else None, **style)
             top = max(top, x, y, *(row.get("cr_real_ci") or []), *(row.get("cr_sim_ci") or []))
     top = min(1.0, top * 1.08) or 1.0
     axis.plot([0, top], [0, top], color="black", linewidth=1, linestyle="--", label="y = x")
@@ -276,13 +279,21 @@ def evaluation_section(summary: dict, plots: Path) -> str:
         parts.append(folds_part(result.get("folds")))
         parts.append(conversion_figures(protocol, result, plots))
         parts.append(strata_part(result))
-        parts.append("<h4>Per shop</h4>")
-        parts.append(shops_table(result["shops"]))
+        parts.append(per_shop_part(result["shops"]))
         parts.append(funnel_part(protocol, result, plots))
         parts.append(agent_check_part(result.get("agent_check")))
         parts.append(browser_check_part(result.get("browser_check")))
         parts.append(phases_part(result.get("phases")))
     return "\n".join(parts)
+
+
+def per_shop_part(rows: list[dict]) -> str:
+    """The per-shop table; folded behind a summary line when there are many shops."""
+    shops = len({row["shop"] for row in rows})
+    if shops <= MANY_SHOPS:
+        return "<h4>Per shop</h4>" + shops_table(rows)
+    return (f"<h4>Per shop</h4><details><summary>{shops} shops × {len(rows) // shops} rows "
+            "(click to open)</summary>" + shops_table(rows) + "</details>")
 
 
 def policies_table(result: dict) -> str:
@@ -323,7 +334,7 @@ def folds_part(folds: list[dict] | None) -> str:
     if not folds:
         return ""
     return ("<h4>Per fold</h4><p class='note'>Each fold learned its codebook, traces and agent from the other shops, "
-            "and chose its sampling temperature on its own training shops.</p>"
+            "its temperature is the one calibration chose on its own training shops (its agent's default when calibration is off).</p>"
             + table(folds, [("fold", "fold"), ("held_out", "held-out shops"), ("temperature", "temperature"),
                             ("persona", "persona alignment"), ("type_oracle", "type oracle"),
                             ("persona_vs_oracle", "persona / oracle"), ("per_type_pearson", "per-type Pearson (agent vs traces)"),

@@ -13,6 +13,7 @@ means the run could not see any difference at all.
 from __future__ import annotations
 
 from harness.sim.ab import MIN_AB_CONVERSIONS
+from harness.sim.paired import wilson_interval
 
 AGENT = "persona"
 BASELINES = ("global_rate", "type_profile")
@@ -92,11 +93,14 @@ def alignment_verdicts(result: dict, agent: str = AGENT) -> list[str]:
 
 
 def collapse_verdicts(result: dict, agent: str = AGENT) -> list[str]:
-    """Held-out shops where the agent converts nobody although real buyers do; most buyers lost."""
+    """Held-out shops where the agent converts nobody although real buyers do, at a real rate that
+    0 of N synthetic buyers rules out (above the Wilson interval of 0 / N: 0 of 100 buyers in a shop
+    converting 2 % is chance, not collapse); most buyers lost."""
     rows = [row for row in result.get("shops") or [] if row.get("policy") == agent and row.get("sim_buyers")]
     lines = []
     for row in rows:
-        if row.get("sim_converted", 0) == 0 and row.get("real_converted", 0) > 0:
+        if (row.get("sim_converted", 0) == 0 and row.get("real_converted", 0) > 0
+                and row["cr_real"] > wilson_interval(0, row["sim_buyers"])[1]):
             lines.append(f"the {agent} agent collapsed in shop {row['shop']}: 0 of {row['sim_buyers']} buyers converted "
                          f"(real rate {_percent(row['cr_real'])})")
     buyers = sum(row["sim_buyers"] for row in rows)
