@@ -149,7 +149,12 @@ async def test_process_count_stays_flat_over_many_buyers(site):
         after_first = len(pool.processes())
         for round_index in range(3):
             await asyncio.gather(*(one(10 * round_index + i) for i in range(4)))
-        await asyncio.sleep(1.0)   # closed contexts take their renderers down asynchronously
+        # Closed contexts take their renderers down asynchronously, later on a loaded machine: a
+        # leak stays, a slow teardown does not.
+        for _ in range(50):
+            if len(pool.processes()) <= after_first:
+                break
+            await asyncio.sleep(0.2)
         assert len(pool.processes()) <= after_first
 
 
