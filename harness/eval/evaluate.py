@@ -600,29 +600,18 @@ def per_type_behaviour(work: Path, run_group: str, shops: list[str]) -> dict:
 
 
 def real_type_funnels(events: Path, codes: pd.DataFrame, shops: list[str]) -> dict:
-    """Per code, pooled over the given shops' REAL buyers: the share who viewed a product, carted,
-    purchased; the real counterpart of per_type_behaviour (same shops, same funnel stages)."""
-    import duckdb
-
+    """Per code, pooled over the given shops' REAL buyers (real_buyers): the share who viewed a
+    product, carted, purchased; the real counterpart of per_type_behaviour (same shops, same stages)."""
     buyers = codes.loc[codes["shop_id"].astype(str).isin(set(shops)), ["shop_id", "buyer_id", "code"]].astype(
         {"shop_id": str, "buyer_id": str})
     if buyers.empty:
         return {}
-    with duckdb.connect() as con:
-        con.register("buyers", buyers)
-        frame = con.execute(
-            """SELECT b.code,
-                      bool_or(e.event_type = 'product_view') AS viewed,
-                      bool_or(e.event_type = 'add_to_cart') AS carted,
-                      bool_or(e.event_type = 'purchase') AS purchased
-               FROM buyers b LEFT JOIN read_parquet(?) e
-                 ON CAST(e.shop_id AS VARCHAR) = b.shop_id AND CAST(e.buyer_id AS VARCHAR) = b.buyer_id
-               GROUP BY b.shop_id, b.buyer_id, b.code""",
-            [str(events)],
-        ).df()
-    frame = frame.fillna(False)
-    return {str(code): {"buyers": len(g), "viewed_rate": float(g["viewed"].mean()), "cart_rate": float(g["carted"].mean()),
-                        "conversion_rate": float(g["purchased"].mean())}
+    funnels = real_buyers(events, shops).astype({"shop_id": str, "buyer_id": str})
+    frame = buyers.merge(funnels, on=["shop_id", "buyer_id"], how="left").fillna(
+        {"product_views": 0, "carted": False, "purchased": False})
+    return {str(code): {"buyers": len(g), "viewed_rate": float((g["product_views"] > 0).mean()),
+                        "cart_rate": float(g["carted"].astype(bool).mean()),
+                        "conversion_rate": float(g["purchased"].astype(bool).mean())}
             for code, g in frame.groupby("code")}
 
 
