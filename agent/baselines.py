@@ -496,7 +496,8 @@ class TypeProfilePolicy:
             return f'type [{element.element_id}] "{fake_value_for(element.name)}"'
         if page.checkout_buttons and not page.place_order_buttons:
             episode.checking_out = True  # the pages from the next one on are checkout steps
-        for candidates in (page.place_order_buttons, page.checkout_buttons, page.continue_buttons, page.cart_links):
+        for candidates in (page.place_order_buttons, page.checkout_buttons, page.continue_buttons,
+                           page.continue_links if episode.checking_out else [], page.cart_links):
             if candidates:
                 return f"click [{candidates[0].element_id}]"
         return "scroll down" if page.more_below else "back"

@@ -147,6 +147,12 @@ class Page:
         return [e for e in self.elements if e.role == "button" and CONTINUE.search(e.name)]
 
     @property
+    def continue_links(self) -> list[Element]:
+        """Links styled as a checkout's next step ("Continue" to the order preview), not "Continue shopping"."""
+        return [e for e in self.elements if e.role == "link" and CONTINUE.search(e.name)
+                and not CONTINUE_SHOPPING.search(e.name)]
+
+    @property
     def cart_links(self) -> list[Element]:
         return [e for e in self.elements if e.role == "link" and names_cart(e.name)]
 
@@ -349,11 +355,12 @@ ADD_TO_CART = re.compile(r"\badd\b.*\b(cart|bag|basket|trolley)\b|\bbuy now\b|^a
 REMOVE_FROM_CART = re.compile(r"\b(remove|delete)\b", re.IGNORECASE)
 CHECKOUT = re.compile(r"check\s*-?\s*out|proceed to|go to payment", re.IGNORECASE)
 CONTINUE = re.compile(r"\b(continue|next|review|proceed|save)\b", re.IGNORECASE)
+CONTINUE_SHOPPING = re.compile(r"\b(shopping|browsing|page)\b|write a review|reviews?\b.*\b(all|more)\b", re.IGNORECASE)
 # Controls that place an order or pay. Buyers press one to finish a checkout; on a store that is
 # not ours the safety guard intercepts a click on any of them (harness/drivers/safety.py).
 PLACE_ORDER = re.compile(
     r"\b(pay|pay now|place (my )?order|buy now|complete (purchase|order|payment)|submit order|"
-    r"confirm (order|purchase|payment)|purchase now|order now|checkout now)\b",
+    r"confirm (order|purchase|payment)|purchase now|order now)\b",
     re.IGNORECASE,
 )
 # A name that means the cart: "Cart, 2 items", "Basket", "View my basket", "Your cart" (a link or
@@ -372,6 +379,19 @@ ORDER_CONFIRMED_PATH = re.compile(
     r"order[-_/]?(received|confirm(ed|ation)?|complete(d)?|success)|thank[-_]?you|checkout/success",
     re.IGNORECASE,
 )
+
+
+# The order number a shop's confirmation names: "Order 100001: confirmation", "Order #A-1234 received".
+ORDER_NUMBER = re.compile(r"\border\s*(?:number|no\.?|#)?\s*:?\s*#?([A-Z0-9][A-Z0-9-]{3,})\b", re.IGNORECASE)
+
+
+def order_number(*texts: str) -> str | None:
+    """The first order number in these texts (title, heading), or None."""
+    for text in texts:
+        match = ORDER_NUMBER.search(text or "")
+        if match and any(ch.isdigit() for ch in match.group(1)):
+            return match.group(1)
+    return None
 
 
 def names_cart(name: str) -> bool:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -184,8 +185,26 @@ def _read(db_path: str | Path, sql: str) -> list[sqlite3.Row]:
 def read_orders(db_path: str | Path) -> list[dict]:
     """All orders in placement order: order_id, buyer_tag, session_id, ts, items (list of dicts
     with product_id, title, category, quantity, unit_price), subtotal, delivery_cost, total,
-    currency, details (the non-secret checkout answers)."""
+    currency, details (the non-secret checkout answers).
+
+    An Oscar database (storefronts/oscar) is read from Oscar's own order tables instead: order_id,
+    buyer_tag, total, placed_at, status, lines."""
+    from storefronts.oscar.orders import is_oscar_database, read_oscar_orders
+
+    if is_oscar_database(db_path):
+        return read_oscar_orders(db_path)
     return [_order_dict(row) for row in _read(db_path, "SELECT * FROM orders ORDER BY order_number")]
+
+
+def orders_by_buyer(db_path: str | Path, run_id: str) -> Counter:
+    """buyer_index → orders the store holds for that buyer of the run (tags `<run_id>:<buyer_index>`)."""
+    prefix = f"{run_id}:"
+    counted: Counter = Counter()
+    for order in read_orders(db_path):
+        tag = order.get("buyer_tag") or ""
+        if tag.startswith(prefix) and tag[len(prefix):].isdigit():
+            counted[int(tag[len(prefix):])] += 1
+    return counted
 
 
 def read_events(db_path: str | Path) -> list[dict]:

@@ -193,3 +193,24 @@ def test_card_posts_and_pay_controls_are_recognised():
     assert is_pay_control(RawElement(1, "button", in_card_form=True), "Continue")
     assert not is_pay_control(RawElement(1, "button"), "Add to cart")
     assert not is_pay_control(RawElement(1, "input", input_type="text", in_card_form=True), "Card number")
+
+
+def test_only_a_checkout_with_something_in_it_counts_as_paying():
+    """A live store's conversion is a place-order/pay control with an order behind it: a button on
+    a checkout page or with a full cart, never a payment logo, a "Buy now" on an empty cart or a
+    "Checkout now" link (which only leads to the checkout)."""
+    from harness.drivers.observation import PageSnapshot, pays_on_live_store
+
+    cart_full = RawElement(9, "a", text="Basket (1 item) €12.00", href="/basket/")
+    home = PageSnapshot("https://shop.example/", "Shop", [cart_full])
+    empty = PageSnapshot("https://shop.example/product/3", "Kettle", [])
+    preview = PageSnapshot("https://shop.example/checkout/preview/", "Preview", [])
+    place_order = RawElement(1, "button", text="Place order")
+    assert pays_on_live_store("click", place_order, preview)
+    assert pays_on_live_store("click", place_order, home)
+    assert not pays_on_live_store("click", RawElement(2, "button", text="Buy now"), empty)
+    assert not pays_on_live_store("click", RawElement(3, "a", alt="Pay with Visa", href="/pay-methods"), home)
+    assert not pays_on_live_store("click", RawElement(4, "a", text="Pay now", href="/offers"), home)
+    assert not pays_on_live_store("click", RawElement(5, "a", text="Checkout now", href="/checkout/"), home)
+    assert pays_on_live_store("click", RawElement(6, "button", text="Continue", in_card_form=True), empty)
+    assert pays_on_live_store("type", RawElement(7, "input", input_type="text", in_card_form=True), empty)

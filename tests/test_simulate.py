@@ -26,7 +26,7 @@ TRAJECTORY_KEYS = {
     "run_id", "buyer_index", "buyer_tag", "code", "seed", "outcome", "terminate_reason", "detail",
     "n_steps", "duration_s", "steps", "attempts", "first_error",
 }
-STEP_KEYS = {"step", "url", "obs_sha1", "action", "latency_ms", "policy_ms", "error"}
+STEP_KEYS = {"step", "url", "obs_sha1", "action", "element", "dialog", "latency_ms", "policy_ms", "error"}
 
 
 @pytest.fixture(scope="module")
@@ -158,6 +158,8 @@ def test_end_to_end_in_chromium_store_orders_match_trajectories(store, codebook_
             assert set(step) == STEP_KEYS
             assert re.fullmatch(r"[0-9a-f]{40}", step["obs_sha1"])
             assert step["url"].startswith(store.url)
+            if re.match(r"(click|type|select) \[", step["action"]) and step["error"] is None:
+                assert step["element"]["role"] and step["element"]["name"], step   # auditable without the page
 
     # The store's own count, buyer by buyer.
     orders = Counter(order["buyer_tag"] for order in read_orders(store.db_path))

@@ -30,6 +30,8 @@ from harness.sim.rundir import RunDirError
 from harness.sim.simulate import SimulationConfig
 
 STORE_DB_FILE = "store.sqlite"
+OSCAR_DB_FILE = "oscar.sqlite"
+ENGINES = ("mock", "oscar")
 INTERRUPT_SIGNALS = {"SIGINT": 2, "SIGTERM": 15}  # exit status 128 + signal number, as shells expect
 POLICY_HELP = f"Which policy drives the buyers: {POLICY_CHOICES}."
 AGENT_DIR_HELP = "With an endpoint --policy: the agent dir it serves (tokenizer, persona.json)."
@@ -50,6 +52,10 @@ def simulate(
     ),
     catalog_shop: str = typer.Option(None, "--catalog-shop", help="Shop id of the products to serve from --catalog (default: --shop)."),
     variant: str = typer.Option(None, "--variant", help="Layout variant of the mock store (with --catalog), or a label for --store."),
+    engine: str = typer.Option("mock", "--engine", help="With --catalog: mock (our store) or oscar (django-oscar, a shop nobody here wrote)."),
+    store_db: Path = typer.Option(None, "--store-db", exists=True, dir_okay=False,
+                                  help="With --store: the store's database (a `serve-store` order log or Oscar's), to count its orders per buyer."),
+    place_orders: bool = typer.Option(False, "--place-orders", help="With --store: submit checkouts instead of intercepting them (a staging shop you own; allow-listed hosts only)."),
     policy: str = typer.Option(DEFAULT_POLICY, "--policy", help=POLICY_HELP),
     agent_dir: Path = typer.Option(None, "--agent-dir", file_okay=False, help=AGENT_DIR_HELP),
     temperature: float = typer.Option(None, "--temperature", min=0.0, help=TEMPERATURE_HELP),
@@ -80,6 +86,11 @@ def simulate(
 
     if (store is None) == (catalog is None):
         raise typer.BadParameter("give exactly one of --store URL or --catalog PATH", param_hint="--store/--catalog")
+    if engine not in ENGINES:
+        raise typer.BadParameter(f"--engine must be one of {', '.join(ENGINES)}; got {engine!r}", param_hint="--engine")
+    if catalog is not None and (store_db is not None or place_orders):
+        raise typer.BadParameter("--store-db and --place-orders go with --store; with --catalog the store is ours",
+                                 param_hint="--store-db/--place-orders")
     if resume and run_id is None:
         raise typer.BadParameter("--resume needs the --run-id of the run to continue", param_hint="--run-id")
     faults = _faults(error_rate, drop_rate, delay_ms, slow_rate, fault_seed, serving_ours=catalog is not None)
@@ -98,6 +109,7 @@ def simulate(
             catalog=catalog,
             catalog_shop=catalog_shop or shop,
             variant=variant,
+            engine=engine,
             faults=faults,
             scale=_scale_config(ray, shards),
             shop=shop,
@@ -113,6 +125,8 @@ def simulate(
             rate_limit_per_s=rate_limit,
             respect_robots=not ignore_robots,
             settle_ms=settle_ms,
+            store_db=store_db,
+            place_orders=place_orders,
         )
     except (ValueError, RunDirError) as error:  # bad input: say which file or option, no traceback
         console.print(f"[red]error:[/red] {error}")
@@ -135,15 +149,26 @@ def _faults(error_rate: float, drop_rate: float, delay_ms: int, slow_rate: float
 
 
 def _run(console, spec: PolicySpec, codebook: CodebookArtifact, *, store, catalog, catalog_shop, variant, shop,
-         out_dir, run_id, faults=None, scale=None, **options) -> None:
-    """Serve the mock store if asked, run the simulation (sharded over Ray when scale is given), print the summary."""
+         out_dir, run_id, engine="mock", faults=None, scale=None, **options) -> None:
+    """Serve the mock store or Oscar if asked, run the simulation (sharded over Ray when scale is
+    given), print the summary."""
     from harness.sim.simulate import simulate
 
-    serving = _serve_mock_store(catalog, catalog_shop, variant, out_dir, run_id, faults) if catalog else nullcontext(None)
-    with serving as mock_store:
-        if mock_store is not None:
-            store = mock_store.url
-            options.update(store_db=mock_store.db_path, our_store=True, variant=mock_store.variant.name)
+    if catalog is None:
+        serving = nullcontext(None)
+    elif engine == "oscar":
+        serving = _serve_oscar(catalog, catalog_shop, variant, out_dir, run_id, faults)
+    else:
+        serving = _serve_mock_store(catalog, catalog_shop, variant, out_dir, run_id, faults)
+    with serving as served:
+        if served is not None and engine == "oscar":
+            # Oscar is a store nobody here wrote: the site guard treats it as one (allow-list,
+            # redirects checked), except that its checkouts are submitted so Oscar counts them.
+            store = served.url
+            options.update(store_db=served.db_path, place_orders=True, rate_limit_per_s=0, variant=f"oscar-{served.variant}")
+        elif served is not None:
+            store = served.url
+            options.update(store_db=served.db_path, our_store=True, variant=served.variant.name)
         elif variant:
             options["variant"] = variant
         if scale is not None:
@@ -171,6 +196,19 @@ def _serve_mock_store(catalog: Path, shop: str, variant: str | None, out: Path, 
     db_path = out / run_id / STORE_DB_FILE
     db_path.parent.mkdir(parents=True, exist_ok=True)
     return serve_store(catalog, shop, variant=variant or "default", db_path=db_path, faults=faults)
+
+
+def _serve_oscar(catalog: Path, shop: str, variant: str | None, out: Path, run_id: str, faults=None):
+    """Oscar for this run; its database lives in the run directory (a resumed run keeps counting into it)."""
+    from storefronts.oscar import oscar_installed, serve_oscar
+
+    if faults is not None:
+        raise ValueError("fault injection is a feature of our mock store; Oscar runs as it is (--engine mock)")
+    if not oscar_installed():
+        raise ValueError("--engine oscar needs django-oscar: pip install -e '.[oscar]' (make setup does)")
+    db_path = out / run_id / OSCAR_DB_FILE
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    return serve_oscar(catalog, shop, db_path=db_path, variant=variant or "default")
 
 
 def _print_summary(console: Console, run_dir: Path, summary: dict) -> None:
@@ -201,6 +239,13 @@ def _print_summary(console: Console, run_dir: Path, summary: dict) -> None:
             f"store-counted orders {store_counted['orders']}, agreement with trajectories "
             f"{store_counted['agreement']:.1%}"
         )
+    audit = summary.get("audit") or {}
+    if audit.get("interceptions") or audit.get("blocked_requests_this_session") or audit.get("steps_with_overlay"):
+        blocked = ", ".join(f"{host} {n}" for host, n in list(audit["blocked_by_host"].items())[:3])
+        console.print(f"audit: {audit['interceptions']} payments intercepted, "
+                      f"{audit['blocked_requests_this_session']} requests blocked" + (f" ({blocked})" if blocked else "")
+                      + f", {audit['covered_element_errors']} clicks on covered elements, "
+                      f"{audit['buyers_meeting_overlays']} buyers met an overlay")
 
 
 def _scale_config(address: str | None, shards: int | None):

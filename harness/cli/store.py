@@ -33,9 +33,15 @@ def serve_store_command(
     delay_ms: int = typer.Option(0, "--delay-ms", help="Fault injection: delay added to every request."),
     drop_rate: float = typer.Option(0.0, "--drop-rate", help="Fault injection: share of connections dropped."),
     fault_seed: int = typer.Option(0, "--fault-seed", help="Seed choosing which requests fail."),
+    engine: str = typer.Option("mock", "--engine", help="mock: our store; oscar: django-oscar, a shop nobody here wrote."),
 ) -> None:
-    """Serve the mock store for one shop; every visit, cart change and order goes to --db."""
+    """Serve the mock store (or Oscar) for one shop; every visit, cart change and order goes to --db."""
     console = Console()
+    if engine == "oscar":
+        _serve_oscar(console, catalog, shop, variant, host, port, db)
+        return
+    if engine != "mock":
+        raise typer.BadParameter(f"--engine must be mock or oscar; got {engine!r}")
     try:
         chosen = load_variant(variant)
         faults = Faults(error_rate=error_rate, delay_ms=delay_ms, drop_rate=drop_rate, seed=fault_seed)
@@ -61,5 +67,28 @@ def serve_store_command(
             except KeyboardInterrupt:
                 console.print("Stopping the store.")
     except (CatalogError, OSError) as error:
+        console.print(f"[red]error:[/] {error}")
+        raise typer.Exit(1) from None
+
+
+def _serve_oscar(console: Console, catalog: Path, shop: str, variant: str, host: str, port: int, db: Path | None) -> None:
+    """Oscar for one shop until Ctrl-C; its own database holds the orders (buyer tags as order notes)."""
+    from storefronts.oscar import OscarUnavailable, serve_oscar
+
+    if db is None:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        db = Path("runs") / "store" / f"oscar-{shop}-{stamp}.sqlite"
+    try:
+        with serve_oscar(catalog, shop, db_path=db, host=host, port=port, variant=variant) as store:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            try:
+                console.print(f"Oscar store for shop [bold]{shop}[/] at [bold]{store.url}[/]")
+                console.print(f"Oscar database (orders): {store.db_path}")
+                console.print("Press Ctrl-C to stop.")
+                while True:
+                    time.sleep(0.5)
+            except KeyboardInterrupt:
+                console.print("Stopping the store.")
+    except (OscarUnavailable, ValueError, RuntimeError, OSError) as error:
         console.print(f"[red]error:[/] {error}")
         raise typer.Exit(1) from None

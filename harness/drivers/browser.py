@@ -47,13 +47,13 @@ from playwright.async_api import (
 )
 
 from agent.actions import Action, ActionError, parse_action
-from agent.page import ORDER_CONFIRMED_PATH
+from agent.page import ORDER_CONFIRMED_PATH, order_number
 from harness.drivers.base import Observation, StepOutcome
 from storefronts import BUYER_HEADER
 from harness.drivers.observation import (
     DEFAULT_SETTLE_MS, DEFAULT_TOKEN_BUDGET, NETWORK_IDLE_TIMEOUT_MS, PAGE_TEXT_MAX_CHARS, PRODUCT_NAME_SELECTORS,
     accessible_name, chosen_option, click_error, disabled_error, find_element, interception_detail,
-    is_pay_control, listed_elements, PageSnapshot, RawElement, render, scroll_window, stale_id_error, stamp_rules,
+    listed_elements, pays_on_live_store, PageSnapshot, RawElement, render, scroll_window, stale_id_error, stamp_rules,
     typing_error,
 )
 from harness.drivers.safety import SiteGuard
@@ -384,7 +384,9 @@ class BrowserSession:
         self._lost: str | None = None   # why this page can no longer be driven
         self._observed: PageSnapshot | None = None   # what the agent read last, until it acts
         self._stamp: JSHandle | None = None   # stamp.js in the current document
+        self._loads = 0                 # documents loaded so far (the page's `load` events)
         page.on("framenavigated", self._on_navigated)
+        page.on("load", self._on_load)
         page.on("crash", lambda _: self._mark_lost("the page's renderer process crashed"))
         page.on("close", lambda _: self._mark_lost("the page was closed"))
         context.on("page", self._on_popup)
@@ -416,7 +418,8 @@ class BrowserSession:
         try:
             if isinstance(action, str):
                 action = parse_action(action)
-            outcome = await self._dispatch(action)
+            # A slow order confirmation can land after its step was judged: the buyer converted.
+            outcome = self._late_confirmation() or await self._dispatch(action)
             if outcome.error is None and self._blocked_pages:   # the click led off the allowed site
                 outcome = StepOutcome(error=f"not visited: {self._blocked_pages[-1]}")
         except ActionError as error:
@@ -473,16 +476,30 @@ class BrowserSession:
         deadline = loop.time() + NETWORK_IDLE_TIMEOUT_MS / 1000
         for _ in range(3):   # a navigation that starts during the wait restarts it
             self._raise_if_lost()
+            loads_before = self._loads
             try:
                 await self.page.wait_for_load_state("load", timeout=self.pool.navigation_timeout_ms)
             except PlaywrightError as error:
                 self._raise_if_lost(error)
             left_ms = max(0.0, (deadline - loop.time()) * 1000)
             try:
-                return await self.page.evaluate(_SETTLE_JS, [self.pool.settle_ms, left_ms])
+                settled = await self.page.evaluate(_SETTLE_JS, [self.pool.settle_ms, left_ms])
             except PlaywrightError as error:   # the page navigated meanwhile
                 self._raise_if_lost(error)
+                continue
+            if not settled["leaving"]:
+                return settled["orderId"]
+            # A slow store is still answering a form or link (say, placing an order): the page it
+            # brings is this step's outcome, so wait for it rather than observe the old page.
+            await self._wait_for_load_after(loads_before, self.pool.navigation_timeout_ms / 1000)
         return ""
+
+    async def _wait_for_load_after(self, loads_before: int, timeout_s: float) -> None:
+        """Until a document loads that had not when loads_before was read (or timeout_s passes)."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while self._loads == loads_before and asyncio.get_running_loop().time() < deadline:
+            self._raise_if_lost()
+            await asyncio.sleep(0.02)
 
     async def _settle_and_arrive(self) -> StepOutcome:
         """Settle, then: did this step reach an order confirmation?"""
@@ -490,8 +507,17 @@ class BrowserSession:
         if order_id:
             return StepOutcome(done=True, converted=True, detail={"order_id": order_id, "url": self.page.url})
         if ORDER_CONFIRMED_PATH.search(self.page.url):
-            return StepOutcome(done=True, converted=True, detail={"order_id": None, "url": self.page.url})
+            detail = {"order_id": order_number(await self.page.title()), "url": self.page.url}
+            return StepOutcome(done=True, converted=True, detail=detail)
         return StepOutcome()
+
+    def _late_confirmation(self) -> StepOutcome | None:
+        """The page shows an order confirmation that no step reported (a reported one ends the
+        episode): the order went through after its step's settle wait ran out."""
+        if ORDER_CONFIRMED_PATH.search(self.page.url):
+            return StepOutcome(done=True, converted=True, detail={"order_id": None, "url": self.page.url,
+                                                                 "confirmed_late": True})
+        return None
 
     def _mark_lost(self, reason: str) -> None:
         if self._lost is None:
@@ -582,11 +608,9 @@ class BrowserSession:
         """On a store that is not ours, a pay/place-order step ends the episode unsent."""
         if not self.guard.intercepts_payments:
             return None
-        name = accessible_name(raw)
-        pays = (action.verb == "click" and is_pay_control(raw, name)) or (
-            action.verb == "type" and raw.in_card_form)
-        if not pays:
+        if not pays_on_live_store(action.verb, raw, snapshot):
             return None
+        name = accessible_name(raw)
         page = await self.page.evaluate(_PAGE_TEXT_JS, {"selectors": list(PRODUCT_NAME_SELECTORS), "limit": PAGE_TEXT_MAX_CHARS})
         detail = interception_detail(name, snapshot.url, page["text"], page["product"])
         self.guard.record_interception({"buyer": self.buyer_tag, **detail})
@@ -666,6 +690,9 @@ class BrowserSession:
             self._observed = self._stamp = None
             self._start = 0
             self._scrolled_from.clear()
+
+    def _on_load(self, _page) -> None:
+        self._loads += 1
 
     def _on_popup(self, page: Page) -> None:
         if page != self.page:

@@ -24,11 +24,11 @@ import httpx
 from bs4 import BeautifulSoup, Tag
 
 from agent.actions import Action, ActionError, parse_action
-from agent.page import ORDER_CONFIRMED_PATH
+from agent.page import ORDER_CONFIRMED_PATH, order_number
 from harness.drivers.base import Observation, StepOutcome
 from harness.drivers.observation import (
     DEFAULT_TOKEN_BUDGET, PAGE_TEXT_MAX_CHARS, PRODUCT_NAME_SELECTORS, accessible_name, chosen_option, click_error, collapse,
-    disabled_error, find_element, interception_detail, is_form_field, is_pay_control, listed_elements,
+    disabled_error, find_element, interception_detail, is_form_field, listed_elements, pays_on_live_store,
     PageSnapshot, RawElement, render, scroll_window, stale_id_error, typing_error,
 )
 from harness.drivers.safety import SiteGuard
@@ -278,10 +278,9 @@ class HttpSession:
     def _intercept_payment(self, action: Action, raw: RawElement, snapshot: PageSnapshot) -> StepOutcome | None:
         if not self.guard.intercepts_payments:
             return None
-        name = accessible_name(raw)
-        pays = (action.verb == "click" and is_pay_control(raw, name)) or (action.verb == "type" and raw.in_card_form)
-        if not pays:
+        if not pays_on_live_store(action.verb, raw, snapshot):
             return None
+        name = accessible_name(raw)
         soup = self.page.soup
         product_tag = next((t for t in (soup.select_one(s) for s in PRODUCT_NAME_SELECTORS) if t is not None), None)
         page_text = collapse(soup.body.get_text(" ") if soup.body else soup.get_text(" "))[:PAGE_TEXT_MAX_CHARS]
@@ -352,7 +351,8 @@ class HttpSession:
         if meta is not None and meta.get("content"):
             return StepOutcome(done=True, converted=True, detail={"order_id": meta["content"], "url": self.page.url})
         if ORDER_CONFIRMED_PATH.search(self.page.url):
-            return StepOutcome(done=True, converted=True, detail={"order_id": None, "url": self.page.url})
+            title = self.page.soup.title.get_text(" ") if self.page.soup.title else ""
+            return StepOutcome(done=True, converted=True, detail={"order_id": order_number(title), "url": self.page.url})
         return StepOutcome()
 
 

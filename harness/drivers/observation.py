@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
+from urllib.parse import urlsplit
 
-from agent.page import CART_BADGE, CART_PATH, PLACE_ORDER, Page, cart_text, element_line, element_state, header_lines
+from agent.page import CART_BADGE, CART_EMPTY, CART_PATH, PLACE_ORDER, Page, cart_text, element_line, element_state, header_lines
 from agent.page import Element as ShownElement
 from agent.page import escape_ids, quote, unescape_ids
 from agent.page import render as render_page
@@ -394,6 +395,42 @@ def is_pay_control(raw: RawElement, name: str) -> bool:
         return True
     # A submit button of a form that asks for card details pays, whatever it is called.
     return raw.in_card_form and raw.tag != "a" and raw.input_type not in ("button", "reset")
+
+
+# Where a shop takes the order: a checkout, payment, review or preview page.
+CHECKOUT_PAGE = re.compile(r"/(checkout|pay(ment)?|review|preview|place[-_]?order|confirm)", re.IGNORECASE)
+
+
+def pays_on_live_store(verb: str, raw: RawElement, snapshot: PageSnapshot) -> bool:
+    """Would this step pay on a store that is not ours? Then the driver intercepts it.
+
+    A card field typed into pays. A click pays only on a place-order/pay control with something
+    to order: a button with a non-empty cart or on a checkout page, a link only on a checkout page
+    and named by its own text. A payment-method logo in the footer, a banner or a "Buy now" on an
+    empty cart is no order.
+    """
+    if verb == "type":
+        return raw.in_card_form
+    if verb != "click" or not is_pay_control(raw, accessible_name(raw)):
+        return False
+    if raw.in_card_form:
+        return True   # the submit of a form that asks for card details
+    on_checkout_page = bool(CHECKOUT_PAGE.search(urlsplit(snapshot.url).path))
+    if raw.tag == "a":
+        return on_checkout_page and bool(collapse(raw.text))
+    return on_checkout_page or cart_has_items(snapshot)
+
+
+def cart_has_items(snapshot: PageSnapshot) -> bool:
+    """The page's cart badge shows at least one item or a non-zero total."""
+    cart = cart_state([describe(raw) for raw in snapshot.elements])
+    if not cart or cart == CART_EMPTY:
+        return False
+    count = _cart_count(cart)
+    if count is not None:
+        return count > 0
+    money = MONEY_PATTERN.search(cart)
+    return money is not None and _money_value(money.group(0)) > 0
 
 
 def read_total(text: str) -> str | None:

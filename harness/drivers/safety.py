@@ -10,6 +10,8 @@ A SiteGuard is consulted by both drivers before every request:
 - on a store that is not ours, nothing that pays is ever sent: a click on a place-order/pay
   control, or a submit of a form with card fields, is intercepted by the driver and reported as
   a conversion; as a second line of defence a POST carrying card fields is blocked at the network.
+  The one exception is `place_orders=True`, which an operator asks for explicitly on a staging
+  shop they own (allow-listed hosts only): checkouts are submitted and the store counts them.
 """
 
 from __future__ import annotations
@@ -57,12 +59,13 @@ class SiteGuard:
     def __init__(self, allow_hosts: Iterable[str] | None = None,
                  rate_limit_per_s: float | None = DEFAULT_RATE_LIMIT_PER_S,
                  respect_robots: bool = True, our_store: bool = False,
-                 burst: int | None = None, user_agent: str = ROBOTS_USER_AGENT):
+                 burst: int | None = None, user_agent: str = ROBOTS_USER_AGENT, place_orders: bool = False):
         self.allow_hosts: set[str] | None = {h.lower() for h in allow_hosts} if allow_hosts is not None else None
         self.rate_limit_per_s = rate_limit_per_s
         self.burst = burst if burst is not None else max(1, int(rate_limit_per_s or 1))
         self.respect_robots = respect_robots
         self.our_store = our_store
+        self.place_orders = place_orders
         self.user_agent = user_agent
         self.blocked: list[BlockedRequest] = []
         self.intercepted: list[dict] = []
@@ -77,7 +80,7 @@ class SiteGuard:
 
     @property
     def intercepts_payments(self) -> bool:
-        return not self.our_store
+        return not (self.our_store or self.place_orders)
 
     def adopt_start_url(self, url: str) -> None:
         """With no allow-list given, the first URL opened decides the one allowed host."""
@@ -103,6 +106,7 @@ class SiteGuard:
             "burst": self.burst,
             "respect_robots": self.respect_robots,
             "payment_submits_intercepted": self.intercepts_payments,
+            "place_orders": self.place_orders,
             "user_agent": self.user_agent,
         }
 
@@ -149,6 +153,14 @@ class SiteGuard:
         if any(CARD_BODY_PATTERN.search(name) for name in names):
             return "payment details are never sent to a live store"
         return None
+
+    def blocked_by_host(self) -> dict[str, int]:
+        """How many requests were refused per host (summary.json's audit)."""
+        counts: dict[str, int] = {}
+        for request in self.blocked:
+            host = urlsplit(request.url).netloc or request.url
+            counts[host] = counts.get(host, 0) + 1
+        return dict(sorted(counts.items(), key=lambda item: -item[1]))
 
     def record_interception(self, detail: dict) -> None:
         self.intercepted.append(detail)

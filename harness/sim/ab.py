@@ -41,6 +41,7 @@ from codebook.artifact import CodebookArtifact
 from harness.sim.paired import DEFAULT_ALPHA, DEFAULT_BOOTSTRAP, PairedEffect, paired_effect, per_type_effects, wilson_interval
 from harness.sim.population import SyntheticBuyer, sample_population
 from harness.sim.simulate import SimulationConfig, default_run_id, run_simulation
+from storefronts.orderlog import orders_by_buyer
 
 ARMS = ("A", "B")
 SUMMARY_FILE = "ab_summary.json"
@@ -173,7 +174,7 @@ async def run_ab(config: ABConfig, policy, stores: dict[str, object] | None = No
         for arm in ARMS:
             arms[arm] = await run_simulation(arm_config(config, arm, stores), policy, population=populations[arm],
                                              codebook=codebook)
-        store_orders = {arm: _orders_by_buyer(stores[arm].db_path, f"{config.run_id}/{arm}") for arm in ARMS} if stores else None
+        store_orders = {arm: orders_by_buyer(stores[arm].db_path, f"{config.run_id}/{arm}") for arm in ARMS} if stores else None
     return finish_ab(config, populations, arms, store_orders, getattr(policy, "name", type(policy).__name__), plot)
 
 
@@ -195,20 +196,6 @@ def arm_config(config: ABConfig, arm: str, stores: dict | None) -> SimulationCon
         our_store=store is not None,
         progress=config.progress,
     )
-
-
-def _orders_by_buyer(db_path: Path, run_id: str) -> dict[int, int]:
-    """Orders the store logged per buyer index of one arm (tags <run_id>:<buyer_index>)."""
-    from storefronts.orderlog import read_orders
-
-    prefix = f"{run_id}:"
-    counts: dict[int, int] = {}
-    for order in read_orders(db_path):
-        tag = order.get("buyer_tag") or ""
-        if tag.startswith(prefix) and tag[len(prefix):].isdigit():
-            index = int(tag[len(prefix):])
-            counts[index] = counts.get(index, 0) + 1
-    return counts
 
 
 def paired_outcomes(config: ABConfig, populations: dict, arms: dict, store_orders: dict | None) -> pd.DataFrame:

@@ -43,6 +43,7 @@ Line shape of trajectories.jsonl (one JSON object per synthetic buyer):
      "n_steps": int, "duration_s": float,
      "attempts": 1 | 2, "first_error": str | null,  # 2: the first attempt hit an infrastructure error
      "steps": [{"step": int, "url": str, "obs_sha1": str, "action": str,
+                "element": {"role": str, "name": str} | null, "dialog": str | null,
                 "latency_ms": float, "policy_ms": float, "error": str | null}, ...]}
 """
 
@@ -51,6 +52,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 import signal
 import threading
 import time
@@ -64,6 +66,7 @@ from urllib.parse import urlparse
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from agent.actions import ActionError, parse_action
+from agent.page import parse as parse_page
 from agent.policy import BuyerTurn, Policy
 from harness.drivers import check_driver, open_pool
 from codebook.artifact import CodebookArtifact, ShopMixError
@@ -99,6 +102,9 @@ class SimulationConfig:
     rate_limit_per_s: float | None = None  # requests per second per host; None: the guard's default
     respect_robots: bool = True
     our_store: bool = False  # True for our mock store: orders are placed, not intercepted
+    # An operator's staging shop (or the Oscar store we serve): checkouts are submitted, not
+    # intercepted, on the allow-listed hosts only; the manifest's safety settings record it.
+    place_orders: bool = False
     settle_ms: int | None = None  # browser: wait after each page load; None: the driver's default
     shard: tuple[int, int] | None = None  # (index, count): run only buyers with buyer_index % count == index
     progress: bool = True
@@ -232,12 +238,15 @@ async def run_buyer(session, buyer: SyntheticBuyer, batcher: PolicyBatcher, conf
         started = time.perf_counter()
         result = await _execute(session, line)
         finished = time.perf_counter()
+        page = parse_page(observation.text)
         steps.append(
             {
                 "step": step_index,
                 "url": observation.url,
                 "obs_sha1": observation_hash(observation.text),
                 "action": line,
+                "element": acted_element(page, line),  # who can audit "click [76]" without the page?
+                "dialog": page.dialog,  # the name of a dialog (overlay) open on the page, else None
                 "latency_ms": round((finished - started) * 1000, 2),  # executing the action, page load included
                 "policy_ms": round((started - asked) * 1000, 2),  # waiting for the batch and deciding
                 "error": result.error,
@@ -251,6 +260,16 @@ async def run_buyer(session, buyer: SyntheticBuyer, batcher: PolicyBatcher, conf
             episode.update(outcome="left", terminate_reason=_leave_reason(line, result), detail=dict(result.detail or {}))
             return
     episode.update(outcome="max_steps", terminate_reason=f"reached max_steps={config.max_steps}")
+
+
+def acted_element(page, line: str) -> dict | None:
+    """{"role", "name"} of the element an action line targets, as the observation listed it."""
+    try:
+        element_id = parse_action(line).element_id
+    except ActionError:
+        return None
+    element = next((e for e in page.elements if e.element_id == element_id), None) if element_id is not None else None
+    return None if element is None else {"role": element.role, "name": element.name}
 
 
 async def _execute(session, line: str):
@@ -339,7 +358,8 @@ def make_guard(config: SimulationConfig):
     from harness.drivers.safety import SiteGuard
 
     store_host = urlparse(config.store_url).netloc
-    options = {"respect_robots": config.respect_robots, "our_store": config.our_store}
+    options = {"respect_robots": config.respect_robots, "our_store": config.our_store,
+               "place_orders": config.place_orders}
     if config.rate_limit_per_s is not None:
         options["rate_limit_per_s"] = config.rate_limit_per_s
     elif config.our_store:
@@ -386,6 +406,7 @@ async def run_simulation(
     counts = Counter(converted=sum(r["outcome"] == "converted" for r in finished_before if r["buyer_index"] in done))
     stop: dict = {"signal": None, "workers": []}
     relaunches = None
+    guard = make_guard(config)
     started = time.perf_counter()
 
     run_task = asyncio.current_task()
@@ -424,7 +445,6 @@ async def run_simulation(
                 if todo:
                     async with (nullcontext(pool) if pool is not None else make_pool(config)) as open_pool:
                         relaunches_before = getattr(open_pool, "relaunches", None)
-                        guard = make_guard(config)
                         if stop["signal"] is None:
                             stop["workers"] = [
                                 asyncio.create_task(worker(open_pool, guard))
@@ -449,6 +469,7 @@ async def run_simulation(
         "recovered_by_retry": counts["recovered"],
         "browser_relaunches": relaunches,
         "rejected_lines": len(run.rejected_this_session),
+        "blocked_by_host": guard.blocked_by_host(),
     }
     summary = summarize(
         trajectories, config, population, codebook, elapsed, counts["steps"], counts["written"], batcher.batch_sizes,
@@ -661,7 +682,9 @@ def summarize(
         "interrupted": session.get("interrupted"),
         "missing_buyers": len(expected - recorded),
         "retried_buyers": sum(record.get("attempts", 1) > 1 for record in trajectories),
-        "faults_this_session": {key: value for key, value in session.items() if key != "interrupted"},
+        "faults_this_session": {key: value for key, value in session.items()
+                                if key not in ("interrupted", "blocked_by_host")},
+        "audit": audit(trajectories, session.get("blocked_by_host") or {}),
         "step_errors": sum(step["error"] is not None for record in trajectories for step in record["steps"]),
         "per_type": per_type,
         "throughput": {
@@ -681,6 +704,29 @@ def summarize(
     }
 
 
+COVERED_ERROR = re.compile(r"is covered by|behind the open dialog|could not be used \(covered")
+
+
+def audit(trajectories: list[dict], blocked_by_host: dict[str, int]) -> dict:
+    """What a user checks before trusting a run on a store we do not run: every intercepted
+    conversion (control, page, cart) and what got in the buyers' way."""
+    intercepted = [{"buyer_index": r["buyer_index"], **r["detail"]} for r in trajectories
+                   if r["outcome"] == "converted" and r["detail"].get("intercepted")]
+    steps = [step for r in trajectories for step in r["steps"]]
+    return {
+        "interceptions": len(intercepted),
+        "intercepted": intercepted,
+        "store_confirmed_orders": sum(r["outcome"] == "converted" and not r["detail"].get("intercepted")
+                                      for r in trajectories),
+        "blocked_requests_this_session": sum(blocked_by_host.values()),
+        "blocked_by_host": blocked_by_host,
+        "covered_element_errors": sum(bool(step["error"] and COVERED_ERROR.search(step["error"])) for step in steps),
+        "steps_with_overlay": sum(step.get("dialog") is not None for step in steps),
+        "buyers_meeting_overlays": sum(any(step.get("dialog") is not None for step in r["steps"]) for r in trajectories),
+        "overlays": dict(Counter(step["dialog"] or "(unnamed)" for step in steps if step.get("dialog") is not None)),
+    }
+
+
 def _type_mix(codebook: CodebookArtifact | None, shop: str, population: list[SyntheticBuyer]) -> dict[int, float]:
     """The shop's type mix in the codebook; for a shop it never saw (or no codebook), the population's own."""
     if codebook is not None:
@@ -694,14 +740,9 @@ def _type_mix(codebook: CodebookArtifact | None, shop: str, population: list[Syn
 
 def store_counted_conversions(db_path: Path, run_id: str, trajectories: list[dict]) -> dict:
     """Orders the store itself logged per buyer tag of this run, and their agreement with the trajectories."""
-    from storefronts.orderlog import read_orders
+    from storefronts.orderlog import orders_by_buyer as read_orders_by_buyer
 
-    prefix = f"{run_id}:"
-    orders_by_buyer: Counter = Counter()
-    for order in read_orders(db_path):
-        tag = order.get("buyer_tag") or ""
-        if tag.startswith(prefix) and tag[len(prefix):].isdigit():
-            orders_by_buyer[int(tag[len(prefix):])] += 1
+    orders_by_buyer = read_orders_by_buyer(db_path, run_id)
     converted = {record["buyer_index"] for record in trajectories if record["outcome"] == "converted"}
     recorded = {record["buyer_index"] for record in trajectories}
     ordered = set(orders_by_buyer)

@@ -15,5 +15,6 @@ async ([quietMs, capMs]) => {
   });
   observer.disconnect();
   const m = document.querySelector('meta[name="sp-order-id"]');
-  return m ? (m.getAttribute('content') || '') : '';
+  // leaving: the cap came while a form or link was still on its way (a slow store)
+  return {orderId: m ? (m.getAttribute('content') || '') : '', leaving: pending.leaving};
 }
