@@ -52,20 +52,11 @@ def serve_store_command(
         db = Path("runs") / "store" / f"{shop}-{chosen.name}-{stamp}.sqlite"
     try:
         with serve_store(catalog, shop, variant=chosen, db_path=db, host=host, port=port, faults=faults) as store:
-            # Ctrl-C may come as soon as the URL is out, so the announcement is inside the try too.
-            # A shell without job control starts background commands with SIGINT ignored, and the
-            # child inherits that; we tell the user Ctrl-C stops the store, so it must.
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            try:
-                console.print(f"Store for shop [bold]{shop}[/] ({chosen.name} layout) at [bold]{store.url}[/]")
-                console.print(f"Order log: {store.db_path}")
-                if store.prices_synthetic:
-                    console.print(f"{len(store.prices_synthetic)} products had no price; synthetic prices are shown.")
-                console.print("Press Ctrl-C to stop.")
-                while True:
-                    time.sleep(0.5)
-            except KeyboardInterrupt:
-                console.print("Stopping the store.")
+            lines = [f"Store for shop [bold]{shop}[/] ({chosen.name} layout) at [bold]{store.url}[/]",
+                     f"Order log: {store.db_path}"]
+            if store.prices_synthetic:
+                lines.append(f"{len(store.prices_synthetic)} products had no price; synthetic prices are shown.")
+            _serve_until_interrupted(console, lines)
     except (CatalogError, OSError) as error:
         console.print(f"[red]error:[/] {error}")
         raise typer.Exit(1) from None
@@ -80,15 +71,23 @@ def _serve_oscar(console: Console, catalog: Path, shop: str, variant: str, host:
         db = Path("runs") / "store" / f"oscar-{shop}-{stamp}.sqlite"
     try:
         with serve_oscar(catalog, shop, db_path=db, host=host, port=port, variant=variant) as store:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            try:
-                console.print(f"Oscar store for shop [bold]{shop}[/] at [bold]{store.url}[/]")
-                console.print(f"Oscar database (orders): {store.db_path}")
-                console.print("Press Ctrl-C to stop.")
-                while True:
-                    time.sleep(0.5)
-            except KeyboardInterrupt:
-                console.print("Stopping the store.")
+            _serve_until_interrupted(console, [f"Oscar store for shop [bold]{shop}[/] at [bold]{store.url}[/]",
+                                               f"Oscar database (orders): {store.db_path}"])
     except (OscarUnavailable, ValueError, RuntimeError, OSError) as error:
         console.print(f"[red]error:[/] {error}")
         raise typer.Exit(1) from None
+
+
+def _serve_until_interrupted(console: Console, lines: list[str]) -> None:
+    """Announce the running store and wait for Ctrl-C."""
+    # Ctrl-C may come as soon as the URL is out, so the announcement is inside the try too.
+    # A shell without job control starts background commands with SIGINT ignored, and the
+    # child inherits that; we tell the user Ctrl-C stops the store, so it must.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        for line in lines + ["Press Ctrl-C to stop."]:
+            console.print(line)
+        while True:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        console.print("Stopping the store.")
