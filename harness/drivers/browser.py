@@ -418,8 +418,7 @@ class BrowserSession:
         try:
             if isinstance(action, str):
                 action = parse_action(action)
-            # A slow order confirmation can land after its step was judged: the buyer converted.
-            outcome = self._late_confirmation() or await self._dispatch(action)
+            outcome = await self._dispatch(action)
             if outcome.error is None and self._blocked_pages:   # the click led off the allowed site
                 outcome = StepOutcome(error=f"not visited: {self._blocked_pages[-1]}")
         except ActionError as error:
@@ -484,12 +483,12 @@ class BrowserSession:
             left_ms = max(0.0, (deadline - loop.time()) * 1000)
             try:
                 settled = await self.page.evaluate(_SETTLE_JS, [self.pool.settle_ms, left_ms])
-            except PlaywrightError as error:   # the page navigated meanwhile
+            except PlaywrightError as error:   # the page is navigating: settle the one it brings
                 self._raise_if_lost(error)
-                continue
+                settled = {"orderId": "", "leaving": True}
             if not settled["leaving"]:
                 return settled["orderId"]
-            # A slow store is still answering a form or link (say, placing an order): the page it
+            # A form or link is on its way (say, placing an order on a slow store): the page it
             # brings is this step's outcome, so wait for it rather than observe the old page.
             await self._wait_for_load_after(loads_before, self.pool.navigation_timeout_ms / 1000)
         return ""
@@ -510,14 +509,6 @@ class BrowserSession:
             detail = {"order_id": order_number(await self.page.title()), "url": self.page.url}
             return StepOutcome(done=True, converted=True, detail=detail)
         return StepOutcome()
-
-    def _late_confirmation(self) -> StepOutcome | None:
-        """The page shows an order confirmation that no step reported (a reported one ends the
-        episode): the order went through after its step's settle wait ran out."""
-        if ORDER_CONFIRMED_PATH.search(self.page.url):
-            return StepOutcome(done=True, converted=True, detail={"order_id": None, "url": self.page.url,
-                                                                 "confirmed_late": True})
-        return None
 
     def _mark_lost(self, reason: str) -> None:
         if self._lost is None:
