@@ -9,8 +9,18 @@
     faults.py        optional fault injection (errors, delays, dropped connections)
     server.py        serve_store(): uvicorn in a background thread, started and stopped cleanly
     fixtures.py      demo_catalog() and save_fixtures() for tests/fixtures/store
+    oscar/           django-oscar, a real shop nobody here wrote, loaded from the same catalog
 """
+
+import os
+from pathlib import Path
 
 # Every request of a synthetic buyer carries this header; the store logs it with every page view,
 # cart change and order, so conversions are counted per buyer by the store itself.
 BUYER_HEADER = "X-SimPersona-Buyer"
+
+
+def cache_dir(name: str) -> Path:
+    """A folder of SimPersona's cache: ~/.cache/simpersona/<name>, or $SIMPERSONA_CACHE/<name>."""
+    root = os.environ.get("SIMPERSONA_CACHE")
+    return (Path(root) if root else Path.home() / ".cache" / "simpersona") / name

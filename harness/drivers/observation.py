@@ -497,6 +497,11 @@ def no_option_error(element_id: int, options: list[str], wanted: str) -> str:
     return f"[{element_id}] has no option {quote(wanted)}; options: {shown}"
 
 
+# The errors both drivers give for a click that something on top of the element would catch
+# (click_point.js, a modal dialog, a Playwright timeout); the run's audit counts them.
+COVERED_ERROR = re.compile(r"is covered by|behind the open dialog|could not be used \(covered")
+
+
 def click_error(raw: RawElement) -> str | None:
     """Why `click [id]` cannot act on the element, else None. A drop-down only opens on a click,
     which changes nothing in the observation text, so a buyer clicking it would wait forever."""

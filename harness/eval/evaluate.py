@@ -231,14 +231,26 @@ def real_conversion(events: Path) -> pd.DataFrame:
 
 
 def build_protocol_features(config: EvaluateConfig, protocol: str, console: Console) -> Path:
+    return protocol_features(config.events, config.catalog, config.out_dir, protocol, config.embedding,
+                             config.progress, console)
+
+
+def protocol_features(events: Path, catalog: Path, out_dir: Path, protocol: str, embedding: str, progress: bool,
+                      console: Console) -> Path:
+    """out_dir's feature file of every buyer for the protocol (browse-only for strict), built once."""
     from codebook.features import build_features
 
-    path = config.out_dir / FEATURE_FILES[protocol]
+    path = out_dir / FEATURE_FILES[protocol]
     if not path.is_file():
         console.print(f"[bold]features[/] ({protocol}: {'browse-only' if protocol == 'strict' else 'all'} features)")
-        build_features(config.events, config.catalog, path, browse_only=protocol == "strict",
-                       embedding=config.embedding, progress=config.progress)
+        build_features(events, catalog, path, browse_only=protocol == "strict", embedding=embedding, progress=progress)
     return path
+
+
+def training_rate(split: ShopSplit, real: pd.DataFrame) -> float:
+    """The training shops' buyers' overall conversion rate (the global-rate row and the oracle's fallback)."""
+    training = real.loc[real.index.isin(set(split.training))]
+    return float(training["converted"].sum() / training["buyers"].sum())
 
 
 def train_protocol_codebook(config: EvaluateConfig, features: Path, split: ShopSplit, work: Path, console: Console) -> Path:
@@ -681,8 +693,7 @@ async def run_protocol(config: EvaluateConfig, protocol: str, split: ShopSplit, 
                 rows.append(with_funnel_figures(row, simulated_buyers(work / "sim" / policy_name, plan.shop),
                                                 real_frame[real_frame["shop_id"] == plan.shop], recorded, config.seed))
     training_codes = codes[codes["split"] == "training"]
-    training_real = real.loc[real.index.isin(set(split.training))]
-    global_rate = float(training_real["converted"].sum() / training_real["buyers"].sum())
+    global_rate = training_rate(split, real)
     if "global_rate" in config.baselines:
         rows += [reference_row("global_rate", plan, global_rate) for plan in plans]
     code_rates = training_codes.groupby("code")["converted"].mean().to_dict()

@@ -33,7 +33,6 @@ import copy
 import fcntl
 import hashlib
 import json
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -42,14 +41,15 @@ from pathlib import Path
 import pandas as pd
 from rich.console import Console
 
+from storefronts import cache_dir
+
 RECIPE_VERSION = 4  # bump when the recipe changes in a way its config does not show
 RECIPE_FILE = "recipe.json"
 
 
 def cache_root() -> Path:
     """~/.cache/simpersona/models, or $SIMPERSONA_CACHE/models."""
-    root = os.environ.get("SIMPERSONA_CACHE")
-    return (Path(root) if root else Path.home() / ".cache" / "simpersona") / "models"
+    return cache_dir("models")
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ import pandas as pd
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from harness.eval.evaluate import FEATURE_FILES, PROTOCOLS, real_conversion
+from harness.eval.evaluate import PROTOCOLS, protocol_features, real_conversion, training_rate
 from harness.eval.metrics import summarize_policy, type_oracle_rate
 from harness.eval.split import ShopSplit, SplitConfig, buyers_per_shop, split_shops
 
@@ -99,14 +99,10 @@ class SensitivityConfig:
 
 
 def build_or_load_features(config: SensitivityConfig, console: Console) -> tuple[pd.DataFrame, list, dict]:
-    from codebook.features import build_features
     from codebook.train import read_features
 
-    path = config.out_dir / FEATURE_FILES[config.protocol]
-    if not path.is_file():
-        console.print(f"[bold]features[/] ({config.protocol} protocol) -> {path}")
-        build_features(config.events, config.catalog, path, browse_only=config.protocol == "strict",
-                       embedding=config.embedding, progress=config.progress)
+    path = protocol_features(config.events, config.catalog, config.out_dir, config.protocol, config.embedding,
+                             config.progress, console)
     frame, columns, meta = read_features(path)
     frame["shop_id"] = frame["shop_id"].astype(str)
     return frame, columns, meta
@@ -122,12 +118,6 @@ def fold_splits(counts: dict[str, int], config: SensitivityConfig) -> list[ShopS
     if sorted(held) != sorted(splits[0].eligible):
         raise AssertionError("folds do not hold out every eligible shop exactly once")
     return splits
-
-
-def training_rate(split: ShopSplit, real: pd.DataFrame) -> float:
-    """The training shops' buyers' overall conversion rate (global-rate row and oracle fallback)."""
-    training = real.loc[real.index.isin(set(split.training))]
-    return float(training["converted"].sum() / training["buyers"].sum())
 
 
 def code_purity(codes: np.ndarray, converted: np.ndarray) -> float:

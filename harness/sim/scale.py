@@ -31,6 +31,7 @@ import asyncio
 import json
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -243,7 +244,7 @@ def merge_shards(
     steps = sum(part["steps_this_session"] for part in throughput_parts)
     buyers_now = sum(part["buyers_this_session"] for part in throughput_parts)
     summary = summarize(trajectories, config, population, codebook, elapsed_s, steps, buyers_now, [],
-                        session=_merged_session(summaries))
+                        session=_merged_session(summaries), blocked_by_host=_merged_blocked(summaries))
     calls = sum(part["policy_calls"] for part in throughput_parts)
     summary["throughput"].update(
         policy_calls=calls,
@@ -265,6 +266,14 @@ def merge_shards(
     ]
     run.write_summary(summary)
     return SimulationResult(run.path, summary, trajectories)
+
+
+def _merged_blocked(summaries: list[dict]) -> dict[str, int]:
+    """The requests each shard's site guard refused, per host, added up."""
+    blocked: Counter = Counter()
+    for summary in summaries:
+        blocked.update((summary.get("audit") or {}).get("blocked_by_host") or {})
+    return dict(blocked.most_common())
 
 
 def _merged_session(summaries: list[dict]) -> dict:

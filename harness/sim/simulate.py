@@ -52,7 +52,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import re
 import signal
 import threading
 import time
@@ -69,6 +68,7 @@ from agent.actions import ActionError, parse_action
 from agent.page import parse as parse_page
 from agent.policy import BuyerTurn, Policy
 from harness.drivers import check_driver, open_pool
+from harness.drivers.observation import COVERED_ERROR
 from codebook.artifact import CodebookArtifact, ShopMixError
 from harness.sim.policies import PolicySpec, build_policy, close_policy, policy_record
 from harness.sim.population import SyntheticBuyer, sample_population
@@ -469,11 +469,10 @@ async def run_simulation(
         "recovered_by_retry": counts["recovered"],
         "browser_relaunches": relaunches,
         "rejected_lines": len(run.rejected_this_session),
-        "blocked_by_host": guard.blocked_by_host(),
     }
     summary = summarize(
         trajectories, config, population, codebook, elapsed, counts["steps"], counts["written"], batcher.batch_sizes,
-        session=session,
+        session=session, blocked_by_host=guard.blocked_by_host(),
     )
     if stop["signal"] is None and summary["missing_buyers"]:
         log.warning("%d buyers of %s have no record; a resume runs them", summary["missing_buyers"], run.path)
@@ -634,11 +633,13 @@ def summarize(
     batch_sizes: list[int],
     *,
     session: dict | None = None,
+    blocked_by_host: dict[str, int] | None = None,
 ) -> dict:
     """summary.json: conversion overall and per type, against the real rates, plus throughput.
 
     trajectories: one record per buyer (the latest line of each). session: what this run session
     went through (interruption, retries, browser relaunches, damaged lines repaired).
+    blocked_by_host: the requests the site guard refused this session, per host.
     "complete" is true when every buyer of the population (of the shard) has a record and no
     signal stopped the session; buyers whose record is an error still count, a resume reruns them.
     """
@@ -682,9 +683,8 @@ def summarize(
         "interrupted": session.get("interrupted"),
         "missing_buyers": len(expected - recorded),
         "retried_buyers": sum(record.get("attempts", 1) > 1 for record in trajectories),
-        "faults_this_session": {key: value for key, value in session.items()
-                                if key not in ("interrupted", "blocked_by_host")},
-        "audit": audit(trajectories, session.get("blocked_by_host") or {}),
+        "faults_this_session": {key: value for key, value in session.items() if key != "interrupted"},
+        "audit": audit(trajectories, blocked_by_host or {}),
         "step_errors": sum(step["error"] is not None for record in trajectories for step in record["steps"]),
         "per_type": per_type,
         "throughput": {
@@ -704,20 +704,15 @@ def summarize(
     }
 
 
-COVERED_ERROR = re.compile(r"is covered by|behind the open dialog|could not be used \(covered")
-
-
 def audit(trajectories: list[dict], blocked_by_host: dict[str, int]) -> dict:
     """What a user checks before trusting a run on a store we do not run: every intercepted
-    conversion (control, page, cart) and what got in the buyers' way."""
+    conversion (control, page, product, total) and what got in the buyers' way."""
     intercepted = [{"buyer_index": r["buyer_index"], **r["detail"]} for r in trajectories
                    if r["outcome"] == "converted" and r["detail"].get("intercepted")]
     steps = [step for r in trajectories for step in r["steps"]]
     return {
         "interceptions": len(intercepted),
         "intercepted": intercepted,
-        "store_confirmed_orders": sum(r["outcome"] == "converted" and not r["detail"].get("intercepted")
-                                      for r in trajectories),
         "blocked_requests_this_session": sum(blocked_by_host.values()),
         "blocked_by_host": blocked_by_host,
         "covered_element_errors": sum(bool(step["error"] and COVERED_ERROR.search(step["error"])) for step in steps),

@@ -12,7 +12,6 @@ store's own order table is the truth about conversions, buyer by buyer.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -23,13 +22,13 @@ from typing import Iterator
 
 import pandas as pd
 
-from storefronts.oscar.orders import read_oscar_orders  # noqa: F401 (the package's API)
+from storefronts import cache_dir
 
-STARTUP_TIMEOUT_S = 300.0  # a first start migrates a new database (about a minute on 2 cores)
+STARTUP_TIMEOUT_S = 300.0  # a first start migrates a new database (about 10 s on 2 cores, more when busy)
 VARIANTS = ("default",)
 
 
-class OscarUnavailable(RuntimeError):
+class OscarUnavailable(ValueError):
     """django-oscar is not installed (pip install -e '.[oscar]')."""
 
 
@@ -42,30 +41,24 @@ def oscar_installed() -> bool:
     return True
 
 
-def default_cache_dir() -> Path:
-    """Where a migrated empty database is kept: ~/.cache/simpersona/oscar (or $SIMPERSONA_CACHE/oscar)."""
-    root = os.environ.get("SIMPERSONA_CACHE")
-    return (Path(root) if root else Path.home() / ".cache" / "simpersona") / "oscar"
-
-
 @dataclass(frozen=True)
 class OscarStore:
     url: str
     db_path: Path  # Oscar's SQLite database: its order tables are the truth about conversions
     shop_id: str
     variant: str = "default"
-    engine: str = "oscar"
 
 
 @contextmanager
 def serve_oscar(catalog: str | Path | pd.DataFrame, shop_id: str, db_path: str | Path | None = None,
                 host: str = "127.0.0.1", port: int = 0, variant: str = "default",
-                cache_dir: Path | None = None) -> Iterator[OscarStore]:
+                cache: Path | None = None) -> Iterator[OscarStore]:
     """Run an Oscar store for one shop of the catalog until the block exits.
 
     db_path: Oscar's database; an existing one is reused as it is (its products and orders kept),
     None makes a temporary one deleted on exit. The first store on a machine migrates a database
-    and caches it under cache_dir, so later stores start in seconds.
+    and caches it under `cache` (default: the SimPersona cache's oscar/), so later stores start
+    in about a second. Raises OscarUnavailable (a ValueError) when django-oscar is not installed.
     """
     if not oscar_installed():
         raise OscarUnavailable("django-oscar is not installed: pip install -e '.[oscar]' (make setup does)")
@@ -76,7 +69,7 @@ def serve_oscar(catalog: str | Path | pd.DataFrame, shop_id: str, db_path: str |
         db_file = Path(db_path) if db_path else Path(scratch) / "oscar.sqlite"
         command = [sys.executable, "-m", "storefronts.oscar.run", "--catalog", str(catalog_path), "--shop", shop_id,
                    "--db", str(db_file), "--host", host, "--port", str(port),
-                   "--cache", str(cache_dir or default_cache_dir())]
+                   "--cache", str(cache or cache_dir("oscar"))]
         log_path = Path(scratch) / "oscar.log"
         with open(log_path, "w+") as log, subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                                            stderr=log, text=True) as process:
