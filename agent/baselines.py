@@ -58,7 +58,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from codebook.artifact import TYPES_FILE, ArtifactError, CodebookArtifact
-from agent.page import CART, SELECT_ROLES, TEXT_ROLES, Element, Page, parse
+from agent.page import CART, PRODUCT_OPTION, SELECT_ROLES, TEXT_ROLES, Element, Page, parse
 from agent.policy import BuyerTurn
 
 # ---------------------------------------------------------------------------------------------
@@ -446,6 +446,10 @@ class TypeProfilePolicy:
         code = profile.code
         if episode.steps_on_url >= self.stuck_after:
             return "stop" if episode.steps_on_url >= self.stuck_after + 2 else "back"
+        # A dialog over the page is closed, unless it is a drawer that leads a buyer on to the checkout.
+        leads_on = episode.in_cart and plan.buys and (page.checkout_buttons or page.cart_links)
+        if page.dismiss_controls and not leads_on:
+            return f"click [{page.dismiss_controls[0].element_id}]"
         if episode.in_cart:
             return self._checkout_step(episode, page) if plan.buys else "stop"
         if episode.expects_product and not page.add_to_cart_buttons and page.more_below and episode.steps_on_url < 3:
@@ -460,6 +464,9 @@ class TypeProfilePolicy:
         if decided and not plan.adds_to_cart:
             return "stop"
         if decided and page.add_to_cart_buttons:
+            for option in fields_to_fill(page):  # a size or colour the form needs first
+                if option.role in SELECT_ROLES and PRODUCT_OPTION.search(option.name):
+                    return f'select [{option.element_id}] "{first_real_option(option)}"'
             episode.in_cart = True
             return f"click [{page.add_to_cart_buttons[0].element_id}]"
         return self._browse_step(episode, page, profile)

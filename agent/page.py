@@ -156,6 +156,14 @@ class Page:
     def cart_links(self) -> list[Element]:
         return [e for e in self.elements if e.role == "link" and names_cart(e.name)]
 
+    @property
+    def dismiss_controls(self) -> list[Element]:
+        """What closes the open dialog (a cookie banner's "Accept all", a pop-up's "×" or "Close",
+        a drawer's "Continue shopping"); empty when no dialog is open."""
+        if self.dialog is None:
+            return []
+        return [e for e in self.elements if e.role in CLICKABLE_ROLES and DISMISS.search(e.name)]
+
 
 def _one_line(text: str) -> str:
     # A line break inside a field would start a line of its own (and could forge an element).
@@ -363,6 +371,14 @@ PLACE_ORDER = re.compile(
     r"confirm (order|purchase|payment)|purchase now|order now)\b",
     re.IGNORECASE,
 )
+# Controls that close a dialog without doing anything else in it.
+DISMISS = re.compile(
+    r"^(close\b|accept( all)?\b|only essential|reject\b|decline\b|no,? thanks|not now|maybe later|dismiss|"
+    r"got it|continue (shopping|browsing)|[×✕✖xX]$)",
+    re.IGNORECASE,
+)
+# A choice a product form needs before it can be added ("Size", "Colour").
+PRODUCT_OPTION = re.compile(r"\b(size|colou?r|variant|style|fit|width|length)\b", re.IGNORECASE)
 # A name that means the cart: "Cart, 2 items", "Basket", "View my basket", "Your cart" (a link or
 # a heading), but not a product called "Laptop bag".
 CART = re.compile(r"\bcart\b|^(bag|basket|trolley)\b|\b(shopping|my|your|view) (bag|basket|trolley)\b",

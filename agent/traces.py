@@ -35,6 +35,7 @@ class Trace:
     code: int
     steps: list[Step]
     converted: bool
+    variant: str = ""  # the store layout the trace was recorded on ("" when not recorded)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False)
@@ -70,7 +71,10 @@ def parse_trace(record: dict, where: str) -> Trace:
         except ActionError as error:
             raise TraceError(f"{step_where}: invalid action: {error}") from None
         steps.append(Step(step["observation"], step["action"].strip()))
-    return Trace(str(record["shop_id"]), str(record["buyer_id"]), record["code"], steps, record["converted"])
+    variant = record.get("variant", "")
+    if not isinstance(variant, str):
+        raise TraceError(f"{where}: field 'variant' should be str, got {variant!r:.80}")
+    return Trace(str(record["shop_id"]), str(record["buyer_id"]), record["code"], steps, record["converted"], variant)
 
 
 def read_traces(path: str | Path) -> list[Trace]:

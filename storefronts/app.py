@@ -9,7 +9,14 @@ Routes (no JavaScript anywhere: links and HTML forms only, GET to read, POST to 
     GET  /checkout              goes to the first checkout step not yet done
     GET  /checkout/<step>       one checkout step form; POST submits it (review's POST places the order)
     GET  /order/<order_id>      confirmation, with <meta name="sp-order-id" content="...">
+    GET  /info/<page>           a header or footer page (help, returns, …) of the variant's theme
+    POST /overlay/<name>        answers the cookie or newsletter dialog (a cookie keeps it closed)
     GET  /robots.txt            allows everything
+
+A theme (storefronts/variants.py) may put a dialog over a page: a cookie banner until it is
+answered, a newsletter sign-up over product pages until it is closed, a mini-cart drawer after an
+add (?added=), a quick view over a listing (?quick_view=). Each is an aria-modal element closed by
+a link or a form, and a page shows at most one.
 
 Visitors are told apart by the X-SimPersona-Buyer header that synthetic buyers send, or else by a
 buyer cookie the store hands out to humans. Carts and checkout answers live in a server-side
@@ -39,7 +46,7 @@ from storefronts.catalog import Product, StoreCatalog, category_label, sort_prod
 from storefronts.checkout import STEPS, option_label, saved_answers, validate_step
 from storefronts.faults import FaultInjection, Faults
 from storefronts.orderlog import OrderLog
-from storefronts.variants import SORT_LABELS, SORTS, Variant, load_variant
+from storefronts.variants import INFO_PAGES, OPTION_VALUES, SORT_LABELS, SORTS, Variant, load_variant
 
 TEMPLATES_DIR = Path(__file__).with_name("templates")
 SESSION_COOKIE = "sp_session"
@@ -52,10 +59,11 @@ _SESSION_ID = re.compile(r"[0-9a-f]{32}")
 _HUMAN_TAG = re.compile(r"visitor-[0-9a-f]{12}")
 _TAG_CHARS = re.compile(r"[^\w.:@/+-]")
 CART_NOTICES = {
-    "added": "Added {title} to your cart.",
+    "added": "Added {title} to your {cart}.",
     "updated": "Updated the quantity of {title}.",
-    "removed": "Removed {title} from your cart.",
+    "removed": "Removed {title} from your {cart}.",
 }
+OVERLAY_COOKIES = {"cookies": "sp_cookies", "newsletter": "sp_newsletter"}  # dialog -> cookie that closes it
 ERROR_TITLES = {400: "Bad request", 404: "Page not found", 405: "Method not allowed",
                 413: "Form too large", 415: "Unsupported form encoding"}
 
@@ -103,6 +111,9 @@ class Store:
             category_url=presentation.category_url,
             nav_categories=[(c, category_label(c)) for c in catalog.largest_categories(variant.nav_categories)],
             sort_labels=SORT_LABELS,
+            info_pages=INFO_PAGES,
+            option_values=OPTION_VALUES.get(variant.required_option, ()),
+            search_url=lambda query: presentation.page_url("/search", q=query),
         )
 
     def routes(self) -> list[Route]:
@@ -118,6 +129,8 @@ class Store:
             Route("/checkout", self.checkout_start),
             Route("/checkout/{step}", self.checkout_step, methods=["GET", "POST"]),
             Route("/order/{order_id}", self.order),
+            Route("/info/{page}", self.info),
+            Route("/overlay/{name}", self.close_overlay, methods=["POST"]),
             Route("/robots.txt", self.robots),
         ]
 
@@ -146,8 +159,21 @@ class Store:
 
     def render(self, request: Request, template: str, status: int = 200, **context) -> HTMLResponse:
         visitor = self.visitor(request)
-        context.setdefault("search_query", "")
-        html = self.templates.get_template(template).render(cart_count=sum(visitor.session.cart.values()), **context)
+        for key, default in (("search_query", ""), ("notice", ""), ("option_error", ""), ("quick_view_url", None),
+                             ("overlay", None), ("overlay_product", None), ("overlay_close_url", "")):
+            context.setdefault(key, default)
+        # The cookie banner comes before anything else; the newsletter only over a product page.
+        if self.variant.cookie_banner and OVERLAY_COOKIES["cookies"] not in request.cookies:
+            context["overlay"] = "cookies"
+        elif (context["overlay"] is None and template == "product.html" and self.variant.newsletter_popup
+              and OVERLAY_COOKIES["newsletter"] not in request.cookies):
+            context["overlay"] = "newsletter"
+        lines = self.cart_lines(visitor.session)
+        html = self.templates.get_template(template).render(
+            cart_count=sum(visitor.session.cart.values()),
+            cart_subtotal=round(sum(line["line_total"] for line in lines), 2),
+            here=request.url.path + (f"?{request.url.query}" if request.url.query else ""),
+            **context)
         return self._with_cookies(visitor, HTMLResponse(html, status_code=status,
                                                         headers={"cache-control": "no-store"}))
 
@@ -221,29 +247,78 @@ class Store:
         def page_link(page: int) -> str:
             return presentation.page_url(path, q=query or None, sort=link_sort, page=page)
 
-        return {
-            "products": pagination.window(sort_products(products, sort)),
+        def quick_view_url(product: Product) -> str:
+            return presentation.page_url(path, q=query or None, sort=link_sort, page=pagination.page,
+                                         quick_view=product.product_id)
+
+        ordered = sort_products(products, sort)
+        # "Load more" shows one growing list: page N is the first N pages at once.
+        shown = ordered[:pagination.first_index + pagination.per_page] if self.variant.listing_paging == "load_more" \
+            else pagination.window(ordered)
+        context = {
+            "products": shown,
             "pagination": pagination,
             "page_link": page_link,
             "sort": sort,
             "path": path,
             "search_query": query,
+            "quick_view_url": quick_view_url if self.variant.quick_view else None,
         }
+        viewed = self.catalog.by_id.get(request.query_params.get("quick_view", ""))
+        if self.variant.quick_view and viewed is not None:
+            self.record(request, "product_view", product_id=viewed.product_id, category=viewed.category,
+                        price=viewed.price)
+            context.update(overlay="quick_view", overlay_product=viewed, overlay_close_url=page_link(pagination.page))
+        return context
 
     async def product(self, request: Request) -> Response:
         product = self.catalog.by_id.get(request.path_params["product_id"])
         if product is None:
             raise HTTPException(404, f"There is no product {request.path_params['product_id']!r} in this store.")
-        self.record(request, "product_view", product_id=product.product_id, category=product.category,
-                    price=product.price)
+        after = {}
+        if "added" in request.query_params and self.variant.after_add == "mini_cart":
+            after = {"overlay": "mini_cart", "overlay_product": product, "overlay_close_url": presentation.product_url(product)}
+        elif "added" in request.query_params:
+            after = {"notice": CART_NOTICES["added"].format(title=product.title, cart=self.cart_noun)}
+        elif "missing" in request.query_params and self.variant.required_option:
+            after = {"option_error": f"Please choose a {self.variant.required_option} first."}
+        if after:  # the page an add form comes back to is not another view of the product
+            self.record(request, "page_view", product_id=product.product_id)
+        else:
+            self.record(request, "product_view", product_id=product.product_id, category=product.category,
+                        price=product.price)
         recommended = (self.catalog.also_viewed(product, self.variant.recommendations_count)
                        if self.variant.show_recommendations else [])
         return self.render(
             request, "product.html", title=product.title, product=product,
             summary=presentation.short_description(product),
             details=presentation.long_description(product) if self.variant.long_description else [],
-            recommended=recommended,
+            recommended=recommended, **after,
         )
+
+    @property
+    def cart_noun(self) -> str:
+        return self.variant.cart_word.lower()
+
+    async def info(self, request: Request) -> Response:
+        slug = request.path_params["page"]
+        if slug not in INFO_PAGES:
+            raise HTTPException(404, f"There is no page {slug!r} in this store.")
+        self.record(request, "page_view")
+        return self.render(request, "info.html", title=INFO_PAGES[slug])
+
+    async def close_overlay(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in OVERLAY_COOKIES:
+            raise HTTPException(404, f"There is no dialog {name!r} in this store.")
+        form = await read_form(request)
+        target = form.get("next", "/")
+        if not target.startswith("/") or target.startswith("//"):
+            target = "/"  # only a page of this store
+        response = self.redirect(request, target)
+        response.set_cookie(OVERLAY_COOKIES[name], form.get("choice", "closed")[:20] or "closed",
+                            httponly=True, samesite="lax", max_age=30 * 24 * 3600)
+        return response
 
     async def robots(self, request: Request) -> Response:
         return PlainTextResponse("User-agent: *\nAllow: /\n")
@@ -264,22 +339,26 @@ class Store:
         for key, message in CART_NOTICES.items():
             product = self.catalog.by_id.get(request.query_params.get(key, ""))
             if product:
-                notice = message.format(title=product.title)
+                notice = message.format(title=product.title, cart=self.cart_noun)
         lines = self.cart_lines(session)
-        return self.render(request, "cart.html", title="Your cart", lines=lines, notice=notice,
+        return self.render(request, "cart.html", title=f"Your {self.cart_noun}", lines=lines, notice=notice,
                            subtotal=round(sum(line["line_total"] for line in lines), 2))
 
     async def cart_add(self, request: Request) -> Response:
         form = await read_form(request)
         product = self.form_product(form)
         quantity = form_quantity(form, minimum=1)
+        if self.variant.required_option and form.get("option", "") not in OPTION_VALUES[self.variant.required_option]:
+            return self.redirect(request, presentation.page_url(presentation.product_url(product), missing=1))
         visitor = self.visitor(request)
         session = self.sessions.setdefault(visitor.session_id, visitor.session)
         before = session.cart.get(product.product_id, 0)
         session.cart[product.product_id] = min(MAX_QUANTITY, before + quantity)
         self.record(request, "add_to_cart", status=303, product_id=product.product_id, category=product.category,
                     quantity=session.cart[product.product_id] - before, price=product.price)
-        return self.redirect(request, presentation.page_url("/cart", added=product.product_id))
+        if self.variant.after_add == "cart_page":
+            return self.redirect(request, presentation.page_url("/cart", added=product.product_id))
+        return self.redirect(request, presentation.page_url(presentation.product_url(product), added=1))
 
     async def cart_update(self, request: Request) -> Response:
         form = await read_form(request)
@@ -387,7 +466,7 @@ class Store:
         )
 
     def delivery_cost(self, session: Session) -> float:
-        method = session.checkout.get("delivery", {}).get("delivery", "standard")
+        method = next((answers["delivery"] for answers in session.checkout.values() if "delivery" in answers), "standard")
         return self.variant.express_delivery_price if method == "express" else 0.0
 
     def answers(self, session: Session) -> list[tuple[str, str, list[tuple[str, str]]]]:

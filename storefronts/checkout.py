@@ -122,6 +122,14 @@ STEPS: dict[str, CheckoutStep] = {
         CheckoutStep("review", "Review your order"),
     )
 }
+# A one-page checkout asks everything of the account, address, delivery and payment steps at once.
+STEPS["one_page"] = CheckoutStep(
+    "one_page",
+    "Checkout",
+    tuple(f for name in ("account", "address", "delivery", "payment") for f in STEPS[name].fields
+          if f.name != "password"),
+    note=STEPS["payment"].note,
+)
 
 
 # A signed-in returning customer's saved answers (variant `saved_details`): the address and payment

@@ -360,3 +360,68 @@ def test_folds_score_every_eligible_shop_once_with_intervals_strata_and_a_mismat
     again = evaluate(config)  # resumable: every fold's steps are reused
     assert again["protocols"]["paper"]["policies"] == result["policies"]
     assert again["protocols"]["paper"]["phases"]["seconds"]["agent"] == pytest.approx(phases["seconds"]["agent"], abs=1.0)
+
+
+@pytest.mark.slow
+def test_themed_traces_and_the_same_buyers_on_oscar(tmall_subset, tmp_path):
+    pytest.importorskip("storefronts.oscar")
+    from agent.traces import read_traces
+    from storefronts.variants import training_themes
+
+    out = tmp_path / "transfer"
+    config = EvaluateConfig(
+        out_dir=out, input_dir=tmall_subset, protocol="paper", agent_base="tiny", min_buyers=50, folds=2,
+        buyers_per_shop=6, browser_check=False, codebook_size=4, codebook_epochs=2, traces_per_code=3, traces_per_shop=3,
+        trace_max_steps=12, sft_max_steps=3, max_steps=4, concurrency=4, progress=False, calibrate_temperatures=(),
+        baselines=(), trace_themes=True, transfer_stores=("oscar", "atelier"), transfer_shops=1,
+    )
+    summary = evaluate(config)
+
+    traces = read_traces(out / "fold0" / "paper" / "traces" / "traces.jsonl")
+    assert {trace.variant for trace in traces} <= {"saved_details", *training_themes()} and len({t.variant for t in traces}) > 1
+    assert set(summary["protocols"]["paper"]["transfer"]) == {"oscar", "atelier"}
+    transfer = summary["protocols"]["paper"]["transfer"]["oscar"]
+    assert len(transfer["shops"]) == 2  # one per fold
+    persona = {row["shop"]: row for row in summary["protocols"]["paper"]["shops"] if row["policy"] == "persona"}
+    for shop in transfer["shops"]:
+        assert shop["buyers"] == 6 and shop["store_agreement"] == 1.0  # Oscar's orders = what the buyers claimed
+        assert shop["cr_mock"] == persona[shop["shop"]]["cr_sim"]
+    assert all((out / f"fold{k}" / "paper" / "sim" / "persona_oscar").is_dir() for k in (0, 1))
+    assert sum(entry["buyers"] for entry in transfer["per_type"].values()) == 12
+    assert len(summary["protocols"]["paper"]["transfer"]["atelier"]["shops"]) == 2
+    report = (out / "report.html").read_text()
+    assert "on the mock store and on oscar" in report and "on the mock store and on atelier" in report
+    with pytest.raises(ValueError, match="nav-themes"):
+        EvaluateConfig(out_dir=out, input_dir=tmall_subset, trace_themes=True, agent_base="nav")
+    with pytest.raises(ValueError, match="neither a built-in variant"):
+        EvaluateConfig(out_dir=out, input_dir=tmall_subset, transfer_stores=("atelir",))
+
+
+@pytest.mark.slow
+def test_a_signal_during_a_shop_stops_the_evaluation_and_the_same_command_resumes(tmall_subset, tmp_path):
+    import signal
+    import subprocess
+    from pathlib import Path
+
+    simpersona = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "simpersona"
+    out = tmp_path / "stopped"
+    command = [str(simpersona), "evaluate", "--input", str(tmall_subset), "--out", str(out), "--agent-base", "tiny",
+               "--folds", "1", "--max-held-out", "1", "--buyers-per-shop", "80", "--codebook-size", "4",
+               "--traces-per-code", "3", "--sft-max-steps", "2", "--baselines", "global_rate",
+               "--calibrate-temperatures", "none", "--no-browser-check"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 600
+    while not any(len(path.read_text().splitlines()) >= 5 for path in out.glob("paper/sim/persona/*/trajectories.jsonl")):
+        assert process.poll() is None, process.communicate()[0][-2000:]
+        assert time.monotonic() < deadline, "no held-out buyer finished within 600 s"
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    text = process.communicate(timeout=120)[0]
+    assert process.returncode == 130, text[-2000:]
+    assert "stopped by SIGINT during shop" in text and not (out / "summary.json").exists()
+
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert finished.returncode == 0, finished.stdout[-2000:] + finished.stderr[-2000:]
+    persona = next(row for row in json.loads((out / "summary.json").read_text())["protocols"]["paper"]["shops"]
+                   if row["policy"] == "persona")
+    assert persona["sim_buyers"] == 80 and persona["store_agreement"] == 1.0

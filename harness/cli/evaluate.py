@@ -12,7 +12,7 @@ from rich.table import Table
 from harness.cli.app import app
 from harness.cli.defaults import default_of
 from harness.drivers import Driver
-from harness.eval.evaluate import EvaluateConfig
+from harness.eval.evaluate import EvaluateConfig, EvaluationInterrupted
 
 
 def _default(name: str):
@@ -109,9 +109,18 @@ def evaluate(
     driver: Driver = typer.Option(Driver(_default("driver")), "--driver", help="Driver of the main runs."),
     browser_check: bool = typer.Option(_default("browser_check"), "--browser-check/--no-browser-check",
                                        help="Also run one held-out shop with headless Chromium and compare."),
+    transfer: str = typer.Option(None, "--transfer", help="Comma-separated stores the persona agent's buyers of the "
+                                 "largest held-out shop(s) of each fold also shop: 'oscar' (django-oscar, a store nobody "
+                                 "here wrote) or mock-store themes such as the held-out atelier,nordhaus,quickmart."),
+    transfer_shops: int = typer.Option(None, "--transfer-shops", min=1, help="Held-out shops per fold run on --transfer "
+                                       f"(default {_default('transfer_shops')})."),
     variant: str = typer.Option(None, "--variant", help="Store layout of replays and simulations (default saved_details: signed-in buyers)."),
     codebook_size: int = typer.Option(None, "--codebook-size", min=2, help="Number of buyer types K."),
-    agent_base: str = typer.Option(_default("agent_base"), "--agent-base", help="'nav' (the cached navigation base), 'tiny', 'smollm2' or a model directory."),
+    agent_base: str = typer.Option(None, "--agent-base", help="'nav' (the cached navigation base), 'nav-themes' (the same, "
+                                   "also trained on the store themes), 'tiny', 'smollm2' or a model directory "
+                                   f"(default {_default('agent_base')}; nav-themes with --themes)."),
+    themes: bool = typer.Option(False, "--themes", help="Replay the training buyers over the store themes (the same "
+                                "decisions on other wording, overlays and checkouts) and start from the nav-themes base."),
     sft_max_steps: int = typer.Option(None, "--sft-max-steps", min=1, help="Cap on optimiser steps per SFT stage."),
     sft_rename_shops: bool = typer.Option(_default("sft_rename_shops"), "--sft-rename-shops",
                                           help="Each SFT epoch shows every trace in a renamed shop (types keep their purchase rate on unseen pages)."),
@@ -136,17 +145,20 @@ def evaluate(
     seed: int = typer.Option(_default("seed"), "--seed"),
 ) -> None:
     """Hold out shops, learn types and the agent on the rest, and compare simulated with real conversion."""
+    from harness.cli.simulate import INTERRUPT_SIGNALS
     from harness.eval.evaluate import evaluate as run_evaluation
 
     console = Console()
     options = dict(events=events, catalog=catalog, input_dir=input_dir, protocol=protocol.value,
                    held_out_fraction=held_out_fraction, min_buyers=min_buyers, driver=driver.value,
-                   browser_check=browser_check, agent_base=agent_base, sft_rename_shops=sft_rename_shops, seed=seed)
+                   browser_check=browser_check, sft_rename_shops=sft_rename_shops, seed=seed, trace_themes=themes,
+                   agent_base=agent_base or ("nav-themes" if themes else _default("agent_base")))
     # Options left out keep the default of the chosen preset (--fast or the full one).
     given = dict(folds=folds, seeds=seeds, max_held_out_shops=max_held_out, buyers_per_shop=buyers_per_shop, max_buyers_per_shop=max_buyers_per_shop,
                  codebook_size=codebook_size, sft_max_steps=sft_max_steps, traces_per_code=traces_per_code,
                  concurrency=concurrency, variant=variant, calibration_shops=calibration_shops,
-                 calibration_buyers=calibration_buyers, temperature=temperature)
+                 calibration_buyers=calibration_buyers, temperature=temperature, transfer_shops=transfer_shops,
+                 transfer_stores=tuple(part.strip() for part in transfer.split(",") if part.strip()) if transfer else None)
     options.update({k: v for k, v in given.items() if v is not None})
     if calibrate_temperatures is not None:
         names = [name.strip() for name in calibrate_temperatures.split(",") if name.strip()]
@@ -160,7 +172,11 @@ def evaluate(
         config = EvaluateConfig.fast(out, **options) if fast else EvaluateConfig(out_dir=out, **options)
     except (ValueError, FileNotFoundError) as error:
         raise typer.BadParameter(str(error)) from None
-    summary = run_evaluation(config, console)
+    try:
+        summary = run_evaluation(config, console)
+    except EvaluationInterrupted as stop:
+        console.print(f"[yellow]{stop}[/yellow]: every finished step and buyer is kept; the same command resumes")
+        raise typer.Exit(128 + INTERRUPT_SIGNALS.get(stop.signal_name, 2)) from None
     for name, result in summary["protocols"].items():
         print_result(console, name, result, config.driver)
     for protocol, policies in (summary.get("seeds") or {}).items():

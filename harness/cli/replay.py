@@ -43,6 +43,8 @@ def make_traces_command(
     max_buyers_per_shop: Optional[int] = typer.Option(None, "--max-buyers-per-shop", min=1, help="Seeded sample of each shop's buyers."),
     max_steps: int = typer.Option(60, "--max-steps-per-buyer", min=1, help="Step budget per buyer; longer buyers are shortened (never their purchases)."),
     variant: str = typer.Option("default", "--variant", help="Store layout variant."),
+    themes: bool = typer.Option(False, "--themes", help="Spread the buyers over the training themes (every theme but "
+                                "the held-out ones) instead of one --variant: the same real decisions on other pages."),
     seed: int = typer.Option(0, "--seed", help="Seed of the buyer sample."),
 ) -> None:
     """Act out every real buyer × shop in the mock store and record (observation, action) traces."""
@@ -54,7 +56,10 @@ def make_traces_command(
                       "on the ingest directory or pass --features")
         raise typer.Exit(code=2)
     wanted = tuple(shop.strip() for item in shops or [] for shop in item.split(",") if shop.strip()) or None
+    from storefronts.variants import training_themes
+
     config = ReplayConfig(driver=driver.value, concurrency=concurrency, variant=variant, shops=wanted,
+                          themes=tuple(training_themes()) if themes else (),
                           max_buyers_per_shop=max_buyers_per_shop, max_steps_per_buyer=max_steps, seed=seed,
                           progress=True)
     try:

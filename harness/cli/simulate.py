@@ -152,7 +152,7 @@ def _run(console, spec: PolicySpec, codebook: CodebookArtifact, *, store, catalo
          out_dir, run_id, engine="mock", faults=None, scale=None, **options) -> None:
     """Serve the mock store or Oscar if asked, run the simulation (sharded over Ray when scale is
     given), print the summary."""
-    from harness.sim.simulate import simulate
+    from harness.sim.simulate import served_store_options, simulate
 
     if catalog is None:
         serving = nullcontext(None)
@@ -161,14 +161,9 @@ def _run(console, spec: PolicySpec, codebook: CodebookArtifact, *, store, catalo
     else:
         serving = _serve_mock_store(catalog, catalog_shop, variant, out_dir, run_id, faults)
     with serving as served:
-        if served is not None and engine == "oscar":
-            # Oscar is a store nobody here wrote: the site guard treats it as one (allow-list,
-            # redirects checked), except that its checkouts are submitted so Oscar counts them.
-            store = served.url
-            options.update(store_db=served.db_path, place_orders=True, rate_limit_per_s=0, variant=f"oscar-{served.variant}")
-        elif served is not None:
-            store = served.url
-            options.update(store_db=served.db_path, our_store=True, variant=served.variant.name)
+        if served is not None:
+            options.update(served_store_options(served))
+            store = options.pop("store_url")
         elif variant:
             options["variant"] = variant
         if scale is not None:

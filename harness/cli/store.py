@@ -14,7 +14,7 @@ from harness.cli.app import app
 from storefronts.catalog import CatalogError
 from storefronts.faults import Faults
 from storefronts.server import serve_store
-from storefronts.variants import VariantError, builtin_variants, load_variant
+from storefronts.variants import VariantError, builtin_themes, builtin_variants, load_variant
 
 
 @app.command("serve-store")
@@ -22,7 +22,8 @@ def serve_store_command(
     catalog: Path = typer.Option(..., "--catalog", help="catalog.parquet written by `simpersona ingest`."),
     shop: str = typer.Option(..., "--shop", help="Shop id whose products the store sells."),
     variant: str = typer.Option(
-        "default", "--variant", help=f"Built-in layout ({', '.join(builtin_variants())}) or a variant JSON file."
+        "default", "--variant", help=f"Built-in layout ({', '.join(builtin_variants())}), theme ({', '.join(builtin_themes())}) "
+                                      "or a variant JSON file."
     ),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind; keep 127.0.0.1 unless you mean it."),
     port: int = typer.Option(0, "--port", help="Port to listen on; 0 picks a free one."),

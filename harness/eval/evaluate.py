@@ -57,6 +57,7 @@ import pandas as pd
 from rich.console import Console
 
 from codebook.artifact import CodebookArtifact
+from storefronts.variants import load_variant, training_themes
 from harness.sim.policies import PolicySpec, build_policy
 from harness.sim.population import SyntheticBuyer, population_from_mix
 from harness.sim.paired import wilson_interval
@@ -69,6 +70,7 @@ from harness.eval.metrics import (
     summarize_policy,
     type_oracle_rate,
 )
+from harness.eval.nav_base import BASES, ensure_nav_base
 from harness.eval.phases import PhaseTimes
 from harness.eval.split import (
     SPLIT_FILE,
@@ -85,7 +87,7 @@ FEATURE_FILES = {"paper": "features_all.parquet", "strict": "features_browse_onl
 SUMMARY_FILE = "summary.json"
 RESULTS_FILE = "results.json"
 CALIBRATION_FILE = "calibration.json"
-DEFAULT_STAGE2_LR = {"tiny": 1e-2, "nav": 1e-3}  # by agent_base; any other base: 5e-5
+DEFAULT_STAGE2_LR = {"tiny": 1e-2, "nav": 1e-3, "nav-themes": 1e-3}  # by agent_base; any other base: 5e-5
 
 
 @dataclass
@@ -119,6 +121,11 @@ class EvaluateConfig:
     variant: str = "saved_details"
     browser_check: bool = True  # also run one held-out shop with the browser driver
     browser_buyers: int = 40  # cap on that shop's browser-driven buyers
+    # Transfer: the persona agent's populations of the largest held-out shops of each fold also
+    # shop other stores: "oscar" (django-oscar, storefronts/oscar, a store nobody here wrote) or a
+    # mock-store theme or variant by name (e.g. the held-out themes atelier, nordhaus, quickmart).
+    transfer_stores: tuple[str, ...] = ()
+    transfer_shops: int = 1  # per fold
     # codebook
     codebook_size: int = 16
     codebook_epochs: int = 8
@@ -127,6 +134,10 @@ class EvaluateConfig:
     # nav: the cached navigation base (harness.eval.nav_base: a tiny model that already shops the
     # mock store); tiny: a random tiny model with a tokenizer trained on these traces; smollm2; a model dir
     agent_base: str = "nav"
+    # Replay the training buyers over `variant` and the training themes (storefronts/variants/themes)
+    # instead of `variant` alone, so the agent meets other wording, overlays and checkouts (use with
+    # the "nav-themes" base); the held-out shops are still simulated on `variant`.
+    trace_themes: bool = False
     # The random tiny model's size (agent_base="tiny"): big enough to read which element to click
     tiny_hidden_size: int = 128
     tiny_layers: int = 4
@@ -183,6 +194,12 @@ class EvaluateConfig:
             raise ValueError(f"unknown baselines {sorted(unknown)}; choose from {BASELINES}")
         if self.driver not in ("http", "browser"):
             raise ValueError(f"driver must be http or browser; got {self.driver!r}")
+        self.transfer_stores = tuple(self.transfer_stores)
+        for store in self.transfer_stores:
+            if store != "oscar":
+                load_variant(store)  # a misspelt theme fails here, naming itself
+        if self.trace_themes and self.agent_base == "nav":
+            raise ValueError("trace_themes: the 'nav' base never met the themes; use agent_base='nav-themes'")
         self.baselines = tuple(self.baselines)
         if self.folds < 1 or self.seeds < 1:
             raise ValueError(f"folds and seeds must be at least 1, got folds={self.folds}, seeds={self.seeds}")
@@ -299,6 +316,7 @@ async def make_protocol_traces(config: EvaluateConfig, work: Path, console: Cons
     report = await replay(config.events, config.catalog, chosen[["shop_id", "buyer_id", "code"]], traces_dir,
                          # Buyers are chosen above: the replay's own per-shop sampling stays off.
                          ReplayConfig(driver="http", concurrency=config.concurrency, shops=shops, variant=config.variant,
+                                      themes=(config.variant, *training_themes()) if config.trace_themes else (),
                                       max_steps_per_buyer=config.trace_max_steps, seed=config.seed,
                                       progress=config.progress))
     path = Path(report.traces_path)
@@ -322,7 +340,7 @@ def train_protocol_agent(config: EvaluateConfig, traces_path: Path, out: Path, o
         traces = [replace(trace, code=0) for trace in traces]
     console.print(f"[bold]agent[/] ({'no persona' if one_code else 'persona'}): {len(traces):,} traces, "
                   f"{sum(len(t.steps) for t in traces):,} steps, base {config.agent_base!r}")
-    tiny = config.agent_base in ("tiny", "nav")
+    tiny = config.agent_base == "tiny" or config.agent_base in BASES
     sft = SFTConfig(
         num_codes=1 if one_code else config.codebook_size, single_stage=config.sft_single_stage, stage1_epochs=config.sft_stage1_epochs,
         stage2_epochs=config.sft_stage2_epochs, stage1_lr=config.sft_stage1_lr,
@@ -343,10 +361,8 @@ def load_agent_base(config: EvaluateConfig, texts: list[str], console: Console):
     """The base model, and the persona rows it already reads when its directory has them."""
     from agent.models import TinyModelConfig, load_base, load_local, load_tiny
     from agent.persona import PersonaAnchors
-    from harness.eval.nav_base import ensure_nav_base
-
-    if config.agent_base == "nav":
-        directory = ensure_nav_base(console=console, progress=config.progress)
+    if config.agent_base in BASES:
+        directory = ensure_nav_base(BASES[config.agent_base], console=console, progress=config.progress)
         return load_local(directory), PersonaAnchors.load(directory)
     if config.agent_base != "tiny":
         anchors = PersonaAnchors.load(config.agent_base) if Path(config.agent_base).is_dir() else None
@@ -434,6 +450,14 @@ def row_policy(name: str, work: Path, config: EvaluateConfig, codebook: Codebook
 # Simulating one held-out shop
 
 
+class EvaluationInterrupted(Exception):
+    """A signal stopped a simulation; what was written is kept and the same command resumes."""
+
+    def __init__(self, signal_name: str, where: str):
+        super().__init__(f"stopped by {signal_name} during {where}")
+        self.signal_name = signal_name
+
+
 @dataclass
 class ShopPlan:
     shop: str
@@ -453,10 +477,10 @@ class ShopPlan:
 
 
 async def simulate_shop(config: EvaluateConfig, work: Path, codebook: CodebookArtifact, policy_name: str, policy,
-                        plan: ShopPlan, driver: str, run_group: str, pool=None) -> dict:
-    """Run (or resume, or reuse) one held-out shop's simulation; returns its summary."""
-    from harness.sim.simulate import SimulationConfig, run_simulation
-    from storefronts.server import serve_store
+                        plan: ShopPlan, driver: str, run_group: str, pool=None, engine: str = "mock") -> dict:
+    """Run (or resume, or reuse) one held-out shop's simulation on our mock store (in
+    config.variant) or on django-oscar (engine="oscar"); returns its summary."""
+    from harness.sim.simulate import SimulationConfig, run_simulation, served_store_options
 
     run_root = work / "sim" / run_group
     run_dir = run_root / plan.shop
@@ -465,16 +489,31 @@ async def simulate_shop(config: EvaluateConfig, work: Path, codebook: CodebookAr
         summary = json.loads(summary_path.read_text())
         if summary.get("completed") == len(plan.population) and summary.get("store_counted"):
             return summary
-    with serve_store(config.catalog, plan.shop, variant=config.variant,
-                     db_path=run_dir.parent / f"{plan.shop}.store.db") as store:
+    with serve_engine(config, plan.shop, engine, run_dir.parent) as served:
         sim = SimulationConfig(
-            store_url=store.url, shop=plan.shop, codebook_dir=work / "codebook", buyers=len(plan.population),
+            shop=plan.shop, codebook_dir=work / "codebook", buyers=len(plan.population),
             concurrency=config.concurrency, driver=driver, max_steps=config.max_steps, seed=config.seed,
             out_dir=run_root, run_id=plan.shop, resume=(run_dir / "manifest.json").is_file(),
-            store_db=store.db_path, our_store=True, variant=config.variant, progress=config.progress,
+            progress=config.progress, **served_store_options(served),
         )
         result = await run_simulation(sim, policy, pool=pool, population=plan.population, codebook=codebook)
+    if result.interrupted:
+        # A signal stopped the shop's buyers: no figure is written from a part of them.
+        raise EvaluationInterrupted(result.interrupted, f"shop {plan.shop} ({run_group})")
     return result.summary
+
+
+def serve_engine(config: EvaluateConfig, shop: str, engine: str, folder: Path):
+    """The store a held-out shop's simulation runs on, its order database in `folder`: the mock
+    store in config.variant ("mock"), django-oscar ("oscar"), or the mock store in a named theme."""
+    if engine == "oscar":
+        from storefronts.oscar import serve_oscar
+
+        return serve_oscar(config.catalog, shop, db_path=folder / f"{shop}.oscar.db")
+    from storefronts.server import serve_store
+
+    variant = config.variant if engine == "mock" else engine
+    return serve_store(config.catalog, shop, variant=variant, db_path=folder / f"{shop}.store.db")
 
 
 def shop_row(policy: str, plan: ShopPlan, summary: dict, driver: str) -> dict:
@@ -701,6 +740,9 @@ async def run_protocol(config: EvaluateConfig, protocol: str, split: ShopSplit, 
 
     with phases.phase("browser check"):
         browser = await browser_check(config, work, codebook, plans) if config.browser_check and config.driver != "browser" and plans else None
+    with phases.phase("transfer"):
+        transfer = {store: await transfer_check(config, work, codebook, plans, rows, store, console)
+                    for store in config.transfer_stores} if plans else {}
     behaviour = per_type_behaviour(work, "persona", [p.shop for p in plans])
     size = config.codebook_size
     mixes = {p.shop: {"real": p.real_mix, "sampled": p.sampled_mix, "jsd": mix_jsd(p.sampled_mix, p.real_mix, size)} for p in plans}
@@ -719,6 +761,7 @@ async def run_protocol(config: EvaluateConfig, protocol: str, split: ShopSplit, 
         "real_per_type": real_type_funnels(config.events, codes, [p.shop for p in plans]),
         "agent_check": agent_code_check(trace_code_rates(traces_path), behaviour) if traces_path else None,
         "browser_check": browser,
+        "transfer": transfer,
         "calibration": calibration,
         "temperature": agent_temperature(work, config) if needs_agent else None,
         "shops": rows,
@@ -829,6 +872,52 @@ async def browser_check(config: EvaluateConfig, work: Path, codebook: CodebookAr
             "browser": {k: rows["browser"][k] for k in ("cr_sim", "cr_sim_ci", "sim_converted", "sim_buyers")},
             "http": {k: rows[config.driver][k] for k in ("cr_sim", "cr_sim_ci", "sim_converted", "sim_buyers")},
             "agree": intervals_overlap(rows["browser"]["cr_sim_ci"], rows[config.driver]["cr_sim_ci"])}
+
+
+async def transfer_check(config: EvaluateConfig, work: Path, codebook: CodebookArtifact, plans: list[ShopPlan],
+                         rows: list[dict], engine: str, console: Console) -> dict:
+    """The persona agent's populations of the largest held-out shops, same buyers and seeds, on
+    another store as well (Oscar, or a mock-store theme): store-counted conversion on each, per
+    shop and per type."""
+    group = f"persona_{engine}"
+    chosen = sorted(plans, key=lambda p: (-p.real_buyers, p.shop))[: config.transfer_shops]
+    policy = row_policy("persona", work, config, codebook)
+    on_mock = {row["shop"]: row for row in rows if row["policy"] == "persona"}
+    shops, per_type = [], {}
+    for plan in chosen:
+        console.print(f"[bold]transfer[/] · persona · shop {plan.shop} on {engine}: {len(plan.population)} buyers")
+        summary = await simulate_shop(config, work, codebook, "persona", policy, plan, config.driver, group, engine=engine)
+        there = shop_row("persona", plan, summary, config.driver)
+        shops.append({"shop": plan.shop, "buyers": there["sim_buyers"], "cr_real": plan.real_rate,
+                      "cr_real_ci": there["cr_real_ci"], "cr_mock": on_mock[plan.shop]["cr_sim"],
+                      "cr_mock_ci": on_mock[plan.shop]["cr_sim_ci"], "cr_transfer": there["cr_sim"],
+                      "cr_transfer_ci": there["cr_sim_ci"], "store_agreement": there["store_agreement"],
+                      "outcomes": there["outcomes"]})
+        mock, transferred = conversions_by_code(work / "sim" / "persona", plan.shop), conversions_by_code(work / "sim" / group, plan.shop)
+        for code, (buyers, converted) in mock.items():
+            entry = per_type.setdefault(code, {"buyers": 0, "mock_converted": 0, "transfer_converted": 0})
+            entry["buyers"] += buyers
+            entry["mock_converted"] += converted
+            entry["transfer_converted"] += transferred.get(code, (0, 0))[1]
+    return {"shops": shops, "per_type": per_type}
+
+
+def conversions_by_code(run_root: Path, shop: str) -> dict[str, tuple[int, int]]:
+    """code -> (buyers, buyers with a store-counted order) of one shop's run, on any engine."""
+    from storefronts.orderlog import orders_by_buyer
+
+    trajectories = run_root / shop / "trajectories.jsonl"
+    db = next((path for path in (run_root / f"{shop}.store.db", run_root / f"{shop}.oscar.db") if path.is_file()), None)
+    if not trajectories.is_file() or db is None:
+        return {}
+    ordered = orders_by_buyer(db, shop)
+    counts: dict[str, list[int]] = {}
+    for line in trajectories.read_text().splitlines():
+        record = json.loads(line)
+        entry = counts.setdefault(str(record["code"]), [0, 0])
+        entry[0] += 1
+        entry[1] += bool(ordered.get(record["buyer_index"]))
+    return {code: (n, k) for code, (n, k) in counts.items()}
 
 
 def evaluate(config: EvaluateConfig, console: Console | None = None) -> dict:

@@ -38,10 +38,25 @@ def pool_folds(results: list[dict], seed: int, figures) -> dict:
         "real_per_type": None,
         "agent_check": None,
         "browser_check": first.get("browser_check"),
+        "transfer": pooled_transfer([result.get("transfer") for result in results]),
         "folds": [fold_line(fold, result) for fold, result in enumerate(results)],
         "shops": rows,
         "phases": pooled_phases([result.get("phases") or {} for result in results]),
     }
+
+
+def pooled_transfer(transfers: list[dict | None]) -> dict:
+    """Per transfer store, every fold's shops in one table and the per-type counts added up."""
+    pooled: dict[str, dict] = {}
+    for transfer in transfers:
+        for store, result in (transfer or {}).items():
+            entry = pooled.setdefault(store, {"shops": [], "per_type": {}})
+            entry["shops"] += result["shops"]
+            for code, counts in result["per_type"].items():
+                totals = entry["per_type"].setdefault(code, dict.fromkeys(counts, 0))
+                for key, value in counts.items():
+                    totals[key] += value
+    return pooled
 
 
 def fold_line(fold: int, result: dict) -> dict:

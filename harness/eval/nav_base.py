@@ -35,7 +35,7 @@ import hashlib
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -78,6 +78,17 @@ class NavBaseConfig:
     def key(self) -> str:
         recipe = json.dumps({"version": RECIPE_VERSION, **asdict(self)}, sort_keys=True)
         return hashlib.sha256(recipe.encode()).hexdigest()[:12]
+
+
+def themed_config(config: NavBaseConfig = NavBaseConfig()) -> NavBaseConfig:
+    """The recipe with its buyers also dealt over the training themes (storefronts/variants/themes;
+    the held-out themes stay out), so the base meets the ways real shops word and arrange pages."""
+    from storefronts.variants import training_themes
+
+    return replace(config, variants=(*config.variants, *training_themes()))
+
+
+BASES = {"nav": NavBaseConfig(), "nav-themes": themed_config()}  # what `train-agent --base` may name
 
 
 def nav_base_dir(config: NavBaseConfig = NavBaseConfig()) -> Path:

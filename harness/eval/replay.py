@@ -9,6 +9,10 @@ runs) through the mock store built from that shop's catalog. The work is split i
     this module                      the run: stores per shop, buyers in parallel, traces.jsonl,
                                      the exactness check and replay_report.json
 
+Themes (`ReplayConfig.themes`, `make-traces --themes`): buyer n of the run is replayed on theme
+n mod len(themes), each (shop, theme) in a store of its own, so the same real decisions are recorded
+on pages that word and arrange the shop differently; each trace names its layout.
+
 One trace per buyer × shop goes to traces.jsonl (agent.traces.Trace), appended and flushed as each
 buyer finishes; a trace's `converted` says whether the replay placed at least one order (with an
 exact replay: whether the real buyer purchased).
@@ -44,6 +48,7 @@ from harness.eval.replay_plan import BuyerPlan, ReplayError, check_codes, check_
 from harness.eval.scripted_buyer import BuyerResult, run_buyer
 from storefronts.catalog import StoreCatalog
 from storefronts.orderlog import read_orders
+from storefronts.variants import load_variant
 
 TRACES_FILE = "traces.jsonl"
 REPORT_FILE = "replay_report.json"
@@ -58,6 +63,7 @@ class ReplayConfig:
     driver: str = "browser"          # browser | http
     concurrency: int = 4
     variant: str = "default"
+    themes: tuple[str, ...] = ()               # when set: buyers spread over these layouts instead of `variant`
     shops: tuple[str, ...] | None = None       # None: every shop with events
     max_buyers_per_shop: int | None = None     # sample (seeded) when set
     max_steps_per_buyer: int = 60
@@ -74,6 +80,13 @@ class ReplayConfig:
             raise ValueError(f"max_buyers_per_shop must be at least 1 or None, got {self.max_buyers_per_shop}")
         if self.shops is not None:
             self.shops = tuple(str(shop) for shop in self.shops)
+        self.themes = tuple(self.themes)
+        for theme in self.themes:
+            load_variant(theme)  # a misspelt theme fails here, naming itself
+
+    def layout_of(self, plan: BuyerPlan) -> str:
+        """The store layout this buyer is replayed on."""
+        return self.themes[plan.index % len(self.themes)] if self.themes else self.variant
 
 
 @dataclass
@@ -137,11 +150,12 @@ async def replay(events, catalog, codes, out_dir, config: ReplayConfig = ReplayC
     # A fresh replay: earlier traces and order logs in out_dir would mix with this run's.
     traces_path = out_dir / TRACES_FILE
     traces_path.unlink(missing_ok=True)
-    by_shop: dict[str, list[BuyerPlan]] = {}
+    by_store: dict[tuple[str, str], list[BuyerPlan]] = {}
     for plan in plans:
-        by_shop.setdefault(plan.shop_id, []).append(plan)
-    for shop in by_shop:
-        store_db_path(out_dir, shop).unlink(missing_ok=True)
+        by_store.setdefault((plan.shop_id, config.layout_of(plan)), []).append(plan)
+    db_paths = {key: store_db_path(out_dir, key[0], key[1] if config.themes else None) for key in by_store}
+    for db_path in db_paths.values():
+        db_path.unlink(missing_ok=True)
 
     started = time.perf_counter()
     results: list[BuyerResult] = []
@@ -153,22 +167,26 @@ async def replay(events, catalog, codes, out_dir, config: ReplayConfig = ReplayC
             # A few shops at once, so logs with many small shops still keep `concurrency` buyers busy.
             shop_slots = asyncio.Semaphore(config.concurrency)
 
-            async def one_shop(shop: str, shop_plans: list[BuyerPlan]) -> None:
+            async def one_store(key: tuple[str, str], shop_plans: list[BuyerPlan]) -> None:
                 async with shop_slots:
-                    shop_results = await replay_shop(pool, shop, shop_plans, catalog_frame, config, run_id, out_dir,
-                                                     traces_file, progress, task, counts)
+                    shop_results = await replay_shop(pool, key[0], key[1], shop_plans, catalog_frame, db_paths[key],
+                                                     run_id, traces_file, progress, task)
                 results.extend(shop_results)
-                comparisons.extend(compare_orders(shop_results, store_db_path(out_dir, shop)))
-                counts["exact"] += sum(c["exact"] for c in comparisons if c["shop_id"] == shop)
+                store_comparisons = compare_orders(shop_results, db_paths[key])
+                comparisons.extend(store_comparisons)
+                counts["exact"] += sum(c["exact"] for c in store_comparisons)
                 progress.update(task, exact=counts["exact"])
 
-            await asyncio.gather(*(one_shop(shop, shop_plans) for shop, shop_plans in by_shop.items()))
+            await asyncio.gather(*(one_store(key, shop_plans) for key, shop_plans in by_store.items()))
     elapsed = time.perf_counter() - started
     return write_report(out_dir, run_id, config, plans, results, comparisons, skipped, elapsed, catalog_note(events))
 
 
-def store_db_path(out_dir: Path, shop: str) -> Path:
+def store_db_path(out_dir: Path, shop: str, theme: str | None = None) -> Path:
+    """replay_store_<shop>.sqlite, or replay_store_<shop>_<theme>.sqlite in a themed replay."""
     safe = re.sub(r"[^\w.-]", "_", shop)[:80]
+    if theme:
+        safe += "_" + re.sub(r"[^\w.-]", "_", theme)[:40]
     return out_dir / f"replay_store_{safe}.sqlite"
 
 
@@ -176,9 +194,9 @@ def make_pool(config: ReplayConfig):
     return open_pool(config.driver, config.concurrency)
 
 
-async def replay_shop(pool, shop: str, plans: list[BuyerPlan], catalog_frame: pd.DataFrame, config: ReplayConfig,
-                      run_id: str, out_dir: Path, traces_file, progress, task, counts: Counter) -> list[BuyerResult]:
-    """Serve the shop's store and replay its buyers, `concurrency` at a time (the pool's slots)."""
+async def replay_shop(pool, shop: str, layout: str, plans: list[BuyerPlan], catalog_frame: pd.DataFrame,
+                      db_path: Path, run_id: str, traces_file, progress, task) -> list[BuyerResult]:
+    """Serve the shop's store in `layout` and replay its buyers, `concurrency` at a time (the pool's slots)."""
     from harness.drivers.safety import SiteGuard
     from storefronts.server import serve_store
 
@@ -188,7 +206,7 @@ async def replay_shop(pool, shop: str, plans: list[BuyerPlan], catalog_frame: pd
         results = [BuyerResult(plan, f"{run_id}:{plan.index}", [], [], 0, error=str(error)) for plan in plans]
         progress.update(task, advance=len(plans))
         return results
-    store_context = serve_store(shop_catalog, shop, variant=config.variant, db_path=store_db_path(out_dir, shop))
+    store_context = serve_store(shop_catalog, shop, variant=layout, db_path=db_path)
     store = await asyncio.to_thread(store_context.__enter__)
     try:
         guard = SiteGuard(allow_hosts=[urlsplit(store.url).netloc], our_store=True, rate_limit_per_s=None,
@@ -197,7 +215,8 @@ async def replay_shop(pool, shop: str, plans: list[BuyerPlan], catalog_frame: pd
         async def one_buyer(plan: BuyerPlan) -> BuyerResult:
             result = await run_buyer(pool, guard, store.url, shop_catalog, plan, f"{run_id}:{plan.index}")
             if result.error is None:
-                trace = Trace(plan.shop_id, plan.buyer_id, plan.code, result.steps, result.orders_confirmed > 0)
+                trace = Trace(plan.shop_id, plan.buyer_id, plan.code, result.steps, result.orders_confirmed > 0,
+                              variant=layout)
                 traces_file.write(trace.to_json() + "\n")
                 traces_file.flush()
             progress.update(task, advance=1)

@@ -283,6 +283,7 @@ def evaluation_section(summary: dict, plots: Path) -> str:
         parts.append(funnel_part(protocol, result, plots))
         parts.append(agent_check_part(result.get("agent_check")))
         parts.append(browser_check_part(result.get("browser_check")))
+        parts += [transfer_part(store, transfer) for store, transfer in (result.get("transfer") or {}).items()]
         parts.append(phases_part(result.get("phases")))
     return "\n".join(parts)
 
@@ -463,6 +464,24 @@ def browser_check_part(browser: dict | None) -> str:
             f"({'agree' if browser['agree'] else 'DISAGREE'} within Wilson intervals)</h4>"
             + table(rows, [("driver", "driver"), ("sim_buyers", "buyers"), ("sim_converted", "converted"),
                            ("cr_sim", "CR"), ("cr_sim_ci", "95% CI (Wilson)")]))
+
+
+def transfer_part(store: str, transfer: dict) -> str:
+    """The same synthetic buyers on our mock store and on another store (Oscar, a held-out theme)."""
+    engine = html.escape(store)
+    per_type = [{"code": code, "buyers": entry["buyers"],
+                 "mock": entry["mock_converted"] / entry["buyers"] if entry["buyers"] else None,
+                 "transfer": entry["transfer_converted"] / entry["buyers"] if entry["buyers"] else None}
+                for code, entry in sorted(transfer["per_type"].items(), key=lambda kv: int(kv[0]))]
+    return (f"<h4>Transfer: the persona agent's buyers on the mock store and on {engine}</h4>"
+            "<p class='note'>The same synthetic buyers (codes and seeds) of each shop; conversions counted from "
+            "each store's own orders.</p>"
+            + table(transfer["shops"], [("shop", "shop"), ("buyers", "buyers"), ("cr_real", "real CR"),
+                                        ("cr_mock", "mock store CR"), ("cr_mock_ci", "95% CI"),
+                                        ("cr_transfer", f"{engine} CR"), ("cr_transfer_ci", "95% CI")])
+            + "<h5>Per type, pooled over those shops</h5>"
+            + table(per_type, [("code", "code"), ("buyers", "buyers"), ("mock", "mock store CR"),
+                               ("transfer", f"{engine} CR")]))
 
 
 # ---------------------------------------------------------------------------------------------

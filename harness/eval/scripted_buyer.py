@@ -12,7 +12,8 @@ store's ids or URLs:
                       a repeated view re-opens the page (its own link, or `back` and click again)
     page_view         the intent's category listing when it has one, else the home page
     search            type the query into the search box (Enter submits)
-    add_to_cart       on the product page, click the add-to-cart button
+    add_to_cart       on the product page, choose a required size or colour when the form has one,
+                      then click the add-to-cart button
     remove_from_cart  in the cart, click the product's remove button
     checkout          go to the cart and start the checkout
     purchase          put exactly the order's products in the cart (adding what is missing, since
@@ -21,6 +22,10 @@ store's ids or URLs:
                       checkout step filling the fields with test values
                       (agent.baselines.fields_to_fill / fake_value_for) and place the order
     end of intents    `stop`
+
+A dialog over the page (a cookie banner, a newsletter pop-up, a mini-cart drawer) is closed with
+its own close control before the buyer goes on, as people do; a drawer that links the cart is
+used to get there.
 
 An intent that cannot be acted out is recorded as a failure with its reason (IntentFailed) and
 the buyer goes on with the next one.
@@ -36,7 +41,7 @@ from urllib.parse import urlsplit
 
 from agent.actions import parse_action
 from agent.baselines import fake_value_for, fields_to_fill, first_real_option
-from agent.page import REMOVE_FROM_CART, SELECT_ROLES, TEXT_ROLES, Page, names_cart, parse
+from agent.page import PRODUCT_OPTION, REMOVE_FROM_CART, SELECT_ROLES, TEXT_ROLES, Page, names_cart, parse
 from agent.traces import Step
 from harness.drivers.base import StepOutcome
 from harness.drivers.observation import NAME_MAX_CHARS, collapse, truncate
@@ -46,8 +51,10 @@ from storefronts.catalog import StoreCatalog, category_label
 NAVIGATION_STEP_LIMIT = 14  # steps to reach one product page before giving up
 CHECKOUT_STEP_LIMIT = 40    # steps from the cart to the order confirmation
 MAX_FILL_ATTEMPTS = 2       # a field the store keeps rejecting is not typed forever
+DIALOG_CLOSE_ATTEMPTS = 3   # one dialog may open behind another (cookies, then a pop-up)
 
-_NEXT_PAGE = re.compile(r"^(next( page)?|more results|›|»)\b|^(›|»)$", re.IGNORECASE)
+_NEXT_PAGE = re.compile(r"^(next( page)?|more results|load more( products)?|show more( products)?|›|»)\b|^(›|»)$",
+                        re.IGNORECASE)
 
 
 class IntentFailed(Exception):
@@ -156,6 +163,14 @@ class ScriptedBuyer:
         else:  # check_events rejects unknown types; this is a programming error
             raise AssertionError(f"unknown intent {kind!r}")
 
+    async def close_dialog(self) -> None:
+        """Close whatever dialog covers the page with its own close control."""
+        for _ in range(DIALOG_CLOSE_ATTEMPTS):
+            controls = self.page.dismiss_controls
+            if self.page.dialog is None or not controls:
+                return
+            await self.act(f"click [{controls[0].element_id}]")
+
     # -- browsing ------------------------------------------------------------------------------
 
     def product(self, product_id: str | None):
@@ -179,6 +194,7 @@ class ScriptedBuyer:
         searched = went_home = False
         arrived = False
         for _ in range(NAVIGATION_STEP_LIMIT):
+            await self.close_dialog()
             on_page = self.on_product_page(product)
             if on_page and (arrived or not fresh):
                 return
@@ -209,6 +225,7 @@ class ScriptedBuyer:
         if category and category in self.catalog.by_category:
             label = shown_name(category_label(category))
             for _ in range(2):
+                await self.close_dialog()
                 links = [e for e in self.page.elements if e.role == "link" and e.name == label]
                 if links:
                     await self.act(f"click [{links[0].element_id}]")
@@ -217,6 +234,7 @@ class ScriptedBuyer:
         await self.go_home()
 
     async def go_home(self) -> None:
+        await self.close_dialog()
         links = [e for e in self.page.elements if e.role == "link"]
         if not links:
             raise IntentFailed("the page has no link back to the home page")
@@ -226,6 +244,7 @@ class ScriptedBuyer:
         if not query:
             raise IntentFailed("search event without a query")
         for _ in range(2):
+            await self.close_dialog()
             boxes = [e for e in self.page.elements if e.role == "searchbox"]
             if boxes:
                 await self.act(_type(boxes[0].element_id, query))
@@ -239,6 +258,7 @@ class ScriptedBuyer:
         """Reach the product and add `units` of it (typing the quantity submits the add form)."""
         product = self.product(product_id)
         await self.reach_product(product, fresh=False)
+        await self.choose_product_options()
         page = self.page
         quantity_fields = [e for e in page.elements if e.role == "spinbutton"]
         before = page.cart_items
@@ -256,9 +276,17 @@ class ScriptedBuyer:
             raise IntentFailed(f"adding {product.product_id!r} to the cart failed: {outcome.error or 'cart unchanged'}")
         self.cart[product.product_id] += units
 
+    async def choose_product_options(self) -> None:
+        """Pick the first size or colour of a product form that needs one before adding."""
+        for element in fields_to_fill(self.page):
+            if element.role in SELECT_ROLES and PRODUCT_OPTION.search(element.name):
+                await self.act(_fill(element))
+
     async def open_cart(self) -> None:
         if names_cart(self.page.heading):
             return
+        if not self.page.cart_links:  # a drawer that links the cart is the way there
+            await self.close_dialog()
         links = self.page.cart_links
         if not links:
             await self.go_home()
@@ -343,6 +371,7 @@ class ScriptedBuyer:
         for _ in range(CHECKOUT_STEP_LIMIT):
             if self.orders_confirmed > before:
                 return
+            await self.close_dialog()
             page = self.page
             url = page.url
             line = None

@@ -350,6 +350,18 @@ async def _drive_buyer(pool, guard, buyer, batcher, config, is_stopping=None) ->
 # The run
 
 
+def served_store_options(served) -> dict:
+    """SimulationConfig fields for a store this process serves. Our mock store: orders are placed,
+    no rate limit. Oscar, a store nobody here wrote: guarded as one (allow-list, redirects checked,
+    pay controls recognised), except that its checkouts are submitted so Oscar counts the orders."""
+    from storefronts.server import RunningStore
+
+    if isinstance(served, RunningStore):
+        return {"store_url": served.url, "store_db": served.db_path, "our_store": True, "variant": served.variant.name}
+    return {"store_url": served.url, "store_db": served.db_path, "place_orders": True, "rate_limit_per_s": 0,
+            "variant": f"oscar-{served.variant}"}
+
+
 def make_pool(config: SimulationConfig):
     return open_pool(config.driver, config.concurrency, settle_ms=config.settle_ms)
 
