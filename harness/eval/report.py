@@ -469,19 +469,23 @@ def browser_check_part(browser: dict | None) -> str:
 def transfer_part(store: str, transfer: dict) -> str:
     """The same synthetic buyers on our mock store and on another store (Oscar, a held-out theme)."""
     engine = html.escape(store)
+    shops = [{"shop": row["shop"], "buyers": row["buyers"], "real": rate_with_interval(row["cr_real"], row["cr_real_ci"]),
+              "mock": rate_with_interval(row["cr_mock"], row["cr_mock_ci"]),
+              "other": rate_with_interval(row["cr_transfer"], row["cr_transfer_ci"]),
+              "agreement": row["store_agreement"]} for row in transfer["shops"]]
     per_type = [{"code": code, "buyers": entry["buyers"],
-                 "mock": entry["mock_converted"] / entry["buyers"] if entry["buyers"] else None,
-                 "transfer": entry["transfer_converted"] / entry["buyers"] if entry["buyers"] else None}
+                 "mock": rate_with_interval(entry["mock_converted"] / entry["buyers"]) if entry["buyers"] else "—",
+                 "other": rate_with_interval(entry["transfer_converted"] / entry["buyers"]) if entry["buyers"] else "—"}
                 for code, entry in sorted(transfer["per_type"].items(), key=lambda kv: int(kv[0]))]
     return (f"<h4>Transfer: the persona agent's buyers on the mock store and on {engine}</h4>"
             "<p class='note'>The same synthetic buyers (codes and seeds) of each shop; conversions counted from "
-            "each store's own orders.</p>"
-            + table(transfer["shops"], [("shop", "shop"), ("buyers", "buyers"), ("cr_real", "real CR"),
-                                        ("cr_mock", "mock store CR"), ("cr_mock_ci", "95% CI"),
-                                        ("cr_transfer", f"{engine} CR"), ("cr_transfer_ci", "95% CI")])
+            "each store's own orders (agreement: the share of buyers whose claim the store's count confirms); "
+            "95 % Wilson intervals.</p>"
+            + table(shops, [("shop", "shop"), ("buyers", "buyers"), ("real", "real CR"), ("mock", "mock store CR"),
+                            ("other", f"{engine} CR"), ("agreement", "store agreement")], left=("shop",))
             + "<h5>Per type, pooled over those shops</h5>"
             + table(per_type, [("code", "code"), ("buyers", "buyers"), ("mock", "mock store CR"),
-                               ("transfer", f"{engine} CR")]))
+                               ("other", f"{engine} CR")]))
 
 
 # ---------------------------------------------------------------------------------------------
