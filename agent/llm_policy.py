@@ -69,7 +69,7 @@ class LLMPolicy:
     name: str = "llm"
 
     def __post_init__(self) -> None:
-        persona_ids = tuple(self.backend.tokenizer.convert_tokens_to_ids(token) for token in self.persona_map.tokens)
+        persona_ids = tuple(self.backend.tokenizer.convert_tokens_to_ids(token) for token in self.persona_map.tokens if token)
         self.generation = replace(self.generation, suppressed_ids=persona_ids)
 
     @classmethod
@@ -85,6 +85,14 @@ class LLMPolicy:
                    generation=sampling_settings(persona_map, temperature, seed), **options)
 
     @classmethod
+    def zero_shot(cls, backend: Backend, temperature: float | None = None, seed: int = 0, **options) -> "LLMPolicy":
+        """A model never trained on traces, prompted like the agent but with no persona token (every
+        buyer is the same shopper): the baseline of the task benchmark. Greedy unless told otherwise."""
+        no_personas = PersonaMap(0, {}, neutral="", init="none")
+        settings = GenerationSettings(temperature=0.0 if temperature is None else temperature, seed=seed)
+        return cls(backend, no_personas, generation=settings, neutral=True, **options)
+
+    @classmethod
     def from_endpoint(cls, base_url: str, agent_dir: str | Path, codebook: CodebookArtifact | None = None,
                       model: str | None = None, temperature: float | None = None, seed: int = 0,
                       **options) -> "LLMPolicy":
@@ -97,7 +105,7 @@ class LLMPolicy:
     def prompts(self, turns: list[BuyerTurn]) -> list[str]:
         return [
             fit_prompt(self.backend.tokenizer, self.persona_map.token_for(turn.code, self.neutral),
-                       turn.observation, turn.history, self.prompt_config, self.persona_map.prompt_tokens)
+                       turn.observation, turn.history, self.prompt_config, self.persona_map.prompt_tokens, turn.goal)
             for turn in turns
         ]
 

@@ -20,6 +20,7 @@ class BuyerTurn:
     observation: str          # the observation text (DESIGN.md, "Observation and action")
     history: list[str] = field(default_factory=list)  # earlier action lines, oldest first
     seed: int = 0             # the buyer's own seed, so sampling is reproducible per buyer
+    goal: str = ""            # a task the buyer is given (agent.prompt.buy_goal); "" for a free persona buyer
 
 
 class Policy(Protocol):

@@ -8,6 +8,9 @@ The prompt is the model's own chat template with:
   trained on a few hundred traces otherwise learns the average buyer and ignores the token),
 and the answer is exactly one action line of the grammar (agent/actions.py).
 
+A buyer given a task (`simpersona tasks`: "buy this product") also gets a `Goal:` line right
+before the persona token, in the words of `buy_goal`; a free persona buyer's prompt has none.
+
 Validation is strict: the first line of the model output must parse and, when it names an
 element, that id must be one of the element lines of the observation (agent.page.parse reads
 them). `candidate_actions` lists the id-bound and id-free actions that the constrained retry
@@ -41,18 +44,27 @@ def shorten_observation(observation: str, max_chars: int) -> str:
     return observation[: cut if cut > 0 else max_chars] + "\n…"
 
 
-def build_messages(persona_token: str, observation: str, history: list[str], config: PromptConfig = PromptConfig()) -> list[dict]:
+def buy_goal(title: str) -> str:
+    """The task of a buyer sent to buy one product, as the prompt states it."""
+    return f'buy "{title}"'
+
+
+def build_messages(persona_token: str, observation: str, history: list[str], config: PromptConfig = PromptConfig(),
+                   goal: str = "") -> list[dict]:
     recent = history[-config.history_length :] if config.history_length > 0 else []
     user = shorten_observation(observation, config.max_observation_chars)
     user += "\nLast actions: " + ("; ".join(recent) if recent else "none")
+    if goal:
+        user += f"\nGoal: {goal}"
     user += f"\nShopper: {persona_token}"
     system = SYSTEM_TEMPLATE.format(token=persona_token, forms=expected_forms())
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
-def render_prompt(tokenizer, persona_token: str, observation: str, history: list[str], config: PromptConfig = PromptConfig()) -> str:
+def render_prompt(tokenizer, persona_token: str, observation: str, history: list[str], config: PromptConfig = PromptConfig(),
+                  goal: str = "") -> str:
     """The full prompt text, ending where the assistant's answer starts."""
-    messages = build_messages(persona_token, observation, history, config)
+    messages = build_messages(persona_token, observation, history, config, goal)
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
@@ -62,12 +74,12 @@ def prompt_budget(max_length: int | None) -> int | None:
 
 
 def fit_prompt(tokenizer, persona_token: str, observation: str, history: list[str], config: PromptConfig,
-               max_tokens: int | None) -> str:
+               max_tokens: int | None, goal: str = "") -> str:
     """render_prompt, with the observation cut shorter until the prompt has at most `max_tokens`
     tokens: the same rule in training (agent.sft) and at inference (agent.llm_policy), so the agent
     never sees a longer prompt than it was trained on. None: no limit."""
     while True:
-        prompt = render_prompt(tokenizer, persona_token, observation, history, config)
+        prompt = render_prompt(tokenizer, persona_token, observation, history, config, goal)
         if max_tokens is None or config.max_observation_chars < 200:
             return prompt
         if len(tokenizer(prompt, add_special_tokens=False).input_ids) <= max_tokens:

@@ -135,7 +135,7 @@ def build_examples(traces: list[Trace], tokenizer, persona_map: PersonaMap, conf
             neutral = rng.random() < config.neutral_dropout
             token = persona_map.token_for(trace.code, neutral=neutral)
             history = [earlier.action for earlier in trace.steps[:index]]
-            example = _example(tokenizer, token, step.observation, history, step.action, config)
+            example = _example(tokenizer, token, step.observation, history, step.action, config, trace.goal)
             example.weight = config.decision_weight if index == decision else 1.0
             examples.append(example)
     return examples
@@ -149,10 +149,10 @@ def decision_step(trace: Trace) -> int | None:
         return None
 
 
-def _example(tokenizer, token, observation, history, action, config: SFTConfig) -> Example:
+def _example(tokenizer, token, observation, history, action, config: SFTConfig, goal: str = "") -> Example:
     answer_ids = tokenizer(answer_text(tokenizer, action), add_special_tokens=False).input_ids
     # Too long: show less of the page rather than cutting the answer or the persona token.
-    prompt = fit_prompt(tokenizer, token, observation, history, config.prompt, prompt_budget(config.max_length))
+    prompt = fit_prompt(tokenizer, token, observation, history, config.prompt, prompt_budget(config.max_length), goal)
     prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
     return Example(prompt_ids + answer_ids, [IGNORE_INDEX] * len(prompt_ids) + answer_ids)
 
@@ -395,7 +395,8 @@ def start_from_anchors(model, traces: list[Trace], tokenizer, persona_map: Perso
         for trace, index in rng.sample(steps, min(ANCHOR_STEPS_PER_CODE, len(steps))):
             step = trace.steps[index]
             history = [earlier.action for earlier in trace.steps[:index]]
-            examples.append(_example(tokenizer, persona_map.token_for(code), step.observation, history, step.action, config))
+            examples.append(_example(tokenizer, persona_map.token_for(code), step.observation, history, step.action, config,
+                                     trace.goal))
             owners.append(code)
     weight = model.get_input_embeddings().weight
     rows = anchors.rows.to(weight.device, weight.dtype)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import random
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from agent.actions import ActionError, parse_action
@@ -36,6 +36,7 @@ class Trace:
     steps: list[Step]
     converted: bool
     variant: str = ""  # the store layout the trace was recorded on ("" when not recorded)
+    goal: str = ""  # the task the buyer was given (agent.prompt.buy_goal); "" for a real buyer's own session
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False)
@@ -71,10 +72,11 @@ def parse_trace(record: dict, where: str) -> Trace:
         except ActionError as error:
             raise TraceError(f"{step_where}: invalid action: {error}") from None
         steps.append(Step(step["observation"], step["action"].strip()))
-    variant = record.get("variant", "")
-    if not isinstance(variant, str):
-        raise TraceError(f"{where}: field 'variant' should be str, got {variant!r:.80}")
-    return Trace(str(record["shop_id"]), str(record["buyer_id"]), record["code"], steps, record["converted"], variant)
+    optional = {name: record.get(name, "") for name in ("variant", "goal")}
+    for name, value in optional.items():
+        if not isinstance(value, str):
+            raise TraceError(f"{where}: field {name!r} should be str, got {value!r:.80}")
+    return Trace(str(record["shop_id"]), str(record["buyer_id"]), record["code"], steps, record["converted"], **optional)
 
 
 def read_traces(path: str | Path) -> list[Trace]:
@@ -102,9 +104,9 @@ _PORT = re.compile(r"(?<=//127\.0\.0\.1):\d+/")  # the local store's port in a U
 
 
 def trace_texts(traces: list[Trace]) -> list[str]:
-    """Every observation and action of the traces: the corpus a tiny model's tokenizer is trained on."""
+    """Every observation, action and goal of the traces: the corpus a tiny model's tokenizer is trained on."""
     steps = [step for trace in traces for step in trace.steps]
-    return [step.observation for step in steps] + [step.action for step in steps]
+    return [step.observation for step in steps] + [step.action for step in steps] + [t.goal for t in traces if t.goal]
 
 
 def rename_shop(trace: Trace, rng: random.Random) -> Trace:
@@ -124,7 +126,7 @@ def rename_shop(trace: Trace, rng: random.Random) -> Trace:
         return _PORT.sub(port, own_id.sub(fresh, text))
 
     steps = [Step(renamed(step.observation), renamed(step.action)) for step in trace.steps]
-    return Trace(fresh, trace.buyer_id, trace.code, steps, trace.converted)
+    return replace(trace, shop_id=fresh, steps=steps, goal=renamed(trace.goal))
 
 
 def write_traces(traces: list[Trace], path: str | Path) -> Path:

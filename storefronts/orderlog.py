@@ -198,13 +198,28 @@ def read_orders(db_path: str | Path) -> list[dict]:
 
 def orders_by_buyer(db_path: str | Path, run_id: str) -> Counter:
     """buyer_index → orders the store holds for that buyer of the run (tags `<run_id>:<buyer_index>`)."""
+    return Counter({buyer: len(orders) for buyer, orders in _run_orders(db_path, run_id).items()})
+
+
+def products_by_buyer(db_path: str | Path, run_id: str) -> dict[int, Counter]:
+    """buyer_index → units of each product_id the buyer's orders in this run hold (mock store or Oscar)."""
+    bought: dict[int, Counter] = {}
+    for buyer, orders in _run_orders(db_path, run_id).items():
+        units = bought.setdefault(buyer, Counter())
+        for order in orders:
+            for item in order["items"]:
+                units[str(item["product_id"])] += int(item["quantity"])
+    return bought
+
+
+def _run_orders(db_path: str | Path, run_id: str) -> dict[int, list[dict]]:
     prefix = f"{run_id}:"
-    counted: Counter = Counter()
+    orders: dict[int, list[dict]] = {}
     for order in read_orders(db_path):
         tag = order.get("buyer_tag") or ""
         if tag.startswith(prefix) and tag[len(prefix):].isdigit():
-            counted[int(tag[len(prefix):])] += 1
-    return counted
+            orders.setdefault(int(tag[len(prefix):]), []).append(order)
+    return orders
 
 
 def read_events(db_path: str | Path) -> list[dict]:

@@ -45,13 +45,25 @@ def test_the_base_is_built_once_into_the_cache_named_by_its_recipe(micro_base, m
     assert not list(micro_base.parent.glob("*.building"))  # no half-built scratch left behind
 
 
+def test_goal_sessions_join_the_recipe_without_changing_goal_free_keys(tmp_path):
+    with_goals = replace(MICRO, goal_buyers_per_shop=2)
+    assert with_goals.key() != MICRO.key()
+    assert replace(MICRO, goal_type="searcher").key() == MICRO.key()  # no goal sessions: the recipe is the same
+    events, catalog, codes, names = make_world(with_goals, tmp_path / "world")
+    traces = replay_world(with_goals, events, catalog, codes.head(3), names, tmp_path / "traces", progress=False)
+    goal_traces = [trace for trace in traces if trace.goal]
+    assert len(traces) - len(goal_traces) == 3
+    assert len(goal_traces) == 2 * codes.head(3)["shop_id"].nunique()
+    assert all(t.goal.startswith('buy "') and t.converted and t.code == names.index("decisive_buyer") for t in goal_traces)
+
+
 def test_the_base_drops_its_type_rows_so_a_dataset_adds_its_own_persona_tokens(micro_base, tmp_path):
     base = load_local(micro_base)
     assert not [token for token in base.tokenizer.get_vocab() if token.startswith("<persona")]
     vocabulary = len(base.tokenizer)
     assert base.model.get_input_embeddings().weight.shape[0] == vocabulary
-    events, catalog, codes, _ = make_world(MICRO, tmp_path / "world")
-    traces = replay_world(MICRO, events, catalog, codes.head(4), tmp_path / "traces", progress=False)
+    events, catalog, codes, names = make_world(MICRO, tmp_path / "world")
+    traces = replay_world(MICRO, events, catalog, codes.head(4), names, tmp_path / "traces", progress=False)
     dataset_traces = [replace(trace, code=index % 3) for index, trace in enumerate(traces)]  # a dataset's types 0-2 of 4
     anchors = PersonaAnchors.load(micro_base)
     assert set(anchors.names) <= set(BUYER_TYPE_NAMES) and anchors.rows.shape == (len(anchors.names), MICRO.hidden_size)

@@ -16,7 +16,7 @@ from agent.actions import parse_action
 from harness.drivers.safety import SiteGuard
 from harness.sim.simulate import acted_element, audit
 from agent.page import parse as parse_page
-from storefronts.orderlog import orders_by_buyer, read_orders
+from storefronts.orderlog import orders_by_buyer, products_by_buyer, read_orders
 
 oscar = pytest.importorskip("storefronts.oscar")
 if not oscar.oscar_installed():
@@ -95,6 +95,8 @@ async def test_a_guest_checkout_is_one_order_in_oscars_own_table(pools, store, d
     order = next(o for o in read_orders(store.db_path) if o["buyer_tag"] == f"{run}:0")
     assert outcomes[-1].detail.get("order_id") in (order["order_id"], None)
     assert order["lines"] == 1 and order["total"] > 0
+    bought = products_by_buyer(store.db_path, run)  # what the task benchmark scores: our product ids
+    assert list(bought) == [0] and sum(bought[0].values()) == 1 and set(bought[0]) <= set(CATALOG["product_id"])
 
 
 async def test_without_place_orders_the_place_order_click_is_intercepted(pools, store):

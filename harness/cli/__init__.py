@@ -11,6 +11,7 @@ from harness.cli import ab  # noqa: F401  (ab: A/B and A/A what-if runs)
 from harness.cli import replay  # noqa: F401  (make-traces)
 from harness.cli import evaluate  # noqa: F401  (evaluate: held-out shops; report)
 from harness.cli import sensitivity  # noqa: F401  (sensitivity: codebook size and commitment weight)
+from harness.cli import tasks  # noqa: F401  (tasks: goal-oriented task benchmark)
 
 __all__ = ["app"]
 

@@ -10,6 +10,7 @@ import typer
 from agent.sft import SFTConfig
 from harness.cli.app import app
 from harness.cli.defaults import default_of
+from harness.eval.nav_base import DEFAULT_STAGE2_LR
 
 
 def _load_centroids(path: Path) -> np.ndarray:
@@ -63,7 +64,8 @@ def train_agent_command(
     stage1_epochs: int = typer.Option(_sft("stage1_epochs")),
     stage2_epochs: int = typer.Option(_sft("stage2_epochs")),
     stage1_lr: float = typer.Option(_sft("stage1_lr")),
-    stage2_lr: float = typer.Option(None, help=f"default {_sft('stage2_lr'):g} for full, {_sft('lora_lr'):g} for LoRA"),
+    stage2_lr: float = typer.Option(None, help=f"default {_sft('stage2_lr'):g} for full ({DEFAULT_STAGE2_LR['nav']:g} on a "
+                                    f"navigation base, as evaluate trains it), {_sft('lora_lr'):g} for LoRA"),
     batch_size: int = typer.Option(_sft("batch_size"), help="examples per forward pass"),
     grad_accumulation: int = typer.Option(_sft("grad_accumulation"),
                                           help="forward passes per optimiser step (effective batch: batch-size x this)"),
@@ -108,6 +110,7 @@ def train_agent_command(
     console.print(f"{len(records)} traces, {sum(len(t.steps) for t in records)} steps; loading base {base!r}")
     from harness.eval.nav_base import BASES, ensure_nav_base
 
+    base_spec = base
     if base in BASES:
         base = str(ensure_nav_base(BASES[base], console=console))
     model = load_base(base, trace_texts(records))
@@ -120,6 +123,8 @@ def train_agent_command(
         seed=seed, grad_accumulation=grad_accumulation, stage1_max_seconds=max_seconds, stage2_max_seconds=max_seconds,
         device=device, precision=precision,
     )
+    if stage2_lr is None and stage2 == "full":
+        stage2_lr = DEFAULT_STAGE2_LR.get(base_spec)  # the rate evaluate trains this base with
     if stage2_lr is not None:
         config.stage2_lr = config.lora_lr = stage2_lr
     result = train_agent(records, model, config, _load_centroids(centroids) if centroids else None, anchors=anchors)

@@ -45,7 +45,9 @@ def make_traces_command(
     variant: str = typer.Option("default", "--variant", help="Store layout variant."),
     themes: bool = typer.Option(False, "--themes", help="Spread the buyers over the training themes (every theme but "
                                 "the held-out ones) instead of one --variant: the same real decisions on other pages."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the buyer sample."),
+    goal_buyers: int = typer.Option(0, "--goal-buyers", min=0, help="Add this many goal sessions per shop: buyers of the "
+                                    "most-converting type told to buy one product (`simpersona tasks` asks the same)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the buyer sample and of the goal sessions' targets."),
 ) -> None:
     """Act out every real buyer × shop in the mock store and record (observation, action) traces."""
     from harness.eval.replay import ReplayConfig, ReplayError, make_traces
@@ -56,12 +58,15 @@ def make_traces_command(
                       "on the ingest directory or pass --features")
         raise typer.Exit(code=2)
     wanted = tuple(shop.strip() for item in shops or [] for shop in item.split(",") if shop.strip()) or None
+    from codebook.artifact import CodebookArtifact
+    from harness.eval.tasks import buying_code
     from storefronts.variants import training_themes
 
     config = ReplayConfig(driver=driver.value, concurrency=concurrency, variant=variant, shops=wanted,
                           themes=tuple(training_themes()) if themes else (),
                           max_buyers_per_shop=max_buyers_per_shop, max_steps_per_buyer=max_steps, seed=seed,
-                          progress=True)
+                          progress=True, goal_buyers_per_shop=goal_buyers,
+                          goal_code=buying_code(CodebookArtifact.load(codebook)) if goal_buyers else None)
     try:
         report = make_traces(events, catalog, codes_from_codebook(codebook, features), out, config)
     except ReplayError as error:
@@ -72,7 +77,8 @@ def make_traces_command(
 
 def print_summary(report) -> None:
     details = report.details
-    console.print(f"replayed {report.n_buyers:,} buyers in {details['n_shops']:,} shops "
+    goal_note = f", {details['n_goal_sessions']:,} of them goal sessions" if details.get("n_goal_sessions") else ""
+    console.print(f"replayed {report.n_buyers:,} buyers in {details['n_shops']:,} shops{goal_note} "
                   f"({details['buyers_per_minute']} buyers/min); skipped: {details['n_skipped'] or 'none'}")
     colour = "green" if report.n_exact == report.n_buyers else "yellow"
     console.print(f"[bold {colour}]exact: {report.n_exact:,}/{report.n_buyers:,} "

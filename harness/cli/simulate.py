@@ -27,11 +27,10 @@ from harness.cli.defaults import default_of
 from harness.drivers import Driver
 from harness.sim.policies import DEFAULT_POLICY, POLICY_CHOICES, PolicySpec, check_policy
 from harness.sim.rundir import RunDirError
-from harness.sim.simulate import SimulationConfig
+from harness.sim.simulate import ENGINES, SimulationConfig
 
 STORE_DB_FILE = "store.sqlite"
 OSCAR_DB_FILE = "oscar.sqlite"
-ENGINES = ("mock", "oscar")
 INTERRUPT_SIGNALS = {"SIGINT": 2, "SIGTERM": 15}  # exit status 128 + signal number, as shells expect
 POLICY_HELP = f"Which policy drives the buyers: {POLICY_CHOICES}."
 AGENT_DIR_HELP = "With an endpoint --policy: the agent dir it serves (tokenizer, persona.json)."
@@ -156,10 +155,8 @@ def _run(console, spec: PolicySpec, codebook: CodebookArtifact, *, store, catalo
 
     if catalog is None:
         serving = nullcontext(None)
-    elif engine == "oscar":
-        serving = _serve_oscar(catalog, catalog_shop, variant, out_dir, run_id, faults)
     else:
-        serving = _serve_mock_store(catalog, catalog_shop, variant, out_dir, run_id, faults)
+        serving = _serve(catalog, catalog_shop, engine, variant, out_dir, run_id, faults)
     with serving as served:
         if served is not None:
             options.update(served_store_options(served))
@@ -183,25 +180,13 @@ def _run(console, spec: PolicySpec, codebook: CodebookArtifact, *, store, catalo
         raise typer.Exit(128 + INTERRUPT_SIGNALS.get(interrupted, 2))
 
 
-def _serve_mock_store(catalog: Path, shop: str, variant: str | None, out: Path, run_id: str, faults=None):
-    """Our mock store for this run; its order log lives in the run directory, so a resumed run
-    keeps counting into the same log."""
-    from storefronts.server import serve_store
+def _serve(catalog: Path, shop: str, engine: str, variant: str | None, out: Path, run_id: str, faults=None):
+    """The store this run serves itself; its database lives in the run directory, so a resumed run
+    keeps counting into the same one."""
+    from harness.sim.simulate import serve_for_run
 
-    db_path = out / run_id / STORE_DB_FILE
-    db_path.parent.mkdir(parents=True, exist_ok=True)
-    return serve_store(catalog, shop, variant=variant or "default", db_path=db_path, faults=faults)
-
-
-def _serve_oscar(catalog: Path, shop: str, variant: str | None, out: Path, run_id: str, faults=None):
-    """Oscar for this run; its database lives in the run directory (a resumed run keeps counting into it)."""
-    from storefronts.oscar import serve_oscar
-
-    if faults is not None:
-        raise ValueError("fault injection is a feature of our mock store; Oscar runs as it is (--engine mock)")
-    db_path = out / run_id / OSCAR_DB_FILE
-    db_path.parent.mkdir(parents=True, exist_ok=True)
-    return serve_oscar(catalog, shop, db_path=db_path, variant=variant or "default")
+    db_file = OSCAR_DB_FILE if engine == "oscar" else STORE_DB_FILE
+    return serve_for_run(catalog, shop, out / run_id / db_file, engine=engine, variant=variant, faults=faults)
 
 
 def _print_summary(console: Console, run_dir: Path, summary: dict) -> None:

@@ -70,7 +70,7 @@ from harness.eval.metrics import (
     summarize_policy,
     type_oracle_rate,
 )
-from harness.eval.nav_base import BASES, ensure_nav_base
+from harness.eval.nav_base import BASES, DEFAULT_STAGE2_LR, ensure_nav_base
 from harness.eval.phases import PhaseTimes
 from harness.eval.split import (
     SPLIT_FILE,
@@ -87,7 +87,6 @@ FEATURE_FILES = {"paper": "features_all.parquet", "strict": "features_browse_onl
 SUMMARY_FILE = "summary.json"
 RESULTS_FILE = "results.json"
 CALIBRATION_FILE = "calibration.json"
-DEFAULT_STAGE2_LR = {"tiny": 1e-2, "nav": 1e-3, "nav-themes": 1e-3}  # by agent_base; any other base: 5e-5
 
 
 @dataclass
@@ -506,14 +505,12 @@ async def simulate_shop(config: EvaluateConfig, work: Path, codebook: CodebookAr
 def serve_engine(config: EvaluateConfig, shop: str, engine: str, folder: Path):
     """The store a held-out shop's simulation runs on, its order database in `folder`: the mock
     store in config.variant ("mock"), django-oscar ("oscar"), or the mock store in a named theme."""
+    from harness.sim.simulate import serve_for_run
+
     if engine == "oscar":
-        from storefronts.oscar import serve_oscar
-
-        return serve_oscar(config.catalog, shop, db_path=folder / f"{shop}.oscar.db")
-    from storefronts.server import serve_store
-
+        return serve_for_run(config.catalog, shop, folder / f"{shop}.oscar.db", engine="oscar")
     variant = config.variant if engine == "mock" else engine
-    return serve_store(config.catalog, shop, variant=variant, db_path=folder / f"{shop}.store.db")
+    return serve_for_run(config.catalog, shop, folder / f"{shop}.store.db", variant=variant)
 
 
 def shop_row(policy: str, plan: ShopPlan, summary: dict, driver: str) -> dict:

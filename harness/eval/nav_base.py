@@ -11,7 +11,10 @@ The recipe (`NavBaseConfig`, every option named):
     1. world     a synthetic clickstream log (codebook.synthetic) with its own seed: shops, catalogs
                  and buyers that no dataset has
     2. traces    its buyers replayed by scripted buyers (harness.eval.replay, http driver), each
-                 share of buyers on another store layout (`variants`), so no one page's ids are learned
+                 share of buyers on another store layout (`variants`), so no one page's ids are learned;
+                 with them `goal_buyers_per_shop` buyers of `goal_type` per shop, each told to buy one
+                 product (harness.eval.tasks: "Goal: buy <title>" in the prompt), so the base also
+                 follows a task
     3. model     a byte-level BPE tokenizer trained on those pages and the action grammar, and a
                  randomly initialised tiny Qwen3 (agent.models.load_tiny)
     4. SFT       one stage of full fine-tuning with each buyer's planted type as its persona token,
@@ -64,6 +67,8 @@ class NavBaseConfig:
     # that layout's extra steps and moved buttons as a buyer would, for the first time.
     variants: tuple[str, ...] = ("saved_details", "default", "list")
     trace_max_steps: int = 24
+    goal_buyers_per_shop: int = 0
+    goal_type: str = "decisive_buyer"  # the planted type whose token goal buyers carry: finds a product and pays
     # 3. model
     hidden_size: int = 128
     layers: int = 4
@@ -76,19 +81,25 @@ class NavBaseConfig:
     seed: int = 0
 
     def key(self) -> str:
-        recipe = json.dumps({"version": RECIPE_VERSION, **asdict(self)}, sort_keys=True)
+        fields = asdict(self)
+        if not self.goal_buyers_per_shop:  # a recipe without goal sessions keeps the key it had before they existed
+            del fields["goal_buyers_per_shop"], fields["goal_type"]
+        recipe = json.dumps({"version": RECIPE_VERSION, **fields}, sort_keys=True)
         return hashlib.sha256(recipe.encode()).hexdigest()[:12]
 
 
 def themed_config(config: NavBaseConfig = NavBaseConfig()) -> NavBaseConfig:
     """The recipe with its buyers also dealt over the training themes (storefronts/variants/themes;
-    the held-out themes stay out), so the base meets the ways real shops word and arrange pages."""
+    the held-out themes stay out), so the base meets the ways real shops word and arrange pages, and
+    with goal sessions, so it also follows a task (`simpersona tasks`)."""
     from storefronts.variants import training_themes
 
-    return replace(config, variants=(*config.variants, *training_themes()))
+    return replace(config, variants=(*config.variants, *training_themes()), goal_buyers_per_shop=40)
 
 
 BASES = {"nav": NavBaseConfig(), "nav-themes": themed_config()}  # what `train-agent --base` may name
+# The stage-2 learning rate of a dataset's SFT on each base (evaluate and train-agent); other bases: agent.sft's default.
+DEFAULT_STAGE2_LR = {"tiny": 1e-2, "nav": 1e-3, "nav-themes": 1e-3}
 
 
 def nav_base_dir(config: NavBaseConfig = NavBaseConfig()) -> Path:
@@ -131,7 +142,7 @@ def build_nav_base(config: NavBaseConfig, out: Path, console: Console, progress:
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
     events, catalog, codes, type_names = make_world(config, scratch / "world")
-    traces = replay_world(config, events, catalog, codes, scratch / "traces", progress)
+    traces = replay_world(config, events, catalog, codes, type_names, scratch / "traces", progress)
     console.print(f"navigation base: {len(traces):,} traces, {sum(len(t.steps) for t in traces):,} steps "
                   f"on {len(config.variants)} layouts; training {config.steps} steps")
     final_loss = train_base(config, traces, type_names, scratch / "model")
@@ -160,11 +171,19 @@ def make_world(config: NavBaseConfig, work: Path) -> tuple[Path, Path, pd.DataFr
     return work / "events.parquet", work / "catalog.parquet", codes[["shop_id", "buyer_id", "code"]], names
 
 
-def replay_world(config: NavBaseConfig, events: Path, catalog: Path, codes: pd.DataFrame, work: Path, progress: bool):
-    """Step 2: every buyer replayed once, the buyers dealt round-robin over the layouts."""
+def replay_world(config: NavBaseConfig, events: Path, catalog: Path, codes: pd.DataFrame, type_names: list[str],
+                 work: Path, progress: bool):
+    """Step 2: every buyer (and goal buyer) replayed once, the buyers dealt round-robin over the layouts."""
     from agent.traces import read_traces
     from harness.eval.replay import ReplayConfig, replay
+    from harness.eval.tasks import attach_goals, goal_set
 
+    events = pd.read_parquet(events)
+    goals = goal_set(catalog, sorted(codes["shop_id"].unique()), config.goal_buyers_per_shop,
+                     type_names.index(config.goal_type), config.seed) if config.goal_buyers_per_shop else None
+    if goals is not None:
+        events = pd.concat([events, goals.events], ignore_index=True)
+        codes = pd.concat([codes, goals.codes], ignore_index=True)
     codes = codes.sort_values(["shop_id", "buyer_id"]).reset_index(drop=True)
     traces = []
     for index, variant in enumerate(config.variants):
@@ -173,7 +192,7 @@ def replay_world(config: NavBaseConfig, events: Path, catalog: Path, codes: pd.D
                                      seed=config.seed, progress=progress)
         report = asyncio.run(replay(events, catalog, share, work / variant, replay_config))
         traces.extend(read_traces(report.traces_path))
-    return traces
+    return attach_goals(traces, goals.goals if goals is not None else {})
 
 
 def train_base(config: NavBaseConfig, traces, type_names: list[str], out: Path) -> float:

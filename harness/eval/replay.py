@@ -46,6 +46,7 @@ from codebook.schema import INGEST_META_FILE
 from harness.drivers import check_driver, open_pool
 from harness.eval.replay_plan import BuyerPlan, ReplayError, check_codes, check_events, load_frame, plan_buyers
 from harness.eval.scripted_buyer import BuyerResult, run_buyer
+from harness.eval.tasks import GOAL_BUYER_PREFIX, goal_set
 from storefronts.catalog import StoreCatalog
 from storefronts.orderlog import read_orders
 from storefronts.variants import load_variant
@@ -69,6 +70,10 @@ class ReplayConfig:
     max_steps_per_buyer: int = 60
     seed: int = 0
     progress: bool = True
+    # Goal sessions added to each replayed shop (harness.eval.tasks): buyers of `goal_code` told to
+    # buy one product, so the agent also learns to follow a task ("Goal: buy <title>").
+    goal_buyers_per_shop: int = 0
+    goal_code: int | None = None
 
     def __post_init__(self) -> None:
         self.driver = check_driver(self.driver)
@@ -80,6 +85,8 @@ class ReplayConfig:
             raise ValueError(f"max_buyers_per_shop must be at least 1 or None, got {self.max_buyers_per_shop}")
         if self.shops is not None:
             self.shops = tuple(str(shop) for shop in self.shops)
+        if self.goal_buyers_per_shop < 0 or (self.goal_buyers_per_shop and self.goal_code is None):
+            raise ValueError("goal sessions need goal_buyers_per_shop >= 1 and the goal_code their buyers carry")
         self.themes = tuple(self.themes)
         for theme in self.themes:
             load_variant(theme)  # a misspelt theme fails here, naming itself
@@ -145,6 +152,7 @@ async def replay(events, catalog, codes, out_dir, config: ReplayConfig = ReplayC
         events_frame = events_frame[events_frame["shop_id"].isin(config.shops)]
     plans, skipped = plan_buyers(events_frame, codes, max_buyers_per_shop=config.max_buyers_per_shop,
                                  max_steps_per_buyer=config.max_steps_per_buyer, seed=config.seed)
+    plans, goals = with_goal_sessions(plans, catalog_frame, config)
     run_id = run_id or f"replay-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
 
     # A fresh replay: earlier traces and order logs in out_dir would mix with this run's.
@@ -170,7 +178,7 @@ async def replay(events, catalog, codes, out_dir, config: ReplayConfig = ReplayC
             async def one_store(key: tuple[str, str], shop_plans: list[BuyerPlan]) -> None:
                 async with shop_slots:
                     shop_results = await replay_shop(pool, key[0], key[1], shop_plans, catalog_frame, db_paths[key],
-                                                     run_id, traces_file, progress, task)
+                                                     run_id, traces_file, progress, task, goals)
                 results.extend(shop_results)
                 store_comparisons = compare_orders(shop_results, db_paths[key])
                 comparisons.extend(store_comparisons)
@@ -180,6 +188,20 @@ async def replay(events, catalog, codes, out_dir, config: ReplayConfig = ReplayC
             await asyncio.gather(*(one_store(key, shop_plans) for key, shop_plans in by_store.items()))
     elapsed = time.perf_counter() - started
     return write_report(out_dir, run_id, config, plans, results, comparisons, skipped, elapsed, catalog_note(events))
+
+
+def with_goal_sessions(plans: list[BuyerPlan], catalog_frame: pd.DataFrame, config: ReplayConfig):
+    """The plans with config.goal_buyers_per_shop goal sessions per shop after them, and
+    (shop, buyer_id) -> goal words for their traces."""
+    if not config.goal_buyers_per_shop or not plans:
+        return plans, {}
+    shops = sorted({plan.shop_id for plan in plans})
+    goals = goal_set(catalog_frame, shops, config.goal_buyers_per_shop, config.goal_code, config.seed)
+    goal_plans, _ = plan_buyers(check_events(goals.events, "goal sessions"), goals.codes, max_buyers_per_shop=None,
+                                max_steps_per_buyer=config.max_steps_per_buyer, seed=config.seed)
+    for plan in goal_plans:
+        plan.index += len(plans)
+    return plans + goal_plans, goals.goals
 
 
 def store_db_path(out_dir: Path, shop: str, theme: str | None = None) -> Path:
@@ -195,7 +217,7 @@ def make_pool(config: ReplayConfig):
 
 
 async def replay_shop(pool, shop: str, layout: str, plans: list[BuyerPlan], catalog_frame: pd.DataFrame,
-                      db_path: Path, run_id: str, traces_file, progress, task) -> list[BuyerResult]:
+                      db_path: Path, run_id: str, traces_file, progress, task, goals: dict | None = None) -> list[BuyerResult]:
     """Serve the shop's store in `layout` and replay its buyers, `concurrency` at a time (the pool's slots)."""
     from harness.drivers.safety import SiteGuard
     from storefronts.server import serve_store
@@ -216,7 +238,7 @@ async def replay_shop(pool, shop: str, layout: str, plans: list[BuyerPlan], cata
             result = await run_buyer(pool, guard, store.url, shop_catalog, plan, f"{run_id}:{plan.index}")
             if result.error is None:
                 trace = Trace(plan.shop_id, plan.buyer_id, plan.code, result.steps, result.orders_confirmed > 0,
-                              variant=layout)
+                              variant=layout, goal=(goals or {}).get((plan.shop_id, plan.buyer_id), ""))
                 traces_file.write(trace.to_json() + "\n")
                 traces_file.flush()
             progress.update(task, advance=1)
@@ -289,6 +311,7 @@ def write_report(out_dir: Path, run_id: str, config: ReplayConfig, plans: list[B
                          "order; exact = product_id -> units over the store's orders equals product_id -> "
                          "number of real purchase events, buyer by buyer",
         "n_shops": len({p.shop_id for p in plans}),
+        "n_goal_sessions": sum(p.buyer_id.startswith(GOAL_BUYER_PREFIX) for p in plans),
         "n_skipped": skipped,
         "n_traces_written": sum(r.error is None for r in results),
         "n_driver_errors": sum(r.error is not None for r in results),

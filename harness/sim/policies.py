@@ -4,6 +4,9 @@ A PolicySpec names the policy as a user does on the command line:
 
     random                 agent.baselines.RandomPolicy
     type-profile           agent.baselines.TypeProfilePolicy over the codebook's types.json
+    smollm2-zero-shot      SmolLM2-135M-Instruct (agent.models.load_smollm2) prompted with the same
+                           observation, grammar and goal, without persona tokens or training: the
+                           larger model the task benchmark compares the persona agent with
     AGENT_DIR              the persona agent written by `simpersona train-agent`, run in this process
     http(s)://ENDPOINT     the same agent served by an OpenAI-compatible server (`vllm serve
                            AGENT_DIR`); `agent_dir` then gives its tokenizer and persona.json
@@ -24,10 +27,11 @@ from pathlib import Path
 
 from codebook.artifact import CodebookArtifact
 
-BASELINE_POLICIES = ("random", "type-profile")
+ZERO_SHOT_POLICY = "smollm2-zero-shot"
+BASELINE_POLICIES = ("random", "type-profile", ZERO_SHOT_POLICY)
 DEFAULT_POLICY = "type-profile"  # what the commands run when no --policy is given
 ENDPOINT_SCHEMES = ("http://", "https://")
-POLICY_CHOICES = "random, type-profile, an agent directory or an http(s):// endpoint URL"
+POLICY_CHOICES = f"random, type-profile, {ZERO_SHOT_POLICY}, an agent directory or an http(s):// endpoint URL"
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,10 @@ def build_policy(spec: PolicySpec, codebook: CodebookArtifact):
         return RandomPolicy()
     if spec.policy == "type-profile":
         return TypeProfilePolicy.from_codebook(codebook)
+    if spec.policy == ZERO_SHOT_POLICY:
+        from agent.models import load_smollm2
+
+        return LLMPolicy.zero_shot(load_smollm2(), temperature=spec.temperature, seed=spec.seed, name=spec.name)
     sampling = dict(codebook=codebook, temperature=spec.temperature, seed=spec.seed, neutral=spec.neutral,
                     name=spec.name)
     if spec.is_endpoint:

@@ -28,6 +28,7 @@ class SyntheticBuyer:
     buyer_index: int
     code: int
     seed: int
+    goal: str = ""  # a task the buyer is given (harness.eval.tasks); "" for a free persona buyer
 
 
 def buyer_seed(run_seed: int, buyer_index: int, shop: str = "") -> int:

@@ -233,7 +233,7 @@ async def run_buyer(session, buyer: SyntheticBuyer, batcher: PolicyBatcher, conf
     for step_index in range(config.max_steps):
         observation = await session.observe()
         asked = time.perf_counter()
-        turn = BuyerTurn(buyer.buyer_index, buyer.code, observation.text, list(history), buyer.seed)
+        turn = BuyerTurn(buyer.buyer_index, buyer.code, observation.text, list(history), buyer.seed, buyer.goal)
         line = await batcher.decide(turn)
         started = time.perf_counter()
         result = await _execute(session, line)
@@ -348,6 +348,27 @@ async def _drive_buyer(pool, guard, buyer, batcher, config, is_stopping=None) ->
 
 # ---------------------------------------------------------------------------------------------
 # The run
+
+
+ENGINES = ("mock", "oscar")  # the stores a run can serve itself
+
+
+def serve_for_run(catalog, shop: str, db_path: Path, engine: str = "mock", variant: str | None = None, faults=None):
+    """A store served for one run, its order database at `db_path`: our mock store in `variant` (a
+    layout or theme) or django-oscar (a shop nobody here wrote). A context manager; use
+    served_store_options on what it yields."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
+    Path(db_path).parent.mkdir(parents=True, exist_ok=True)
+    if engine == "oscar":
+        from storefronts.oscar import serve_oscar
+
+        if faults is not None:
+            raise ValueError("fault injection is a feature of our mock store; Oscar runs as it is (--engine mock)")
+        return serve_oscar(catalog, shop, db_path=db_path, variant=variant or "default")
+    from storefronts.server import serve_store
+
+    return serve_store(catalog, shop, variant=variant or "default", db_path=db_path, faults=faults)
 
 
 def served_store_options(served) -> dict:
@@ -613,7 +634,8 @@ def build_manifest(config: SimulationConfig, population: list[SyntheticBuyer], c
         "policy": policy,
         "seeds": {
             "run_seed": config.seed,
-            "buyers": [{"buyer_index": b.buyer_index, "code": b.code, "seed": b.seed} for b in population],
+            "buyers": [{"buyer_index": b.buyer_index, "code": b.code, "seed": b.seed, **({"goal": b.goal} if b.goal else {})}
+                       for b in population],
         },
         "versions": package_versions(),
         "store": {"url": config.store_url, "variant": config.variant, "ours": config.our_store},
