@@ -60,6 +60,7 @@ from codebook.artifact import CodebookArtifact
 from storefronts.variants import load_variant, training_themes
 from harness.sim.policies import PolicySpec, build_policy
 from harness.sim.population import SyntheticBuyer, population_from_mix
+from harness.sim.rundir import RunDir
 from harness.sim.paired import wilson_interval
 from harness.eval.metrics import (
     alignment_term,
@@ -570,8 +571,7 @@ def simulated_buyers(run_root: Path, shop: str) -> pd.DataFrame:
     count = lambda tag, kind: int(counts.at[tag, kind]) if tag in counts.index and kind in counts.columns else 0
     ordered = {order["buyer_tag"] for order in read_orders(db)}
     rows = []
-    for line in trajectories.read_text().splitlines():
-        record = json.loads(line)
+    for record in RunDir(trajectories.parent).latest_records():
         tag = record["buyer_tag"]
         rows.append({"code": record["code"], "steps": record["n_steps"], "product_views": count(tag, "product_view"),
                      "carted": count(tag, "add_to_cart") > 0, "checkout": count(tag, "checkout") > 0,
@@ -909,8 +909,7 @@ def conversions_by_code(run_root: Path, shop: str) -> dict[str, tuple[int, int]]
         return {}
     ordered = orders_by_buyer(db, shop)
     counts: dict[str, list[int]] = {}
-    for line in trajectories.read_text().splitlines():
-        record = json.loads(line)
+    for record in RunDir(trajectories.parent).latest_records():  # one record per buyer, after a resume too
         entry = counts.setdefault(str(record["code"]), [0, 0])
         entry[0] += 1
         entry[1] += bool(ordered.get(record["buyer_index"]))

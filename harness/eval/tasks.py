@@ -22,7 +22,7 @@ on each trace.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -239,6 +239,8 @@ def run_tasks(config: TasksConfig, specs: list, codebook) -> dict:
 
     from harness.sim.policies import build_policy, close_policy
 
+    if config.code is None:
+        config = replace(config, code=buying_code(codebook))
     catalog = StoreCatalog.load(config.catalog, config.shop)
     tasks = sample_tasks(catalog, config.tasks, config.seed)
     config.run_dir.mkdir(parents=True, exist_ok=True)
@@ -252,7 +254,7 @@ def run_tasks(config: TasksConfig, specs: list, codebook) -> dict:
     first, *others = list(outcomes)
     record = {
         "config": {key: str(value) if isinstance(value, Path) else value for key, value in asdict(config).items()},
-        "code": config.code if config.code is not None else buying_code(codebook),
+        "code": config.code,
         "tasks": [asdict(task) for task in tasks],
         "policies": {name: {**policy_summary(found), "per_task": found} for name, found in outcomes.items()},
         "comparisons": {f"{other} vs {first}": compare_policies(outcomes[first], outcomes[other], config.seed)
