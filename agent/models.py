@@ -35,9 +35,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 from agent.actions import ACTION_SPECS, SCROLL_DIRECTIONS, expected_forms
 from agent.generate import GenerationResult, GenerationSettings, generate_batch
 from agent.prompt import SYSTEM_TEMPLATE
+from storefronts import cache_dir as simpersona_cache
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-SMOLLM2_CACHE = Path.home() / ".cache" / "simpersona" / "models" / "smollm2-135m-instruct"
 CHATML_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -177,9 +177,14 @@ def smollm2_gguf_path() -> Path:
     return path
 
 
-def load_smollm2(cache_dir: str | Path = SMOLLM2_CACHE, dtype: torch.dtype = torch.float32) -> LocalModel:
+def smollm2_cache() -> Path:
+    """Where load_smollm2 caches the de-quantised model: in SimPersona's cache ($SIMPERSONA_CACHE)."""
+    return simpersona_cache("models") / "smollm2-135m-instruct"
+
+
+def load_smollm2(cache_dir: str | Path | None = None, dtype: torch.dtype = torch.float32) -> LocalModel:
     """SmolLM2-135M-Instruct; the first call de-quantises the GGUF and caches safetensors."""
-    cache_dir = Path(cache_dir)
+    cache_dir = Path(cache_dir) if cache_dir else smollm2_cache()
     if not (cache_dir / "config.json").is_file():
         gguf = smollm2_gguf_path()
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)

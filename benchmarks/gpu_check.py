@@ -222,12 +222,12 @@ def _brand_subset(source: Path, brands: tuple[str, ...], folder: Path) -> Path:
 
 def _copy_smollm2_files(folder: Path) -> None:
     """SmolLM2-135M-Instruct's config and tokenizer (from the cache load_smollm2 fills), no weights."""
-    from agent.models import SMOLLM2_CACHE, load_smollm2
+    from agent.models import load_smollm2, smollm2_cache
 
-    if not (SMOLLM2_CACHE / "config.json").is_file():
+    if not (smollm2_cache() / "config.json").is_file():
         load_smollm2()
     folder.mkdir(parents=True, exist_ok=True)
-    for path in SMOLLM2_CACHE.iterdir():
+    for path in smollm2_cache().iterdir():
         if path.suffix in (".json", ".jinja", ".txt"):
             shutil.copy2(path, folder / path.name)
 

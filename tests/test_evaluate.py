@@ -5,6 +5,7 @@ import json
 import math
 import time
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -16,6 +17,7 @@ from harness.eval.evaluate import (
     MismatchedPolicy,
     calibration_shop_ids,
     evaluate,
+    fold_config,
     select_trace_buyers,
     traced_shops,
 )
@@ -181,6 +183,15 @@ def test_seed_spread_is_mean_and_sd_per_policy():
     assert spread["paper"]["global_rate"]["sd"] == 0.0 and spread["paper"]["persona"]["per_seed"] == {"0": 0.8, "1": 0.9}
 
 
+def test_the_browser_check_runs_in_the_first_fold_of_the_first_seed_only(tmp_path):
+    for name in ("events.parquet", "catalog.parquet"):
+        (tmp_path / name).touch()  # the config only checks that they exist
+    config = EvaluateConfig(out_dir=tmp_path / "eval", input_dir=tmp_path, folds=3, seeds=2, seed=4)
+    checked = [(seed, fold) for seed in (4, 5) for fold in range(3) if fold_config(config, seed, fold).browser_check]
+    assert checked == [(4, 0)] and fold_config(config, 5, 2).seed == 5
+    assert not fold_config(replace(config, browser_check=False), 4, 0).browser_check
+
+
 def test_phase_times_add_up_across_resumes_and_folds(tmp_path):
     first = PhaseTimes.load(tmp_path)
     with first.phase("simulate persona", buyers=120):
@@ -215,6 +226,8 @@ def test_calibration_shops_are_training_shops_with_purchases_eligible_first():
     assert shops == calibration_shop_ids(split, real, count=3, seed=0)
     # a shop the agent was trained on is never a calibration shop: it flatters the agent
     assert calibration_shop_ids(split, real, count=3, seed=0, seen=frozenset({"b"})) == [s for s in shops if s != "b"]
+    # ... unless every training shop with a purchase was traced (a small log): then those, in the same order
+    assert calibration_shop_ids(split, real, count=3, seed=0, seen=frozenset({"a", "b", "d"})) == shops
 
 
 def test_calibration_prefers_shops_whose_rate_rests_on_enough_purchases():
@@ -320,6 +333,26 @@ def test_end_to_end_on_a_tmall_subset(tmall_subset, tmp_path):
     # Resumable: a second call reuses every step's file and gives the same figures.
     again = evaluate(config)
     assert again["protocols"]["paper"]["policies"] == result["policies"]
+
+
+@pytest.mark.slow
+def test_a_machine_without_the_navigation_base_builds_it_before_the_first_fold(tmall_subset, tmp_path, monkeypatch):
+    from harness.eval import evaluate as evaluation
+    from harness.eval.nav_base import NavBaseConfig, nav_base_dir
+
+    micro = NavBaseConfig(shops=2, buyers_per_shop=6, variants=("saved_details",), steps=2, hidden_size=32, layers=1,
+                          vocab_size=512, max_length=256)
+    monkeypatch.setenv("SIMPERSONA_CACHE", str(tmp_path / "cache"))  # a fresh machine: nothing cached
+    monkeypatch.setitem(evaluation.BASES, "nav", micro)
+    config = EvaluateConfig(
+        out_dir=tmp_path / "eval", input_dir=tmall_subset, protocol="paper", agent_base="nav", min_buyers=50, folds=1,
+        max_held_out_shops=1, buyers_per_shop=3, browser_check=False, codebook_size=4, codebook_epochs=2,
+        traces_per_code=2, traces_per_shop=2, trace_max_steps=8, sft_max_steps=2, sft_max_length=256, max_steps=3,
+        concurrency=3, progress=False, calibrate_temperatures=(), baselines=("global_rate",),
+    )
+    summary = evaluate(config)
+    assert (nav_base_dir(micro) / "recipe.json").is_file()
+    assert summary["protocols"]["paper"]["policies"]["persona"]["shops"] == 1
 
 
 @pytest.mark.slow

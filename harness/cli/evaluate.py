@@ -12,7 +12,7 @@ from rich.table import Table
 from harness.cli.app import app
 from harness.cli.defaults import default_of
 from harness.drivers import Driver
-from harness.eval.evaluate import EvaluateConfig, EvaluationInterrupted
+from harness.eval.evaluate import BASELINES, EvaluateConfig, EvaluationInterrupted
 
 
 def _default(name: str):
@@ -125,7 +125,7 @@ def evaluate(
     sft_rename_shops: bool = typer.Option(_default("sft_rename_shops"), "--sft-rename-shops",
                                           help="Each SFT epoch shows every trace in a renamed shop (types keep their purchase rate on unseen pages)."),
     traces_per_code: int = typer.Option(None, "--traces-per-code", min=1, help="Training buyers replayed per code."),
-    baselines: str = typer.Option(None, "--baselines", help="Comma-separated: no_persona,neutral,type_profile,global_rate."),
+    baselines: str = typer.Option(None, "--baselines", help=f"Comma-separated, from {','.join(BASELINES)} (default {','.join(_default('baselines'))})."),
     concurrency: int = typer.Option(None, "--concurrency", min=1, help="Buyers in flight per simulation."),
     calibrate_temperatures: str = typer.Option(
         None, "--calibrate-temperatures",
