@@ -13,18 +13,25 @@ import pytest
 
 from harness.eval.evaluate import (
     BASELINES,
+    STRATUM_EVENTS,
     EvaluateConfig,
     MismatchedPolicy,
+    behaviour_columns,
+    behaviour_measures,
     calibration_shop_ids,
     evaluate,
     fold_config,
     select_trace_buyers,
     traced_shops,
+    with_funnel_flags,
 )
 from harness.eval.folds import seed_spread
 from harness.eval.phases import PhaseTimes, pooled_phases
 from harness.eval.metrics import (
+    BEHAVIOUR_MEASURES,
     alignment_term,
+    behaviour_figures,
+    behaviour_summary,
     bootstrap_interval,
     buyers_needed,
     conversion_alignment,
@@ -35,7 +42,6 @@ from harness.eval.metrics import (
     sampling_ceiling,
     strata_alignment,
     type_oracle_rate,
-    views_noise_floor,
 )
 from agent.policy import BuyerTurn
 from codebook.artifact import CodebookArtifact
@@ -150,9 +156,36 @@ def test_strata_leave_out_what_the_real_log_never_records():
     assert strata["purchased"]["alignment"] == pytest.approx(0.5)
 
 
-def test_views_noise_floor_shrinks_with_more_buyers():
-    real = [0, 1, 1, 2, 3, 5, 8, 1, 1, 0, 2, 4]
-    assert views_noise_floor(real, 10_000, seed=0) < views_noise_floor(real, 10, seed=0)
+def buyers(product_views, cart_adds, purchases, checkouts=None):
+    n = len(product_views)
+    return with_funnel_flags(pd.DataFrame({
+        "page_views": [1] * n, "product_views": product_views, "searches": [0] * n, "cart_adds": cart_adds,
+        "cart_removals": [0] * n, "checkouts": checkouts or [0] * n, "purchases": purchases}))
+
+
+def test_behaviour_counts_only_what_the_real_log_records():
+    frame = buyers([2, 0, 1], [1, 0, 0], [1, 0, 0])
+    tmall_like = frozenset({"product_view", "add_to_cart", "purchase", "add_to_wishlist"})
+    columns = behaviour_columns(frame, tmall_like)
+    assert columns["events"].tolist() == [4, 0, 1]  # page views are not in this log: not counted
+    assert columns["outcome"].tolist() == ["purchased", "none", "viewed"]
+    views_only = behaviour_columns(frame, frozenset({"product_view", "purchase"}))
+    assert views_only["events"].tolist() == [3, 0, 1] and behaviour_measures(frozenset({"product_view"})) == (
+        "product_views", "events", "outcome")
+
+
+def test_behaviour_distance_is_zero_for_the_same_buyers_and_its_floor_shrinks_with_more_of_them():
+    real = behaviour_columns(buyers([0, 1, 1, 2, 3, 5, 8, 1, 1, 0, 2, 4], [0, 1, 0, 0, 1, 2, 0, 0, 0, 0, 1, 1],
+                                    [0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1]), frozenset(STRATUM_EVENTS.values()))
+    same = behaviour_figures(real, real, BEHAVIOUR_MEASURES, seed=0)
+    assert all(same[m]["distance"] == pytest.approx(0.0) and same[m]["floor"] > 0 for m in BEHAVIOUR_MEASURES)
+    many = behaviour_figures(real.sample(2000, replace=True, random_state=1), real, BEHAVIOUR_MEASURES, seed=0)
+    assert all(many[m]["floor"] < same[m]["floor"] for m in BEHAVIOUR_MEASURES)
+    never_buys = real.assign(outcome="viewed", cart_adds=0)
+    far = behaviour_figures(never_buys, real, BEHAVIOUR_MEASURES, seed=0)
+    assert far["outcome"]["ratio_to_floor"] > 1 and far["cart_adds"]["distance"] == pytest.approx(real["cart_adds"].mean())
+    summary = behaviour_summary([same, far])
+    assert summary["outcome"]["n"] == 2 and summary["outcome"]["distance"] == pytest.approx(far["outcome"]["distance"] / 2)
 
 
 def test_mismatched_buyers_see_another_types_token_for_their_whole_visit():
@@ -382,7 +415,9 @@ def test_folds_score_every_eligible_shop_once_with_intervals_strata_and_a_mismat
     strata = result["strata"]["persona"]
     assert strata["checkout"] is None  # the Tmall log records no checkout events: not scored
     assert strata["viewed"]["shops"] == 2 and strata["viewed"]["mean_real"] > 0
-    assert result["distances"]["persona"]["noise_floor"] >= 0
+    distances = result["distances"]["persona"]  # per shop, each against its noise floor
+    assert set(distances) >= {"product_views", "events", "outcome"} and distances["outcome"]["floor"] >= 0
+    assert result["type_distances"] is None or set(result["type_distances"]) == {"codes", "summary"}
     phases = result["phases"]  # both folds' steps added up, both policies' buyers counted
     assert phases["buyers"] == {"simulate persona": 12, "simulate mismatched": 12}
     assert phases["seconds"]["agent"] > 0 and phases["buyers_per_minute"]["simulate persona"] > 0

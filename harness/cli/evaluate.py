@@ -75,6 +75,11 @@ def print_result(console: Console, protocol: str, result: dict, driver: str) -> 
              for name, entry in strata.items() if entry]
     if cells:
         console.print("persona funnel strata, alignment: " + "; ".join(cells))
+    for label, figures in (("per shop", (result.get("distances") or {}).get("persona")),
+                           ("per type", (result.get("type_distances") or {}).get("summary"))):
+        if figures:
+            console.print(f"persona behaviour {label}, distance (noise floor): " + "; ".join(
+                f"{measure.replace('_', ' ')} {entry['distance']:.3f} ({entry['floor']:.3f})" for measure, entry in figures.items()))
     phases = result.get("phases") or {}
     if phases.get("seconds"):
         console.print("time per step: " + ", ".join(f"{name} {seconds / 60:.1f} min" for name, seconds in phases["seconds"].items())

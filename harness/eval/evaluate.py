@@ -63,7 +63,10 @@ from harness.sim.population import SyntheticBuyer, population_from_mix
 from harness.sim.rundir import RunDir
 from harness.sim.paired import wilson_interval
 from harness.eval.metrics import (
+    BEHAVIOUR_MEASURES,
     alignment_term,
+    behaviour_figures,
+    behaviour_summary,
     buyers_needed,
     correlations,
     intervals_overlap,
@@ -555,45 +558,74 @@ def plan_shops(config: EvaluateConfig, shops: list[str], codes: pd.DataFrame, re
 
 
 STRATUM_EVENTS = {"viewed": "product_view", "carted": "add_to_cart", "checkout": "checkout", "purchased": "purchase"}
+# Per buyer, the count of each event type that both a real log and our store's event log record.
+BUYER_COUNTS = {"page_views": "page_view", "product_views": "product_view", "searches": "search",
+                "cart_adds": "add_to_cart", "cart_removals": "remove_from_cart", "checkouts": "checkout",
+                "purchases": "purchase"}
+FUNNEL_FLAGS = ("carted", "checkout", "purchased")
+
+
+def with_funnel_flags(buyers: pd.DataFrame) -> pd.DataFrame:
+    return buyers.assign(carted=buyers["cart_adds"] > 0, checkout=buyers["checkouts"] > 0,
+                         purchased=buyers["purchases"] > 0)
+
+
+def behaviour_columns(buyers: pd.DataFrame, recorded: frozenset[str]) -> pd.DataFrame:
+    """The measures of harness.eval.metrics.BEHAVIOUR_MEASURES per buyer, counting only what the
+    real log records: events = the recorded types' counts added up; outcome = the furthest
+    recorded stage the visit reached."""
+    logged = [column for column, kind in BUYER_COUNTS.items() if kind in recorded]
+    outcome = pd.Series("none", index=buyers.index, dtype=object)
+    for stage, flag in (("viewed", buyers["product_views"] > 0), ("carted", buyers["carted"]),
+                        ("checkout", buyers["checkout"]), ("purchased", buyers["purchased"])):
+        if STRATUM_EVENTS[stage] in recorded:
+            outcome = outcome.mask(flag.astype(bool), stage)
+    return pd.DataFrame({"product_views": buyers["product_views"], "cart_adds": buyers["cart_adds"],
+                         "events": buyers[logged].sum(axis=1) if logged else 0, "outcome": outcome})
+
+
+def behaviour_measures(recorded: frozenset[str]) -> tuple[str, ...]:
+    """The measures a log can score: cart adds only where it records them."""
+    return tuple(m for m in BEHAVIOUR_MEASURES if m != "cart_adds" or "add_to_cart" in recorded)
 
 
 def simulated_buyers(run_root: Path, shop: str) -> pd.DataFrame:
-    """One row per synthetic buyer of a shop's run: code, steps, product views (from the store's own
-    event log), whether it carted and reached checkout, and whether it has an order (store-counted)."""
+    """One row per synthetic buyer of a shop's run: code, steps, and from the store's own event log
+    and orders the counts of each logged event type (purchase = orders) and the funnel flags."""
     from storefronts.orderlog import read_events, read_orders
 
     trajectories, db = run_root / shop / "trajectories.jsonl", run_root / f"{shop}.store.db"
-    columns = ["code", "steps", "product_views", "carted", "checkout", "purchased"]
     if not trajectories.is_file() or not db.is_file():
-        return pd.DataFrame(columns=columns)
+        return pd.DataFrame(columns=["code", "steps", *BUYER_COUNTS, *FUNNEL_FLAGS])
     events = pd.DataFrame(read_events(db), columns=["buyer_tag", "event_type"])
     counts = pd.crosstab(events["buyer_tag"], events["event_type"]) if len(events) else pd.DataFrame()
     count = lambda tag, kind: int(counts.at[tag, kind]) if tag in counts.index and kind in counts.columns else 0
-    ordered = {order["buyer_tag"] for order in read_orders(db)}
+    orders = pd.Series([order["buyer_tag"] for order in read_orders(db)], dtype=object).value_counts()
     rows = []
     for record in RunDir(trajectories.parent).latest_records():
         tag = record["buyer_tag"]
-        rows.append({"code": record["code"], "steps": record["n_steps"], "product_views": count(tag, "product_view"),
-                     "carted": count(tag, "add_to_cart") > 0, "checkout": count(tag, "checkout") > 0,
-                     "purchased": tag in ordered})
-    return pd.DataFrame(rows, columns=columns)
+        row = {"code": record["code"], "steps": record["n_steps"],
+               **{column: count(tag, kind) for column, kind in BUYER_COUNTS.items() if kind != "purchase"},
+               "purchases": int(orders.get(tag, 0))}
+        rows.append(row)
+    return with_funnel_flags(pd.DataFrame(rows, columns=["code", "steps", *BUYER_COUNTS]))
 
 
 def real_buyers(events: Path, shops: list[str]) -> pd.DataFrame:
-    """One row per real buyer of the shops: product views, and whether they carted, checked out, purchased."""
+    """One row per real buyer of the shops: the counts of each event type the store also logs, and
+    the funnel flags."""
     import duckdb
 
+    counts = ", ".join(f"count(*) FILTER (WHERE e.event_type = '{kind}') AS {column}" for column, kind in BUYER_COUNTS.items())
     with duckdb.connect() as con:
         con.register("wanted", pd.DataFrame({"shop_id": [str(s) for s in shops]}))
-        return con.execute(
-            """SELECT CAST(e.shop_id AS VARCHAR) AS shop_id, e.buyer_id,
-                      count(*) FILTER (WHERE e.event_type = 'product_view') AS product_views,
-                      bool_or(e.event_type = 'add_to_cart') AS carted, bool_or(e.event_type = 'checkout') AS checkout,
-                      bool_or(e.event_type = 'purchase') AS purchased
-               FROM read_parquet(?) e JOIN wanted w ON CAST(e.shop_id AS VARCHAR) = w.shop_id
-               GROUP BY 1, 2""",
+        frame = con.execute(
+            f"""SELECT CAST(e.shop_id AS VARCHAR) AS shop_id, CAST(e.buyer_id AS VARCHAR) AS buyer_id, {counts}
+                FROM read_parquet(?) e JOIN wanted w ON CAST(e.shop_id AS VARCHAR) = w.shop_id
+                GROUP BY 1, 2""",
             [str(events)],
         ).df()
+    return with_funnel_flags(frame)
 
 
 def recorded_event_types(events: Path) -> frozenset[str]:
@@ -612,16 +644,30 @@ def stratum_shares(buyers: pd.DataFrame) -> dict[str, float]:
 
 def with_funnel_figures(row: dict, simulated: pd.DataFrame, real: pd.DataFrame, recorded: frozenset[str], seed: int) -> dict:
     """A simulated shop row, plus its funnel strata (simulated vs real share; None where the real log
-    never records that event) and the distance between product views per buyer with its noise floor."""
-    from harness.eval.metrics import views_distance, views_noise_floor
-
+    never records that event) and its behaviour distances with their noise floors."""
     sim_shares, real_shares = stratum_shares(simulated), stratum_shares(real)
     strata = {name: {"sim": sim_shares[name], "real": real_shares[name] if STRATUM_EVENTS[name] in recorded else None}
               for name in STRATUM_EVENTS}
-    real_views = real["product_views"].astype(int).tolist()
-    return {**row, "strata": strata,
-            "views_distance": views_distance(simulated["product_views"].astype(int).tolist(), real_views),
-            "views_floor": views_noise_floor(real_views, len(simulated), seed)}
+    behaviour = behaviour_figures(behaviour_columns(simulated, recorded), behaviour_columns(real, recorded),
+                                  behaviour_measures(recorded), seed)
+    return {**row, "strata": strata, "behaviour": behaviour}
+
+
+def per_type_distances(work: Path, run_group: str, shops: list[str], codes: pd.DataFrame, real_frame: pd.DataFrame,
+                       recorded: frozenset[str], seed: int, min_buyers: int = 10) -> dict:
+    """Per code, pooled over the held-out shops: the behaviour distances of the simulated buyers of
+    that type to the real buyers the codebook assigned to it (codes with >= min_buyers on both sides)."""
+    simulated = pd.concat([simulated_buyers(work / "sim" / run_group, shop) for shop in shops], ignore_index=True)
+    assigned = codes[codes["split"] == "held_out"].astype({"shop_id": str, "buyer_id": str})[["shop_id", "buyer_id", "code"]]
+    real = real_frame.merge(assigned, on=["shop_id", "buyer_id"])
+    measures, entries = behaviour_measures(recorded), {}
+    for code in sorted(set(simulated["code"]) & set(real["code"])):
+        mine_sim, mine_real = simulated[simulated["code"] == code], real[real["code"] == code]
+        if min(len(mine_sim), len(mine_real)) >= min_buyers:
+            entries[str(code)] = {"sim_buyers": len(mine_sim), "real_buyers": len(mine_real),
+                                  **behaviour_figures(behaviour_columns(mine_sim, recorded),
+                                                      behaviour_columns(mine_real, recorded), measures, seed)}
+    return {"codes": entries, "summary": behaviour_summary(list(entries.values()))}
 
 
 def per_type_behaviour(work: Path, run_group: str, shops: list[str]) -> dict:
@@ -755,6 +801,8 @@ async def run_protocol(config: EvaluateConfig, protocol: str, split: ShopSplit, 
         **policy_figures(rows, config.seed),
         "type_mix": {"mean_jsd": float(np.mean([m["jsd"] for m in mixes.values()])) if mixes else None, "shops": mixes},
         "per_type": behaviour,
+        "type_distances": per_type_distances(work, "persona", [p.shop for p in plans], codes, real_frame, recorded,
+                                             config.seed) if plans else None,
         "real_per_type": real_type_funnels(config.events, codes, [p.shop for p in plans]),
         "agent_check": agent_code_check(trace_code_rates(traces_path), behaviour) if traces_path else None,
         "browser_check": browser,
@@ -771,7 +819,7 @@ async def run_protocol(config: EvaluateConfig, protocol: str, split: ShopSplit, 
 def policy_figures(rows: list[dict], seed: int) -> dict:
     """Per policy over the shops of `rows`: the conversion figures, the funnel strata and the views
     distance; the sampling ceiling of the persona rows; the persona / type-oracle ratio."""
-    from harness.eval.metrics import distance_summary, sampling_ceiling, strata_alignment
+    from harness.eval.metrics import sampling_ceiling, strata_alignment
 
     names = list(dict.fromkeys(r["policy"] for r in rows))
     mine = {name: [r for r in rows if r["policy"] == name] for name in names}
@@ -781,7 +829,8 @@ def policy_figures(rows: list[dict], seed: int) -> dict:
     return {
         "policies": policies,
         "strata": {name: strata_alignment(mine[name]) for name in names if any(r.get("strata") for r in mine[name])},
-        "distances": {name: distance_summary(mine[name]) for name in names if any(r.get("strata") for r in mine[name])},
+        "distances": {name: behaviour_summary([r["behaviour"] for r in mine[name] if r.get("behaviour")])
+                      for name in names if any(r.get("behaviour") for r in mine[name])},
         "sampling_ceiling": sampling_ceiling([r["cr_real"] for r in persona], [r["sim_buyers"] for r in persona]),
         "persona_vs_oracle": (policies["persona"]["alignment"] / oracle) if persona and oracle else None,
     }

@@ -35,6 +35,7 @@ def pool_folds(results: list[dict], seed: int, figures) -> dict:
         **figures(rows, seed),
         "type_mix": {"mean_jsd": float(np.mean([m["jsd"] for m in shops.values()])) if shops else None, "shops": shops},
         "per_type": None,
+        "type_distances": pooled_type_distances([result.get("type_distances") for result in results]),
         "real_per_type": None,
         "agent_check": None,
         "browser_check": first.get("browser_check"),
@@ -43,6 +44,16 @@ def pool_folds(results: list[dict], seed: int, figures) -> dict:
         "shops": rows,
         "phases": pooled_phases([result.get("phases") or {} for result in results]),
     }
+
+
+def pooled_type_distances(per_fold: list[dict | None]) -> dict | None:
+    """Every fold's per-type behaviour distances (each fold has its own codebook, so a code is a
+    type of one fold only): the entries side by side, the summary over all of them."""
+    from harness.eval.metrics import behaviour_summary
+
+    entries = {f"fold{fold}:{code}": entry for fold, distances in enumerate(per_fold) if distances
+               for code, entry in distances["codes"].items()}
+    return {"codes": entries, "summary": behaviour_summary(list(entries.values()))} if entries else None
 
 
 def pooled_transfer(transfers: list[dict | None]) -> dict:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 
 BOOTSTRAP_RESAMPLES = 2000
 
@@ -144,30 +145,56 @@ def strata_alignment(rows: list[dict]) -> dict:
     return result
 
 
-def views_distance(simulated: list[int], real: list[int]) -> float | None:
-    """Wasserstein-1 distance between two distributions of product views per buyer."""
+# Behaviour beyond conversion: per buyer, simulated against real, each against its noise floor.
+# product_views, cart_adds, events: Wasserstein-1 between counts per buyer ("events" counts the event
+# types both the real log and the store record, so a visit's length is in the same unit on both
+# sides); outcome: JS divergence (bits) between the shares of buyers whose visit ended at each stage.
+BEHAVIOUR_MEASURES = ("product_views", "cart_adds", "events", "outcome")
+OUTCOMES = ("none", "viewed", "carted", "checkout", "purchased")
+
+
+def behaviour_distance(measure: str, simulated: pd.Series, real: pd.Series) -> float | None:
+    """The distance of one measure between two columns of per-buyer values (outcome: stage names)."""
     from scipy.stats import wasserstein_distance
 
-    if not simulated or not real:
+    if simulated.empty or real.empty:
         return None
-    return float(wasserstein_distance(simulated, real))
+    if measure != "outcome":
+        return float(wasserstein_distance(simulated.astype(float), real.astype(float)))
+    shares = lambda values: values.value_counts(normalize=True).reindex(list(OUTCOMES), fill_value=0.0).to_numpy()
+    return mix_jsd(shares(simulated), shares(real))
 
 
-def views_noise_floor(real: list[int], buyers: int, seed: int = 0, draws: int = 20) -> float | None:
-    """The views_distance a perfect simulation reaches in expectation: `buyers` buyers drawn from
-    the real buyers themselves, against the real buyers (mean over `draws` draws)."""
-    if not real or buyers < 1:
-        return None
+def behaviour_figures(simulated: pd.DataFrame, real: pd.DataFrame, measures: tuple[str, ...], seed: int = 0,
+                      draws: int = 20) -> dict[str, dict]:
+    """Per measure: the distance of the simulated buyers to the real ones, and its noise floor: the
+    mean distance of as many buyers drawn from the real buyers themselves (with replacement) to the
+    real buyers, i.e. what a simulation that reproduced them exactly would reach in expectation."""
+    figures = {}
     rng = np.random.default_rng(seed)
-    return float(np.mean([views_distance(list(rng.choice(real, size=buyers)), real) for _ in range(draws)]))
+    for measure in measures:
+        distance = behaviour_distance(measure, simulated[measure], real[measure])
+        floor = None
+        if distance is not None:
+            floor = float(np.mean([behaviour_distance(measure, real[measure].sample(len(simulated), replace=True,
+                                                                                    random_state=rng), real[measure])
+                                   for _ in range(draws)]))
+        figures[measure] = {"distance": distance, "floor": floor, "ratio_to_floor": ratio(distance, floor)}
+    return figures
 
 
-def distance_summary(rows: list[dict]) -> dict | None:
-    """Mean over shops of the views distance and of its noise floor (rows carrying both)."""
-    pairs = [(row["views_distance"], row["views_floor"]) for row in rows
-             if row.get("views_distance") is not None and row.get("views_floor") is not None]
-    if not pairs:
-        return None
-    distances, floors = zip(*pairs)
-    return {"shops": len(pairs), "views_distance": float(np.mean(distances)), "noise_floor": float(np.mean(floors)),
-            "ratio_to_floor": float(np.mean(distances) / np.mean(floors)) if np.mean(floors) > 0 else None}
+def ratio(distance: float | None, floor: float | None) -> float | None:
+    return distance / floor if distance is not None and floor else None
+
+
+def behaviour_summary(entries: list[dict]) -> dict | None:
+    """Mean over shops (or types) of each measure's distance and floor, and their ratio (1 = as
+    close as sampling noise allows)."""
+    result = {}
+    for measure in BEHAVIOUR_MEASURES:
+        pairs = [(e[measure]["distance"], e[measure]["floor"]) for e in entries
+                 if measure in e and e[measure]["distance"] is not None and e[measure]["floor"] is not None]
+        if pairs:
+            distance, floor = (float(np.mean(values)) for values in zip(*pairs))
+            result[measure] = {"n": len(pairs), "distance": distance, "floor": floor, "ratio_to_floor": ratio(distance, floor)}
+    return result or None

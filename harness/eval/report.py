@@ -36,6 +36,7 @@ POLICY_COLOURS = {"persona": "#1f77b4", "neutral": "#ff7f0e", "no_persona": "#2c
                   "type_profile": "#9467bd", "global_rate": "#7f7f7f", "type_oracle": "#8c564b"}
 POLICY_MARKERS = {"persona": "o", "neutral": "^", "no_persona": "v", "mismatched": "P", "type_profile": "s",
                   "global_rate": "D", "type_oracle": "X"}
+MAX_TYPE_ROWS = 32  # per-type behaviour rows shown (folds: each fold's types)
 MANY_SHOPS = 12  # above this, the conversion plot draws small points and faint bars, the shop table folds
 REAL_COLOUR, SIMULATED_COLOUR = "#9e9e9e", POLICY_COLOURS["persona"]
 FUNNEL_STAGES = (("viewed_rate", "viewed a product"), ("cart_rate", "carted"), ("conversion_rate", "purchased"))
@@ -279,6 +280,7 @@ def evaluation_section(summary: dict, plots: Path) -> str:
         parts.append(folds_part(result.get("folds")))
         parts.append(conversion_figures(protocol, result, plots))
         parts.append(strata_part(result))
+        parts.append(behaviour_part(result))
         parts.append(per_shop_part(result["shops"]))
         parts.append(funnel_part(protocol, result, plots))
         parts.append(agent_check_part(result.get("agent_check")))
@@ -354,8 +356,8 @@ def phases_part(phases: dict | None) -> str:
 
 
 def strata_part(result: dict) -> str:
-    """Per policy and funnel stratum: alignment of the share of buyers who reached it; the views distance."""
-    strata, distances = result.get("strata") or {}, result.get("distances") or {}
+    """Per policy and funnel stratum: alignment of the share of buyers who reached it."""
+    strata = result.get("strata") or {}
     if not strata:
         return ""
     rows = []
@@ -364,15 +366,50 @@ def strata_part(result: dict) -> str:
         for name, entry in by_stratum.items():
             row[name] = (f"{entry['alignment']:.3f} ({100 * entry['mean_sim']:.1f} % vs {100 * entry['mean_real']:.1f} %)"
                          if entry else "not in the log")
-        distance = distances.get(policy) or {}
-        row["views"] = (f"{distance['views_distance']:.2f} (floor {distance['noise_floor']:.2f})" if distance else None)
         rows.append(row)
     names = list(next(iter(strata.values())))
     return ("<h4>Funnel strata</h4><p class='note'>Per stratum, the alignment of the share of buyers who reached it "
-            "(simulated vs real mean share); a stratum the real log never records is not scored. Views: the Wasserstein "
-            "distance between product views per buyer, simulated vs real, mean over shops, beside its noise floor "
-            "(the same number of buyers drawn from the real buyers themselves).</p>"
-            + table(rows, [("policy", "policy"), *((name, name) for name in names), ("views", "views per buyer: distance")]))
+            "(simulated vs real mean share); a stratum the real log never records is not scored.</p>"
+            + table(rows, [("policy", "policy"), *((name, name) for name in names)]))
+
+
+BEHAVIOUR_NOTE = (
+    "Distance of the simulated buyers to the real ones beside its noise floor (as many buyers drawn from the real "
+    "buyers themselves), mean over {over}; ratio 1 = as close as sampling noise allows. Product views, cart adds and "
+    "events per buyer: Wasserstein-1 (events: the event types both the log and the store record); outcome: JS "
+    "divergence in bits between the shares of visits that ended at each stage.")
+
+
+def behaviour_cells(figures: dict | None) -> dict:
+    """One cell per measure: distance (floor, ratio)."""
+    cells = {}
+    for measure, entry in (figures or {}).items():
+        if isinstance(entry, dict) and entry.get("distance") is not None:
+            ratio = f", ×{entry['ratio_to_floor']:.1f}" if entry.get("ratio_to_floor") is not None else ""
+            cells[measure] = f"{entry['distance']:.3f} (floor {entry['floor']:.3f}{ratio})"
+    return cells
+
+
+def behaviour_part(result: dict) -> str:
+    """Behaviour beyond conversion: per policy over shops, and per type for the persona agent."""
+    from harness.eval.metrics import BEHAVIOUR_MEASURES
+
+    distances = {policy: d for policy, d in (result.get("distances") or {}).items() if d and "product_views" in d}
+    if not distances:
+        return ""
+    columns = [("policy", "policy"), *((m, m.replace("_", " ")) for m in BEHAVIOUR_MEASURES)]
+    parts = ["<h4>Behaviour per shop</h4>", f"<p class='note'>{BEHAVIOUR_NOTE.format(over='shops')}</p>",
+             table([{"policy": policy, **behaviour_cells(d)} for policy, d in distances.items()], columns)]
+    per_type = result.get("type_distances") or {}
+    if per_type.get("codes"):
+        rows = [{"policy": f"persona, {len(per_type['codes'])} types", **behaviour_cells(per_type["summary"])}]
+        rows += [{"policy": f"type {code} ({entry['sim_buyers']} sim / {entry['real_buyers']} real)", **behaviour_cells(entry)}
+                 for code, entry in list(per_type["codes"].items())[:MAX_TYPE_ROWS]]
+        parts += ["<h4>Behaviour per type</h4>",
+                  f"<p class='note'>{BEHAVIOUR_NOTE.format(over='types')} Per type: the held-out shops' simulated "
+                  "buyers of that type against the real buyers the codebook assigned to it (types with at least 10 "
+                  "of each).</p>", table(rows, columns)]
+    return "".join(parts)
 
 
 def conversion_figures(protocol: str, result: dict, plots: Path) -> str:
