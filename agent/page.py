@@ -362,7 +362,8 @@ SELECT_ROLES = frozenset({"combobox", "listbox", "select"})
 ADD_TO_CART = re.compile(r"\badd\b.*\b(cart|bag|basket|trolley)\b|\bbuy now\b|^add$", re.IGNORECASE)
 REMOVE_FROM_CART = re.compile(r"\b(remove|delete)\b", re.IGNORECASE)
 CHECKOUT = re.compile(r"check\s*-?\s*out|proceed to|go to payment", re.IGNORECASE)
-CONTINUE = re.compile(r"\b(continue|next|review|proceed|save)\b", re.IGNORECASE)
+# A checkout's next step, including a choice that moves it on (Oscar's "Select option" per delivery method)
+CONTINUE = re.compile(r"\b(continue|next|review|proceed|save)\b|\bselect (this )?option\b", re.IGNORECASE)
 CONTINUE_SHOPPING = re.compile(r"\b(shopping|browsing|page)\b|write a review|reviews?\b.*\b(all|more)\b", re.IGNORECASE)
 # Controls that place an order or pay. Buyers press one to finish a checkout; on a store that is
 # not ours the safety guard intercepts a click on any of them (harness/drivers/safety.py).

@@ -124,3 +124,31 @@ def test_trajectory_steps_name_the_element_and_the_audit_counts_what_got_in_the_
     assert found["covered_element_errors"] == 1 and found["buyers_meeting_overlays"] == 1
     assert found["overlays"] == {"Newsletter": 1} and found["blocked_requests_this_session"] == 3
     assert re.search("cdn", next(iter(found["blocked_by_host"])))
+
+
+async def test_an_ab_on_oscar_counts_each_arms_orders_and_the_choice_of_delivery_is_one_more_step(tmp_path):
+    """Arm B (shipping_choice) offers standard or express delivery: Oscar then shows its shipping-method
+    page, which it skips in arm A (free shipping only). Outcomes come from each arm's Oscar database."""
+    import json
+
+    from agent.baselines import TypeProfilePolicy
+    from harness.sim.ab import ABConfig, run_ab
+    from test_policies import write_codebook
+
+    codebook = write_codebook(tmp_path / "codebook")
+    config = ABConfig(shop="high", codebook_dir=codebook, catalog=CATALOG, catalog_shop="s1", engine="oscar",
+                      variant_a="default", variant_b="shipping_choice", buyers=4, driver="http", concurrency=2,
+                      max_steps=40, out_dir=tmp_path, run_id="oscar-ab", progress=False, n_bootstrap=200)
+    result = await run_ab(config, TypeProfilePolicy.from_codebook(codebook), plot=False)
+
+    arms = result.summary["arms"]
+    for arm in ("A", "B"):
+        assert arms[arm]["converted_store_counted"] == arms[arm]["converted_claimed"] > 0
+        assert (tmp_path / "oscar-ab" / arm / "oscar.sqlite").is_file()
+    visited = {arm: [any("/checkout/shipping-method/" in step["url"] for step in json.loads(line)["steps"])
+                     for line in (tmp_path / "oscar-ab" / arm / "trajectories.jsonl").read_text().splitlines()
+                     if json.loads(line)["outcome"] == "converted"]
+               for arm in ("A", "B")}
+    assert not any(visited["A"]) and visited["B"] and all(visited["B"])
+    with pytest.raises(ValueError, match="engine"):
+        ABConfig(shop="high", codebook_dir=codebook, catalog=CATALOG, engine="shopify")

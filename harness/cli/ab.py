@@ -4,6 +4,7 @@
     simpersona ab --store A=https://a.example --store B=https://b.example --shop S --codebook DIR
     simpersona ab --catalog C --shop S --codebook DIR --variant A=default --aa-repeats 100   (calibration)
     simpersona ab --catalog C --shop S --codebook DIR --policy AGENT_DIR        (the persona agent)
+    simpersona ab --catalog C --shop S --codebook DIR --engine oscar --variant A=default --variant B=shipping_choice
 
 --policy is built by harness.sim.policies.build_policy, as for `simulate`: an agent samples at the
 temperature its agent dir records unless --temperature is given.
@@ -56,6 +57,8 @@ def ab_command(
     codebook: Path = typer.Option(..., "--codebook", exists=True, file_okay=False, help="Codebook artifact directory."),
     catalog: Path = typer.Option(None, "--catalog", exists=True, dir_okay=False, help="Serve our mock store from this catalog.parquet, once per arm."),
     catalog_shop: str = typer.Option(None, "--catalog-shop", help="Shop id of the products in --catalog (default: --shop)."),
+    engine: str = typer.Option(_default("engine"), "--engine", help="With --catalog: mock (our store) or oscar "
+                               "(django-oscar, a shop nobody here wrote; variants default and shipping_choice)."),
     variant: list[str] = typer.Option([], "--variant", help="A=<variant> / B=<variant>: built-in name or variant JSON "
                                       f"(default A={_default('variant_a')}, B={_default('variant_b')})."),
     store: list[str] = typer.Option([], "--store", help="A=<url> / B=<url>: live stores instead of --catalog."),
@@ -82,7 +85,7 @@ def ab_command(
     try:
         artifact = CodebookArtifact.load(codebook)
         config = ABConfig(
-            shop=shop, codebook_dir=artifact.path, catalog=catalog, catalog_shop=catalog_shop,
+            shop=shop, codebook_dir=artifact.path, catalog=catalog, catalog_shop=catalog_shop, engine=engine,
             variant_a=variants["A"], variant_b=variants["B"],
             store_url_a=stores.get("A"), store_url_b=stores.get("B") or (stores.get("A") if aa or aa_repeats else None),
             buyers=buyers, seed=seed, driver=driver.value, concurrency=concurrency, max_steps=max_steps,

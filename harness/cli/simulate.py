@@ -27,10 +27,8 @@ from harness.cli.defaults import default_of
 from harness.drivers import Driver
 from harness.sim.policies import DEFAULT_POLICY, POLICY_CHOICES, PolicySpec, check_policy
 from harness.sim.rundir import RunDirError
-from harness.sim.simulate import ENGINES, SimulationConfig
+from harness.sim.simulate import DB_FILES, ENGINES, SimulationConfig
 
-STORE_DB_FILE = "store.sqlite"
-OSCAR_DB_FILE = "oscar.sqlite"
 INTERRUPT_SIGNALS = {"SIGINT": 2, "SIGTERM": 15}  # exit status 128 + signal number, as shells expect
 POLICY_HELP = f"Which policy drives the buyers: {POLICY_CHOICES}."
 AGENT_DIR_HELP = "With an endpoint --policy: the agent dir it serves (tokenizer, persona.json)."
@@ -185,8 +183,7 @@ def _serve(catalog: Path, shop: str, engine: str, variant: str | None, out: Path
     keeps counting into the same one."""
     from harness.sim.simulate import serve_for_run
 
-    db_file = OSCAR_DB_FILE if engine == "oscar" else STORE_DB_FILE
-    return serve_for_run(catalog, shop, out / run_id / db_file, engine=engine, variant=variant, faults=faults)
+    return serve_for_run(catalog, shop, out / run_id / DB_FILES[engine], engine=engine, variant=variant, faults=faults)
 
 
 def _print_summary(console: Console, run_dir: Path, summary: dict) -> None:

@@ -115,7 +115,7 @@ class EvaluateConfig:
     # synthetic buyers per held-out shop; None: enough that the simulated rate's standard error
     # is under a tenth of the real rate (N >= 100 (1 - p) / p), capped at max_buyers_per_shop
     buyers_per_shop: int | None = None
-    max_buyers_per_shop: int = 100  # 137 Tmall shops x 100 buyers per policy fit the 90-minute budget
+    max_buyers_per_shop: int = 100  # Tmall: 13,700 buyers per policy over its 137 eligible shops
     min_buyers_per_shop: int = 50
     driver: str = "http"  # http | browser
     # The store layout of every replay and simulation. "saved_details": buyers are signed in and

@@ -40,7 +40,15 @@ import pandas as pd
 from codebook.artifact import CodebookArtifact
 from harness.sim.paired import DEFAULT_ALPHA, DEFAULT_BOOTSTRAP, PairedEffect, paired_effect, per_type_effects, wilson_interval
 from harness.sim.population import SyntheticBuyer, sample_population
-from harness.sim.simulate import SimulationConfig, default_run_id, run_simulation
+from harness.sim.simulate import (
+    DB_FILES,
+    ENGINES,
+    SimulationConfig,
+    default_run_id,
+    run_simulation,
+    serve_for_run,
+    served_store_options,
+)
 from storefronts.orderlog import orders_by_buyer
 
 ARMS = ("A", "B")
@@ -48,7 +56,6 @@ SUMMARY_FILE = "ab_summary.json"
 PLOT_FILE = "ab_effects.png"
 CALIBRATION_FILE = "aa_calibration.json"
 CALIBRATION_PLOT_FILE = "aa_pvalues.png"
-STORE_DB_FILE = "store.sqlite"
 
 
 @dataclass
@@ -59,6 +66,7 @@ class ABConfig:
     codebook_dir: Path
     catalog: Path | pd.DataFrame | None = None  # serve our mock store from this catalog (parquet or frame), once per arm
     catalog_shop: str | None = None  # shop id of the products in `catalog` (default: shop)
+    engine: str = "mock"  # with a catalog: "mock" (our store) or "oscar" (django-oscar; variants: storefronts.oscar.VARIANTS)
     variant_a: str = "default"  # layout variant of arm A (a built-in name or a variant JSON path)
     variant_b: str = "worse"
     store_url_a: str | None = None  # live stores instead of `catalog`
@@ -88,6 +96,8 @@ class ABConfig:
             raise ValueError("give either a catalog (our mock store, served once per arm) or store_url_a and store_url_b, not both")
         if live and not (self.store_url_a and self.store_url_b):
             raise ValueError("a live-store A/B run needs both store_url_a and store_url_b")
+        if self.engine not in ENGINES or (live and self.engine != "mock"):
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)} and serves a catalog; got {self.engine!r}")
         if not 0 < self.alpha < 1:
             raise ValueError(f"alpha must lie in (0, 1), got {self.alpha}")
         if self.buyers < 2:
@@ -138,17 +148,16 @@ def arm_populations(config: ABConfig, codebook: CodebookArtifact) -> dict[str, l
 
 
 def serve_arm_stores(config: ABConfig, stack: ExitStack, db_dir: Path) -> dict[str, object]:
-    """Our mock store once per arm (own port, own order log in db_dir/<arm>/store.sqlite)."""
+    """The store once per arm (own port, own order database in db_dir/<arm>/): our mock store in
+    each arm's layout, or django-oscar in each arm's Oscar variant."""
     from storefronts.catalog import StoreCatalog
-    from storefronts.server import serve_store
 
-    catalog = StoreCatalog.load(config.catalog, config.catalog_shop or config.shop)  # parsed once, served twice
-    stores = {}
-    for arm in ARMS:
-        db_path = db_dir / arm / STORE_DB_FILE
-        db_path.parent.mkdir(parents=True, exist_ok=True)
-        stores[arm] = stack.enter_context(serve_store(catalog, catalog.shop_id, variant=config.variant(arm), db_path=db_path))
-    return stores
+    shop = config.catalog_shop or config.shop
+    # Our store: the catalog parsed once, served twice. Oscar loads it into its own database per arm.
+    catalog = StoreCatalog.load(config.catalog, shop) if config.engine == "mock" else config.catalog
+    return {arm: stack.enter_context(serve_for_run(catalog, shop, db_dir / arm / DB_FILES[config.engine], engine=config.engine,
+                                                   variant=config.variant(arm)))
+            for arm in ARMS}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,9 +188,9 @@ async def run_ab(config: ABConfig, policy, stores: dict[str, object] | None = No
 
 
 def arm_config(config: ABConfig, arm: str, stores: dict | None) -> SimulationConfig:
-    store = stores[arm] if stores else None
+    served = served_store_options(stores[arm]) if stores else {
+        "store_url": config.store_url_a if arm == "A" else config.store_url_b, "variant": config.variant(arm)}
     return SimulationConfig(
-        store_url=store.url if store else (config.store_url_a if arm == "A" else config.store_url_b),
         shop=config.shop,
         codebook_dir=config.codebook_dir,
         buyers=config.buyers,
@@ -191,10 +200,8 @@ def arm_config(config: ABConfig, arm: str, stores: dict | None) -> SimulationCon
         seed=config.seed,
         out_dir=config.out_dir,
         run_id=f"{config.run_id}/{arm}",
-        store_db=store.db_path if store else None,
-        variant=store.variant.name if store else config.variant(arm),
-        our_store=store is not None,
         progress=config.progress,
+        **served,
     )
 
 

@@ -351,6 +351,7 @@ async def _drive_buyer(pool, guard, buyer, batcher, config, is_stopping=None) ->
 
 
 ENGINES = ("mock", "oscar")  # the stores a run can serve itself
+DB_FILES = {"mock": "store.sqlite", "oscar": "oscar.sqlite"}  # a served store's order database in its run dir
 
 
 def serve_for_run(catalog, shop: str, db_path: Path, engine: str = "mock", variant: str | None = None, faults=None):

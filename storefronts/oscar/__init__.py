@@ -25,7 +25,9 @@ import pandas as pd
 from storefronts import cache_dir
 
 STARTUP_TIMEOUT_S = 300.0  # a first start migrates a new database (about 10 s on 2 cores, more when busy)
-VARIANTS = ("default",)
+# default: Oscar as it ships (free shipping only, so no shipping-method page); shipping_choice:
+# standard or express delivery, one more checkout step (storefronts/oscar/shipping/repository.py)
+VARIANTS = ("default", "shipping_choice")
 
 
 class OscarUnavailable(ValueError):
@@ -69,7 +71,7 @@ def serve_oscar(catalog: str | Path | pd.DataFrame, shop_id: str, db_path: str |
         db_file = Path(db_path) if db_path else Path(scratch) / "oscar.sqlite"
         command = [sys.executable, "-m", "storefronts.oscar.run", "--catalog", str(catalog_path), "--shop", shop_id,
                    "--db", str(db_file), "--host", host, "--port", str(port),
-                   "--cache", str(cache or cache_dir("oscar"))]
+                   "--cache", str(cache or cache_dir("oscar")), "--variant", variant]
         log_path = Path(scratch) / "oscar.log"
         with open(log_path, "w+") as log, subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                                            stderr=log, text=True) as process:

@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     args = _parse(argv)
     os.environ["DJANGO_SETTINGS_MODULE"] = "storefronts.oscar.settings"
     os.environ["SIMPERSONA_OSCAR_DB"] = str(args.db)
+    os.environ["SIMPERSONA_OSCAR_VARIANT"] = args.variant
     _copy_migrated_template(args.db, args.cache)
 
     import django
@@ -51,6 +52,7 @@ def _parse(argv):
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--cache", type=Path, default=None, help="directory holding a migrated empty database")
+    parser.add_argument("--variant", default="default", help="one of storefronts.oscar.VARIANTS")
     return parser.parse_args(argv)
 
 

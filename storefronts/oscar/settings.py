@@ -2,7 +2,7 @@
 
 Read from the environment by `storefronts.oscar.run` before Django starts:
 SIMPERSONA_OSCAR_DB (the SQLite file: Oscar's own tables are the store's truth about orders) and
-SIMPERSONA_OSCAR_VARIANT (a template variant, see storefronts/oscar/variants.py).
+SIMPERSONA_OSCAR_VARIANT (one of storefronts.oscar.VARIANTS; storefronts/oscar/shipping/repository.py).
 """
 
 import os
@@ -13,6 +13,7 @@ from oscar.defaults import *  # noqa: F403 (Oscar's documented way: its defaults
 
 HERE = Path(__file__).resolve().parent
 DB_PATH = os.environ.get("SIMPERSONA_OSCAR_DB", str(HERE / "oscar.sqlite"))
+SIMPERSONA_OSCAR_VARIANT = os.environ.get("SIMPERSONA_OSCAR_VARIANT", "default")
 
 SECRET_KEY = "simpersona-local-oscar-store"  # a store on 127.0.0.1 for simulated buyers only
 DEBUG = False
@@ -30,7 +31,11 @@ MEDIA_URL = "/media/"
 DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": DB_PATH,
                          "OPTIONS": {"timeout": 30}}}
 
-INSTALLED_APPS = [*OSCAR_APPS, "sorl.thumbnail", "storefronts.oscar.apps.BuyerTagConfig"]
+# Oscar's shipping app forked (storefronts/oscar/shipping) to offer a choice of delivery by variant;
+# its models and migrations stay Oscar's, so every variant shares one migrated database.
+INSTALLED_APPS = [("storefronts.oscar.shipping.apps.ShippingConfig" if app == "oscar.apps.shipping.apps.ShippingConfig" else app)
+                  for app in OSCAR_APPS] + ["sorl.thumbnail", "storefronts.oscar.apps.BuyerTagConfig"]
+MIGRATION_MODULES = {"shipping": "oscar.apps.shipping.migrations"}
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
