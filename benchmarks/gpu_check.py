@@ -557,7 +557,7 @@ def simulate_agent(prepared: Path, config: CheckConfig, agent_dir: Path, deadlin
     import pandas as pd
 
     from codebook.artifact import CodebookArtifact
-    from harness.eval.evaluate import (agent_code_check, per_type_behaviour, plan_shops, row_policy, shop_row,
+    from harness.eval.evaluate import (agent_code_check, per_type_behaviour, run_buyers, plan_shops, row_policy, shop_row,
                                        simulate_shop, summarize_policy, trace_code_rates)
     from harness.eval.split import SPLIT_FILE, ShopSplit
 
@@ -585,7 +585,7 @@ def simulate_agent(prepared: Path, config: CheckConfig, agent_dir: Path, deadlin
         rows.append({**shop_row("persona", plan, summary, "http"), "seconds": round(time.perf_counter() - started, 1)})
         print(f"  shop {plan.shop}: real {rows[-1]['cr_real']:.3f} simulated {rows[-1]['cr_sim']:.3f} "
               f"({rows[-1]['sim_buyers']} buyers, {rows[-1]['seconds']} s)", flush=True)
-    behaviour = per_type_behaviour(work, "persona", [row["shop"] for row in rows])
+    behaviour = per_type_behaviour(run_buyers(work, "persona", [row["shop"] for row in rows]))
     type_check = agent_code_check(trace_code_rates(prepared / TRACES), behaviour)
     return {"agent": str(agent_dir), "temperature": policy.generation.temperature, "driver": "http",
             "summary": summarize_policy(rows), "skipped_shops": skipped, "cut_shops": cut,

@@ -515,8 +515,7 @@ def serve_engine(config: EvaluateConfig, shop: str, engine: str, folder: Path):
 
     if engine == "oscar":
         return serve_for_run(config.catalog, shop, folder / f"{shop}.oscar.db", engine="oscar")
-    variant = config.variant if engine == "mock" else engine
-    return serve_for_run(config.catalog, shop, folder / f"{shop}.store.db", variant=variant)
+    return serve_for_run(config.catalog, shop, folder / f"{shop}.store.db", variant=config.variant if engine == "mock" else engine)
 
 
 def shop_row(policy: str, plan: ShopPlan, summary: dict, driver: str) -> dict:
@@ -655,11 +654,16 @@ def with_funnel_figures(row: dict, simulated: pd.DataFrame, real: pd.DataFrame, 
     return {**row, "strata": strata, "behaviour": behaviour}
 
 
-def per_type_distances(work: Path, run_group: str, shops: list[str], codes: pd.DataFrame, real_frame: pd.DataFrame,
+def run_buyers(work: Path, run_group: str, shops: list[str]) -> pd.DataFrame:
+    """simulated_buyers of every shop's run in one frame."""
+    return pd.concat([simulated_buyers(work / "sim" / run_group, shop) for shop in shops], ignore_index=True)
+
+
+def per_type_distances(simulated: pd.DataFrame, codes: pd.DataFrame, real_frame: pd.DataFrame,
                        recorded: frozenset[str], seed: int, min_buyers: int = 10) -> dict:
-    """Per code, pooled over the held-out shops: the behaviour distances of the simulated buyers of
-    that type to the real buyers the codebook assigned to it (codes with >= min_buyers on both sides)."""
-    simulated = pd.concat([simulated_buyers(work / "sim" / run_group, shop) for shop in shops], ignore_index=True)
+    """Per code, pooled over the held-out shops: the behaviour distances of the simulated buyers
+    (run_buyers) of that type to the real buyers the codebook assigned to it (codes with >=
+    min_buyers on both sides)."""
     assigned = codes[codes["split"] == "held_out"].astype({"shop_id": str, "buyer_id": str})[["shop_id", "buyer_id", "code"]]
     real = real_frame.merge(assigned, on=["shop_id", "buyer_id"])
     measures, entries = behaviour_measures(recorded), {}
@@ -672,12 +676,11 @@ def per_type_distances(work: Path, run_group: str, shops: list[str], codes: pd.D
     return {"codes": entries, "summary": behaviour_summary(list(entries.values()))}
 
 
-def per_type_behaviour(work: Path, run_group: str, shops: list[str]) -> dict:
-    """Per code, pooled over the shops' runs: buyers, mean steps, mean product views and cart rate
-    (from the store's own event log), conversion; Kruskal–Wallis of each across codes."""
+def per_type_behaviour(frame: pd.DataFrame) -> dict:
+    """Per code, pooled over the shops' runs (run_buyers): buyers, mean steps, mean product views and
+    cart rate (from the store's own event log), conversion; Kruskal–Wallis of each across codes."""
     from codebook.metrics import kruskal_across_types
 
-    frame = pd.concat([simulated_buyers(work / "sim" / run_group, shop) for shop in shops], ignore_index=True)
     if frame.empty:
         return {"types": {}, "kruskal": {}}
     frame = frame.rename(columns={"purchased": "converted"})
@@ -766,6 +769,7 @@ async def run_protocol(config: EvaluateConfig, protocol: str, split: ShopSplit, 
 
     rows: list[dict] = []
     real_frame, recorded = real_buyers(config.events, [p.shop for p in plans]), recorded_event_types(config.events)
+    persona_frames = []  # the persona's simulated buyers per shop, read once for the per-type figures
     for policy_name in config.policies:
         with phases.phase(f"simulate {policy_name}", buyers=sum(len(p.population) for p in plans)):
             policy = row_policy(policy_name, work, config, codebook)
@@ -774,8 +778,11 @@ async def run_protocol(config: EvaluateConfig, protocol: str, split: ShopSplit, 
                               f"(real rate {plan.real_rate:.1%} of {plan.real_buyers})")
                 summary = await simulate_shop(config, work, codebook, policy_name, policy, plan, config.driver, policy_name)
                 row = shop_row(policy_name, plan, summary, config.driver)
-                rows.append(with_funnel_figures(row, simulated_buyers(work / "sim" / policy_name, plan.shop),
-                                                real_frame[real_frame["shop_id"] == plan.shop], recorded, config.seed))
+                simulated = simulated_buyers(work / "sim" / policy_name, plan.shop)
+                if policy_name == "persona":
+                    persona_frames.append(simulated)
+                rows.append(with_funnel_figures(row, simulated, real_frame[real_frame["shop_id"] == plan.shop],
+                                                recorded, config.seed))
     training_codes = codes[codes["split"] == "training"]
     global_rate = training_rate(split, real)
     if "global_rate" in config.baselines:
@@ -788,7 +795,8 @@ async def run_protocol(config: EvaluateConfig, protocol: str, split: ShopSplit, 
     with phases.phase("transfer"):
         transfer = {store: await transfer_check(config, work, codebook, plans, rows, store, console)
                     for store in config.transfer_stores} if plans else {}
-    behaviour = per_type_behaviour(work, "persona", [p.shop for p in plans])
+    persona_buyers = pd.concat(persona_frames, ignore_index=True) if persona_frames else pd.DataFrame()
+    behaviour = per_type_behaviour(persona_buyers)
     size = config.codebook_size
     mixes = {p.shop: {"real": p.real_mix, "sampled": p.sampled_mix, "jsd": mix_jsd(p.sampled_mix, p.real_mix, size)} for p in plans}
     held_out = codes[codes["split"] == "held_out"]
@@ -803,8 +811,7 @@ async def run_protocol(config: EvaluateConfig, protocol: str, split: ShopSplit, 
         **policy_figures(rows, config.seed),
         "type_mix": {"mean_jsd": float(np.mean([m["jsd"] for m in mixes.values()])) if mixes else None, "shops": mixes},
         "per_type": behaviour,
-        "type_distances": per_type_distances(work, "persona", [p.shop for p in plans], codes, real_frame, recorded,
-                                             config.seed) if plans else None,
+        "type_distances": per_type_distances(persona_buyers, codes, real_frame, recorded, config.seed) if plans else None,
         "real_per_type": real_type_funnels(config.events, codes, [p.shop for p in plans]),
         "agent_check": agent_code_check(trace_code_rates(traces_path), behaviour) if traces_path else None,
         "browser_check": browser,
