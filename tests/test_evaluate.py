@@ -16,6 +16,7 @@ from harness.eval.evaluate import (
     STRATUM_EVENTS,
     EvaluateConfig,
     MismatchedPolicy,
+    agent_code_check,
     behaviour_columns,
     behaviour_measures,
     calibration_shop_ids,
@@ -23,6 +24,7 @@ from harness.eval.evaluate import (
     fold_config,
     select_trace_buyers,
     traced_shops,
+    type_gap,
     with_funnel_flags,
 )
 from harness.eval.folds import seed_spread
@@ -37,6 +39,7 @@ from harness.eval.metrics import (
     conversion_alignment,
     correlations,
     expected_alignment_at,
+    expected_rate_gap,
     intervals_overlap,
     mix_jsd,
     sampling_ceiling,
@@ -141,6 +144,21 @@ def test_sampling_ceiling_is_what_binomial_noise_alone_allows():
     assert expected_alignment_at(0.5, 2) == pytest.approx(0.5)
     assert expected_alignment_at(0.08, 300) < expected_alignment_at(0.08, 1000) < expected_alignment_at(0.08, 20000) < 1
     assert sampling_ceiling([0.5, 0.5], [1, 2]) == pytest.approx(0.25)
+
+
+def test_the_type_check_counts_only_the_gap_that_sampling_does_not_explain():
+    # Types that convert at 0 % or 100 % never stray by chance; at 50 % one buyer is always 0.5 off.
+    assert expected_rate_gap(0.0, 40) == expected_rate_gap(1.0, 40) == 0.0
+    assert expected_rate_gap(0.5, 1) == pytest.approx(0.5)
+    assert expected_rate_gap(0.5, 2) == pytest.approx(0.25)
+    assert expected_rate_gap(0.3, 10_000) == pytest.approx(math.sqrt(2 / math.pi * 0.3 * 0.7 / 10_000), rel=0.02)
+    traces = {"0": {"traces": 10, "conversion_rate": 0.0}, "1": {"traces": 10, "conversion_rate": 0.5}}
+    agent = {"types": {"0": {"buyers": 3, "conversion_rate": 0.0}, "1": {"buyers": 1, "conversion_rate": 1.0}}}
+    check = agent_code_check(traces, agent)
+    assert check["weighted_mean_abs_gap"] == pytest.approx(0.5 / 4) and check["sampling_gap"] == pytest.approx(0.5 / 4)
+    assert type_gap(check) == pytest.approx(0.0)  # one buyer of a 50 % type converting is no evidence of blur
+    blurred = agent_code_check(traces, {"types": {**agent["types"], "0": {"buyers": 3, "conversion_rate": 1 / 3}}})
+    assert type_gap(blurred) == pytest.approx(1 / 4)
 
 
 def test_strata_leave_out_what_the_real_log_never_records():
@@ -366,6 +384,35 @@ def test_end_to_end_on_a_tmall_subset(tmall_subset, tmp_path):
     # Resumable: a second call reuses every step's file and gives the same figures.
     again = evaluate(config)
     assert again["protocols"]["paper"]["policies"] == result["policies"]
+
+
+@pytest.mark.slow
+def test_an_agent_that_blurs_its_types_is_set_aside_and_trained_again_with_twice_the_steps(tmall_subset, tmp_path):
+    config = EvaluateConfig(
+        out_dir=tmp_path / "eval", input_dir=tmall_subset, protocol="paper", agent_base="tiny", min_buyers=50, folds=1,
+        max_held_out_shops=1, buyers_per_shop=4, browser_check=False, codebook_size=4, codebook_epochs=2,
+        traces_per_code=3, traces_per_shop=3, trace_max_steps=8, sft_max_steps=2, max_steps=4, concurrency=4,
+        progress=False, calibrate_temperatures=(1.0, 0.5), calibration_shops=1, calibration_buyers=4,
+        baselines=("global_rate",),
+        max_type_gap=-1.0,  # every agent is over a negative limit
+    )
+    summary = evaluate(config)
+
+    work = tmp_path / "eval" / "paper"
+    calibration = json.loads((work / "calibration.json").read_text())
+    rejected = calibration["rejected"]
+    assert rejected["sft_max_steps"] == 2 and set(rejected["tried"]) == {"1", "0.5"}
+    assert rejected["type_gap"] == min(t["type_check"]["weighted_mean_abs_gap"] for t in rejected["tried"].values())
+    assert (work / "agent_rejected" / "persona.json").is_file() and (work / "sim" / "calibration_rejected").is_dir()
+    steps = lambda agent: json.loads((work / agent / "training.json").read_text())["config"]["stage2_max_steps"]
+    assert (steps("agent_rejected"), steps("agent")) == (2, 4)
+    # The held-out shop is simulated by the retrained agent, at its own calibrated temperature.
+    assert summary["protocols"]["paper"]["temperature"] == calibration["chosen"]
+    assert json.loads((work / "agent" / "persona.json").read_text())["sampling"]["temperature"] == calibration["chosen"]
+    # Trained once more only: a rerun reuses both agents and gives the same figures.
+    again = evaluate(config)
+    assert again["protocols"]["paper"]["policies"] == summary["protocols"]["paper"]["policies"]
+    assert json.loads((work / "calibration.json").read_text())["rejected"] == rejected
 
 
 @pytest.mark.slow

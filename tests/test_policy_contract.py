@@ -247,7 +247,7 @@ def test_the_calibrated_temperature_is_what_simulate_and_ab_sample_at(work, agen
     calibrated = shutil.copytree(agent_dir, tmp_path / "agent")
     record_calibrated_temperature(calibrated, {"shops": ["1001", "1002"], "chosen": 0.7})
     persona_map = PersonaMap.load(calibrated)
-    assert persona_map.sampling == Sampling(0.7, "calibration on training shops 1001, 1002 (best alignment)")
+    assert persona_map.sampling == Sampling(0.7, "calibration on training shops 1001, 1002 (closest conversion per type)")
     assert persona_map.codebook == PersonaMap.load(agent_dir).codebook  # the rest of persona.json is kept
 
     codebook = CodebookArtifact.load(work / "codebook")

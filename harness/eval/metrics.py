@@ -113,6 +113,15 @@ def sampling_ceiling(real: list[float], buyers: list[int]) -> float | None:
     return float(np.mean([expected_alignment_at(r, n) for r, n in zip(real, buyers)]))
 
 
+def expected_rate_gap(rate: float, buyers: int) -> float:
+    """E|K / N - p| for K ~ Binomial(N, p): how far N buyers who each convert with probability p
+    land from p by chance alone."""
+    from scipy.stats import binom
+
+    k = np.arange(buyers + 1)
+    return float(np.sum(binom.pmf(k, buyers, rate) * np.abs(k / buyers - rate))) if buyers else 0.0
+
+
 def summarize_policy(rows: list[dict], seed: int = 0) -> dict:
     """One policy's figures over the shops of `rows` (results.json lines)."""
     simulated, real = [r["cr_sim"] for r in rows], [r["cr_real"] for r in rows]
