@@ -234,7 +234,7 @@ class EvaluateConfig:
         preset = dict(
             folds=1, max_held_out_shops=2, max_buyers_per_shop=40, browser_buyers=20, traces_per_code=12, traces_per_shop=10,
             sft_stage1_epochs=1, sft_stage2_epochs=4, sft_max_steps=150,
-            max_steps=30, baselines=("type_profile", "global_rate"), calibration_shops=2, calibration_buyers=40,
+            max_steps=30, baselines=("type_profile", "global_rate"), calibrate_temperatures=(),
         )
         preset.update(options)
         return cls(out_dir=out_dir, **preset)
