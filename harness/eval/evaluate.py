@@ -878,7 +878,7 @@ async def checked_persona_agent(config: EvaluateConfig, work: Path, split: ShopS
     if gap <= config.max_type_gap:
         return calibration
     console.print(f"[bold red]agent rejected[/]: its conversion per type is {gap:.3f} from its traces' on the calibration "
-                  f"buyers (limit {config.max_type_gap}); training it again with {retrain_config(config).sft_max_steps} steps per stage")
+                  f"buyers (limit {config.max_type_gap}); training it again with twice the steps")
     for name in ("agent", "sim/calibration", CALIBRATION_FILE):
         (work / name).rename(work / rejected_name(name))
     return await checked_persona_agent(config, work, split, codes, real, traces_path, codebook, phases, console)
@@ -889,7 +889,8 @@ def with_rejected_agent(work: Path, calibration: dict, config: EvaluateConfig) -
     if "rejected" not in calibration:
         rejected = json.loads((work / rejected_name(CALIBRATION_FILE)).read_text())
         calibration["rejected"] = {
-            "type_gap": chosen_type_gap(rejected), "sft_max_steps": config.sft_max_steps, "chosen": rejected["chosen"],
+            "type_gap": chosen_type_gap(rejected), "sft_max_steps": config.sft_max_steps,
+            "sft_epochs": [config.sft_stage1_epochs, config.sft_stage2_epochs], "chosen": rejected["chosen"],
             "tried": {t: {k: v for k, v in r.items() if k != "rows"} for t, r in rejected["tried"].items()}}
         (work / CALIBRATION_FILE).write_text(json.dumps(calibration, indent=1, default=_json_default) + "\n")
     return calibration
@@ -905,7 +906,10 @@ def rejected_name(name: str) -> str:
 
 
 def retrain_config(config: EvaluateConfig) -> EvaluateConfig:
-    return replace(config, sft_max_steps=2 * config.sft_max_steps if config.sft_max_steps else None)
+    """Twice the SFT: twice the step cap, or twice the epochs where steps are not capped."""
+    if config.sft_max_steps:
+        return replace(config, sft_max_steps=2 * config.sft_max_steps)
+    return replace(config, sft_stage1_epochs=2 * config.sft_stage1_epochs, sft_stage2_epochs=2 * config.sft_stage2_epochs)
 
 
 def calibration_shop_ids(split: ShopSplit, real: pd.DataFrame, count: int, seed: int,
