@@ -97,7 +97,8 @@ CALIBRATION_FILE = "calibration.json"
 class EvaluateConfig:
     """Every option of one held-out evaluation. The defaults are the configuration behind the
     published figures (docs/results.md): on 2 cores, about 20 min per fold of the Tmall log
-    (5 folds, 137 shops), of which the persona and the mismatched simulations take 6 min each."""
+    (5 folds, 137 shops), of which the persona and the mismatched simulations take 6 min each,
+    and 9 more when the fold's agent is retrained."""
 
     out_dir: Path
     # input: events.parquet + catalog.parquet, given one by one or as an ingested run dir
@@ -175,8 +176,8 @@ class EvaluateConfig:
     calibration_min_purchases: int = 5
     # An agent further than this from its traces' conversion per type (buyer-weighted mean |gap| on
     # the calibration buyers beyond the sampling gap, at its chosen temperature: type_gap) is trained
-    # once more (checked_persona_agent). Agents that follow their types sit at 0.00-0.03 on Tmall;
-    # a blurred one at 0.09. None: never.
+    # once more (checked_persona_agent). Agents that follow their types sit at 0.000-0.012 on Tmall;
+    # blurred ones at 0.044-0.092. None: never.
     max_type_gap: float | None = 0.05
     # simulation
     # Each simulated baseline is another simulation of every held-out shop (type_profile: 5 min per
@@ -500,10 +501,10 @@ async def simulate_shop(config: EvaluateConfig, work: Path, codebook: CodebookAr
     if summary_path.is_file():
         summary = json.loads(summary_path.read_text())
         if summary.get("completed") == len(plan.population) and summary.get("store_counted"):
-            made_by = json.loads((run_dir / "manifest.json").read_text()).get("policy")
-            if made_by != policy_record(policy):  # a finished run is reused only by the policy that made it
+            made_by, mine = json.loads((run_dir / "manifest.json").read_text()).get("policy"), policy_record(policy)
+            if made_by != mine:  # a finished run is reused only by the policy that made it
                 raise RunDirError(f"{run_dir} was simulated by {made_by}, this evaluation's {policy_name} is "
-                                  f"{policy_record(policy)}; move that run away to simulate it again")
+                                  f"{mine}; move that run away to simulate it again")
             return summary
     with serve_engine(config, plan.shop, engine, run_dir.parent) as served:
         sim = SimulationConfig(
@@ -865,7 +866,7 @@ async def checked_persona_agent(config: EvaluateConfig, work: Path, split: ShopS
     strays from its traces' at its best temperature (type_gap > config.max_type_gap on the
     calibration buyers) has blurred its types: it is set aside (agent_rejected/, with its
     calibration runs) and trained once more with twice the SFT steps; calibration.json keeps both."""
-    retrained = (work / REJECTED_AGENT).is_dir()
+    retrained = (work / SET_ASIDE["agent"]).is_dir()
     with phases.phase("agent"):
         train_protocol_agent(retrain_config(config) if retrained else config, traces_path, work / "agent", False, console)
     with phases.phase("calibration"):
@@ -879,15 +880,15 @@ async def checked_persona_agent(config: EvaluateConfig, work: Path, split: ShopS
         return calibration
     console.print(f"[bold red]agent rejected[/]: its conversion per type is {gap:.3f} from its traces' on the calibration "
                   f"buyers (limit {config.max_type_gap}); training it again with twice the steps")
-    for name in ("agent", "sim/calibration", CALIBRATION_FILE):
-        (work / name).rename(work / rejected_name(name))
+    for name, aside in SET_ASIDE.items():
+        (work / name).rename(work / aside)
     return await checked_persona_agent(config, work, split, codes, real, traces_path, codebook, phases, console)
 
 
 def with_rejected_agent(work: Path, calibration: dict, config: EvaluateConfig) -> dict:
     """The retrained agent's calibration.json, plus what the rejected agent measured."""
     if "rejected" not in calibration:
-        rejected = json.loads((work / rejected_name(CALIBRATION_FILE)).read_text())
+        rejected = json.loads((work / SET_ASIDE[CALIBRATION_FILE]).read_text())
         calibration["rejected"] = {
             "type_gap": chosen_type_gap(rejected), "sft_max_steps": config.sft_max_steps,
             "sft_epochs": [config.sft_stage1_epochs, config.sft_stage2_epochs], "chosen": rejected["chosen"],
@@ -896,13 +897,9 @@ def with_rejected_agent(work: Path, calibration: dict, config: EvaluateConfig) -
     return calibration
 
 
-REJECTED_AGENT = "agent_rejected"
-
-
-def rejected_name(name: str) -> str:
-    """Where a rejected agent's dir, calibration runs and calibration.json go."""
-    return {"agent": REJECTED_AGENT, "sim/calibration": "sim/calibration_rejected",
-            CALIBRATION_FILE: "calibration_rejected.json"}[name]
+# Where a rejected agent's dir, its calibration runs and calibration.json are set aside.
+SET_ASIDE = {"agent": "agent_rejected", "sim/calibration": "sim/calibration_rejected",
+             CALIBRATION_FILE: "calibration_rejected.json"}
 
 
 def retrain_config(config: EvaluateConfig) -> EvaluateConfig:
