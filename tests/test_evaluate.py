@@ -22,10 +22,12 @@ from harness.eval.evaluate import (
     calibration_shop_ids,
     evaluate,
     fold_config,
+    rejection_reason,
     select_trace_buyers,
     traced_shops,
     type_gap,
     with_funnel_flags,
+    worst_type,
 )
 from harness.eval.folds import seed_spread
 from harness.eval.phases import PhaseTimes, pooled_phases
@@ -159,6 +161,27 @@ def test_the_type_check_counts_only_the_gap_that_sampling_does_not_explain():
     assert type_gap(check) == pytest.approx(0.0)  # one buyer of a 50 % type converting is no evidence of blur
     blurred = agent_code_check(traces, {"types": {**agent["types"], "0": {"buyers": 3, "conversion_rate": 1 / 3}}})
     assert type_gap(blurred) == pytest.approx(1 / 4)
+
+
+def test_an_agent_that_drops_one_small_type_is_rejected_though_its_mean_gap_is_small(tmp_path):
+    traces = {"big": {"traces": 60, "conversion_rate": 0.0}, "lost": {"traces": 60, "conversion_rate": 1.0},
+              "tiny": {"traces": 60, "conversion_rate": 1.0}}
+    agent = {"types": {"big": {"buyers": 400, "conversion_rate": 0.0}, "lost": {"buyers": 14, "conversion_rate": 2 / 14},
+                       "tiny": {"buyers": 1, "conversion_rate": 0.0}}}
+    check = agent_code_check(traces, agent)
+    worst = worst_type(check)
+    assert worst["code"] == "lost" and (worst["agent_converted"], worst["agent_buyers"]) == (2, 14)
+    assert worst["gap"] == pytest.approx(1 - wilson_interval(2, 14)[1]) and worst["gap"] > 0.5
+    assert worst_type({"per_code": {"tiny": {**check["per_code"]["tiny"]}}})["gap"] < 0.25  # 0 of 1 is no evidence
+    calibration = {"chosen": 0.5, "tried": {"0.5": {"type_check": check}}}
+    calibration["type_gap"] = type_gap(check)
+    for name in ("events.parquet", "catalog.parquet"):
+        (tmp_path / name).touch()  # the config only checks that they exist
+    config = EvaluateConfig(out_dir=tmp_path / "eval", input_dir=tmp_path)
+    assert calibration["type_gap"] < config.max_type_gap  # the mean over buyers hides the lost type
+    assert "type lost converts 2 of 14" in rejection_reason(calibration, config)
+    assert rejection_reason(calibration, replace(config, max_worst_type_gap=None)) is None
+    assert "per type is" in rejection_reason(calibration, replace(config, max_type_gap=0.0, max_worst_type_gap=None))
 
 
 def test_strata_leave_out_what_the_real_log_never_records():

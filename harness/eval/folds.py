@@ -80,9 +80,11 @@ def fold_line(fold: int, result: dict) -> dict:
         "held_out": len(result["held_out_shops"]),
         "temperature": result.get("temperature"),
         "calibration_shops": len(calibration.get("shops") or []),
-        # the chosen temperature's per-type gap on the calibration buyers (beyond sampling), and the
-        # gap of an agent set aside for blurring its types (evaluate.checked_persona_agent)
+        # the chosen temperature's per-type gap on the calibration buyers (beyond sampling), its
+        # worst type's gap, and the gap of an agent set aside for not following its types
+        # (evaluate.checked_persona_agent)
         "calibration_type_gap": calibration.get("type_gap"),
+        "worst_type_gap": (calibration.get("worst_type") or {}).get("gap"),
         "rejected_agent_gap": (calibration.get("rejected") or {}).get("type_gap"),
         "persona": (policies.get("persona") or {}).get("alignment"),
         "type_oracle": (policies.get("type_oracle") or {}).get("alignment"),
