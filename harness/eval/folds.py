@@ -81,11 +81,12 @@ def fold_line(fold: int, result: dict) -> dict:
         "temperature": result.get("temperature"),
         "calibration_shops": len(calibration.get("shops") or []),
         # the chosen temperature's per-type gap on the calibration buyers (beyond sampling), its
-        # worst type's gap, and the gap of an agent set aside for not following its types
+        # worst type's gap, and both gaps of each agent set aside for not following its types
         # (evaluate.checked_persona_agent)
         "calibration_type_gap": calibration.get("type_gap"),
         "worst_type_gap": (calibration.get("worst_type") or {}).get("gap"),
-        "rejected_agent_gap": (calibration.get("rejected") or {}).get("type_gap"),
+        "rejected_agents": ", ".join(f"{agent['type_gap']:.3f} / {agent['worst_type']['gap']:.2f}"
+                                     for agent in calibration.get("rejected", [])) or None,
         "persona": (policies.get("persona") or {}).get("alignment"),
         "type_oracle": (policies.get("type_oracle") or {}).get("alignment"),
         "persona_vs_oracle": result.get("persona_vs_oracle"),

@@ -340,9 +340,10 @@ def folds_part(folds: list[dict] | None) -> str:
             "its temperature is the one calibration chose on its own training shops (its agent's default when calibration is off): "
             "the one under which the agent's conversion per type is closest to its traces' (type gap: buyer-weighted "
             "|agent − traces| beyond sampling noise; worst type: how far one type's traces' conversion lies outside the Wilson "
-            "interval of the agent's). An agent over either limit was trained again with twice the steps (rejected agent's gap).</p>"
+            "interval of the agent's). An agent over either limit was trained again with twice the steps (rejected agents: "
+            "their type gap / worst type).</p>"
             + table(folds, [("fold", "fold"), ("held_out", "held-out shops"), ("temperature", "temperature"),
-                            ("calibration_type_gap", "type gap (calibration)"), ("worst_type_gap", "worst type"), ("rejected_agent_gap", "rejected agent's gap"),
+                            ("calibration_type_gap", "type gap (calibration)"), ("worst_type_gap", "worst type"), ("rejected_agents", "rejected agents"),
                             ("persona", "persona alignment"), ("type_oracle", "type oracle"),
                             ("persona_vs_oracle", "persona / oracle"), ("per_type_pearson", "per-type Pearson (agent vs traces)"),
                             ("people_overlap", "buyers also in training shops")]))
