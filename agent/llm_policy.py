@@ -20,7 +20,7 @@ from pathlib import Path
 
 from agent.actions import ActionError
 from agent.generate import GenerationSettings
-from agent.models import Backend, load_endpoint, load_local
+from agent.models import Backend, load_endpoint, load_local, weights_digest
 from agent.persona import PersonaMap
 from codebook.artifact import CodebookArtifact
 from agent.policy import BuyerTurn
@@ -67,6 +67,7 @@ class LLMPolicy:
     # Logits processors added to the free (first) pass only; for experiments and tests.
     first_pass_processors: list = field(default_factory=list)
     name: str = "llm"
+    weights: str = ""  # agent/models.weights_digest of the agent dir it was loaded from ("" otherwise)
 
     def __post_init__(self) -> None:
         persona_ids = tuple(self.backend.tokenizer.convert_tokens_to_ids(token) for token in self.persona_map.tokens if token)
@@ -82,7 +83,7 @@ class LLMPolicy:
         """
         persona_map = checked_persona_map(agent_dir, codebook)
         return cls(load_local(agent_dir, device=device), persona_map,
-                   generation=sampling_settings(persona_map, temperature, seed), **options)
+                   generation=sampling_settings(persona_map, temperature, seed), weights=weights_digest(agent_dir), **options)
 
     @classmethod
     def zero_shot(cls, backend: Backend, temperature: float | None = None, seed: int = 0, **options) -> "LLMPolicy":

@@ -236,6 +236,18 @@ def load_local(path: str | Path, dtype: torch.dtype | None = None, device: str |
     return LocalModel(model.to(device).eval(), tokenizer, path.name)
 
 
+def weights_digest(path: str | Path) -> str:
+    """A short sha256 of a model directory's weight files: which trained agent made a run."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for weights in sorted(Path(path).glob("*.safetensors")):
+        with weights.open("rb") as stream:
+            while chunk := stream.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
 def load_base(spec: str, texts: list[str] = ()) -> LocalModel:
     """`tiny` (tokenizer trained on `texts`), `smollm2`, or a path to a model directory."""
     if spec == "tiny":

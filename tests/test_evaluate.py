@@ -429,7 +429,7 @@ def test_an_agent_that_blurs_its_types_is_set_aside_and_trained_again_with_twice
     assert "per type is" in rejected[0]["reason"]
     for aside in ("agent_rejected", "agent_rejected_2"):
         assert (work / aside / "persona.json").is_file()
-    assert (work / "sim" / "calibration_rejected").is_dir() and (work / "sim" / "calibration_rejected_2").is_dir()
+    assert (work / "sim_rejected" / "calibration").is_dir() and (work / "sim_rejected_2" / "calibration").is_dir()
     steps = lambda agent: json.loads((work / agent / "training.json").read_text())["config"]["stage2_max_steps"]
     assert (steps("agent_rejected"), steps("agent_rejected_2"), steps("agent")) == (2, 4, 8)
     # Two retrainings at most: the third agent is kept although it is over the limit too, and it

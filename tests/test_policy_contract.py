@@ -133,6 +133,24 @@ def test_the_agent_dir_records_its_codebook_traces_and_sampling(work, agent_dir)
     assert persona_map.sampling == Sampling()  # not calibrated yet: the documented default
 
 
+def test_a_run_records_which_weights_made_it(work, agent_dir, tmp_path):
+    from agent.models import weights_digest
+    from harness.sim.policies import policy_record
+
+    codebook = CodebookArtifact.load(work / "codebook")
+    record = policy_record(build_policy(PolicySpec(str(agent_dir)), codebook))
+    assert record["weights"] == weights_digest(agent_dir) and len(record["weights"]) == 16
+    retrained = tmp_path / "retrained"
+    shutil.copytree(agent_dir, retrained)
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(retrained / "model.safetensors")
+    first = sorted(tensors)[0]
+    tensors[first] = tensors[first] + 1.0  # other weights; name, temperature and seed stay the same
+    save_file(tensors, retrained / "model.safetensors", metadata={"format": "pt"})
+    assert policy_record(build_policy(PolicySpec(str(retrained)), codebook))["weights"] != record["weights"]
+
+
 # A calibrated temperature other than the default, so that every path is seen to read it from the
 # agent dir; the agent still writes valid actions at it, so sampling (not the greedy retry) decides.
 CALIBRATED_TEMPERATURE = 1.2

@@ -513,6 +513,8 @@ async def simulate_shop(config: EvaluateConfig, work: Path, codebook: CodebookAr
         summary = json.loads(summary_path.read_text())
         if summary.get("completed") == len(plan.population) and summary.get("store_counted"):
             made_by, mine = json.loads((run_dir / "manifest.json").read_text()).get("policy"), policy_record(policy)
+            if "weights" not in (made_by or {}):  # a manifest that names no weights is compared without them
+                mine.pop("weights", None)
             if made_by != mine:  # a finished run is reused only by the policy that made it
                 raise RunDirError(f"{run_dir} was simulated by {made_by}, this evaluation's {policy_name} is "
                                   f"{mine}; move that run away to simulate it again")
@@ -926,10 +928,11 @@ def rejected_agent_record(work: Path, config: EvaluateConfig, attempt: int) -> d
 
 
 def set_aside_paths(attempt: int) -> dict[str, str]:
-    """Where the `attempt`-th rejected agent's dir, its calibration runs and calibration.json go
-    (agent_rejected/, then agent_rejected_2/, ...)."""
+    """Where the `attempt`-th rejected agent's dir, its runs (sim/: the calibration's, and any
+    held-out run it made when a resume applies a stricter check) and calibration.json go
+    (agent_rejected/, sim_rejected/, calibration_rejected.json, then *_rejected_2, ...)."""
     suffix = "" if attempt == 1 else f"_{attempt}"
-    return {"agent": f"agent_rejected{suffix}", "sim/calibration": f"sim/calibration_rejected{suffix}",
+    return {"agent": f"agent_rejected{suffix}", "sim": f"sim_rejected{suffix}",
             CALIBRATION_FILE: f"calibration_rejected{suffix}.json"}
 
 

@@ -131,11 +131,14 @@ def build_policy(spec: PolicySpec, codebook: CodebookArtifact):
 
 
 def policy_record(policy) -> dict:
-    """What a run's manifest says about its policy: the name and, for an agent, how it samples."""
+    """What a run's manifest says about its policy: the name and, for an agent, how it samples and
+    which weights it runs (when loaded from an agent dir)."""
     record = {"name": getattr(policy, "name", type(policy).__name__)}
     generation = getattr(policy, "generation", None)
     if generation is not None:
         record.update(temperature=generation.temperature, seed=generation.seed, neutral=getattr(policy, "neutral", False))
+    if getattr(policy, "weights", ""):
+        record["weights"] = policy.weights
     return record
 
 
