@@ -887,6 +887,8 @@ async def checked_persona_agent(config: EvaluateConfig, work: Path, split: ShopS
     if calibration is None:
         return calibration
     reason = rejection_reason(calibration, config)
+    if reason is not None and attempt >= config.max_retrains:
+        console.print(f"[bold red]agent kept[/] after {attempt} retrainings although {reason}")
     if reason is None or attempt >= config.max_retrains:
         return with_rejected_agents(work, calibration, config, attempt)
     console.print(f"[bold red]agent rejected[/]: {reason}; training it again with twice the steps")
