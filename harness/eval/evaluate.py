@@ -183,8 +183,8 @@ class EvaluateConfig:
     # A small type the agent does not follow hardly moves that mean (type 13 of seed 0's fold 4:
     # 2 of 14 buyers bought where all its traces bought, mean gap 0.044). An agent is also trained
     # again when one type's traces' conversion lies further than this outside the Wilson 95 %
-    # interval of the agent's (worst_type): at most 0.15 for the agents that followed their types,
-    # 0.38-0.69 for the ones that did not. None: never.
+    # interval of the agent's (worst_type): at most 0.21 for the agents that followed their types,
+    # 0.38-0.85 for the ones that did not (seeds 0-2). None: never.
     max_worst_type_gap: float | None = 0.25
     # Each retraining doubles the SFT steps of the one before (150, 300, 600): the last is kept.
     max_retrains: int = 2
