@@ -73,7 +73,7 @@ TARGET_ACTIONS_PER_S = 5000  # SmolLM2-135M on one H100/H200 (issue 20)
 GPU_MACHINE_HAS = ("torch", "transformers", "peft", "accelerate", "pandas", "pyarrow", "numpy", "scipy", "httpx",
                    "jinja2", "rich", "typer", "tqdm")
 CARRIED_WHEELS = ("starlette", "uvicorn", "h11", "anyio", "typing_extensions", "beautifulsoup4", "soupsieve",
-                  "scikit-learn", "joblib", "threadpoolctl", "narwhals", "cloudpickle")
+                  "scikit-learn", "joblib", "threadpoolctl", "narwhals", "cloudpickle", "sniffio")
 
 
 # ---------------------------------------------------------------------------------------------
