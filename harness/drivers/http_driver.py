@@ -67,11 +67,10 @@ class HttpPool:
         self.stylesheet_cache: dict[str, str] = {}   # shared: stylesheets are the same for everyone
         self._slots: asyncio.Semaphore | None = None
         # Building an SSL context reads the CA bundle (~20 ms of CPU): once per pool, not per buyer.
-        self._ssl_context = None
+        self._ssl_context = httpx.create_ssl_context()
 
     async def __aenter__(self) -> "HttpPool":
         self._slots = asyncio.Semaphore(self.max_concurrency)
-        self._ssl_context = self._ssl_context or httpx.create_ssl_context()
         return self
 
     async def __aexit__(self, *exc_info) -> None:

@@ -58,7 +58,7 @@ from rich.console import Console
 
 from codebook.artifact import CodebookArtifact
 from storefronts.variants import load_variant, training_themes
-from harness.sim.policies import PolicySpec, build_policy, policy_record
+from harness.sim.policies import PolicySpec, build_policy, made_by, policy_record
 from harness.sim.population import SyntheticBuyer, population_from_mix
 from harness.sim.rundir import RunDir, RunDirError
 from harness.sim.paired import wilson_interval
@@ -512,12 +512,10 @@ async def simulate_shop(config: EvaluateConfig, work: Path, codebook: CodebookAr
     if summary_path.is_file():
         summary = json.loads(summary_path.read_text())
         if summary.get("completed") == len(plan.population) and summary.get("store_counted"):
-            made_by, mine = json.loads((run_dir / "manifest.json").read_text()).get("policy"), policy_record(policy)
-            if "weights" not in (made_by or {}):  # a manifest that names no weights is compared without them
-                mine.pop("weights", None)
-            if made_by != mine:  # a finished run is reused only by the policy that made it
-                raise RunDirError(f"{run_dir} was simulated by {made_by}, this evaluation's {policy_name} is "
-                                  f"{mine}; move that run away to simulate it again")
+            recorded = json.loads((run_dir / "manifest.json").read_text()).get("policy")
+            if not made_by(recorded, policy):  # a finished run is reused only by the policy that made it
+                raise RunDirError(f"{run_dir} was simulated by {recorded}, this evaluation's {policy_name} is "
+                                  f"{policy_record(policy)}; move that run away to simulate it again")
             return summary
     with serve_engine(config, plan.shop, engine, run_dir.parent) as served:
         sim = SimulationConfig(

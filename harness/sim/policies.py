@@ -142,6 +142,15 @@ def policy_record(policy) -> dict:
     return record
 
 
+def made_by(recorded: dict | None, policy) -> bool:
+    """Whether a run whose manifest records `recorded` was made by `policy` (policy_record); a
+    record that names no weights is compared without them."""
+    mine = policy_record(policy)
+    if "weights" not in (recorded or {}):
+        mine.pop("weights", None)
+    return recorded == mine
+
+
 def close_policy(policy) -> None:
     """Release what a policy holds (an endpoint's HTTP client); nothing for the others."""
     close = getattr(getattr(policy, "backend", None), "close", None)
