@@ -93,6 +93,25 @@ def test_run_dir_cuts_a_torn_last_line_and_refuses_to_overwrite(tmp_path):
     assert [json.loads(line)["buyer_index"] for line in lines] == [0, 2, 1]
 
 
+def test_a_run_is_resumed_only_by_the_policy_that_made_it(tmp_path):
+    config = {"shop": "s", "seed": 1, "buyers": 3, "policy": "runs/x/agent"}
+    made = {"name": "runs/x/agent", "temperature": 0.5, "seed": 1, "weights": "a1b2c3d4e5f6a7b8"}
+    RunDir.open(tmp_path / "r", {"config": config, "policy": made}).append_trajectory({"buyer_index": 0, "outcome": "left"})
+
+    # Retrained in place: the same path and settings, other weights.
+    retrained = {**made, "weights": "0000000000000000"}
+    with pytest.raises(RunDirError, match="made by the policy .*a1b2c3d4e5f6a7b8.*0000000000000000"):
+        RunDir.open(tmp_path / "r", {"config": config, "policy": retrained}, resume=True)
+    with pytest.raises(RunDirError, match="made by the policy"):
+        RunDir.open(tmp_path / "r", {"config": config, "policy": {**made, "temperature": 1.0}}, resume=True)
+    RunDir.open(tmp_path / "r", {"config": config, "policy": made}, resume=True)
+
+    # A manifest written before weights were recorded resumes with any weights.
+    old = {key: value for key, value in made.items() if key != "weights"}
+    RunDir.open(tmp_path / "old", {"config": config, "policy": old})
+    RunDir.open(tmp_path / "old", {"config": config, "policy": retrained}, resume=True)
+
+
 # --- batching --------------------------------------------------------------------------------
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from codebook.artifact import CodebookArtifact
+from harness.sim.rundir import same_policy
 
 ZERO_SHOT_POLICY = "smollm2-zero-shot"
 BASELINE_POLICIES = ("random", "type-profile", ZERO_SHOT_POLICY)
@@ -145,10 +146,7 @@ def policy_record(policy) -> dict:
 def made_by(recorded: dict | None, policy) -> bool:
     """Whether a run whose manifest records `recorded` was made by `policy` (policy_record); a
     record that names no weights is compared without them."""
-    mine = policy_record(policy)
-    if "weights" not in (recorded or {}):
-        mine.pop("weights", None)
-    return recorded == mine
+    return recorded is not None and same_policy(recorded, policy_record(policy))
 
 
 def close_policy(policy) -> None:

@@ -39,6 +39,15 @@ RESUME_KEYS = ("shop", "codebook_dir", "policy", "buyers", "max_steps", "seed")
 _VERSIONED_PACKAGES = ("simpersona", "playwright", "httpx", "starlette", "uvicorn", "numpy", "torch", "transformers")
 
 
+def same_policy(recorded: dict, current: dict) -> bool:
+    """Whether two manifests' policy records (harness.sim.policies.policy_record) name the same
+    policy. A record that names no weights is compared without them: manifests written before
+    the weights were recorded stay resumable."""
+    if "weights" not in recorded:
+        current = {key: value for key, value in current.items() if key != "weights"}
+    return recorded == current
+
+
 class RunDirError(RuntimeError):
     """The run directory cannot be created or resumed as asked."""
 
@@ -95,6 +104,10 @@ class RunDir:
         if differing:
             details = "; ".join(f"{k}: was {previous.get(k)!r}, now {current.get(k)!r}" for k in differing)
             raise RunDirError(f"cannot resume {self.path}: the run was made with other settings ({details})")
+        made_by, resuming_with = original.get("policy"), manifest.get("policy")
+        if made_by is not None and resuming_with is not None and not same_policy(made_by, resuming_with):
+            raise RunDirError(f"cannot resume {self.path}: it was made by the policy {made_by!r}, not by {resuming_with!r} "
+                              "(a retrained agent or another temperature makes other buyers; start a new run)")
 
     def repair_trajectories(self) -> list[dict]:
         """Make trajectories.jsonl hold only whole records again, after a crash or power loss.
