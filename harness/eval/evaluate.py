@@ -898,7 +898,7 @@ async def checked_persona_agent(config: EvaluateConfig, work: Path, split: ShopS
 def rejection_reason(calibration: dict, config: EvaluateConfig) -> str | None:
     """Why the calibrated agent does not follow its types, or None when it does: its mean gap per
     type (type_gap) or its worst type (worst_type) beyond the config's limits."""
-    gap, worst = calibration["type_gap"], worst_type(chosen_check(calibration))
+    gap, worst = chosen_type_gap(calibration), worst_type(chosen_check(calibration))
     if config.max_type_gap is not None and gap > config.max_type_gap:
         return (f"its conversion per type is {gap:.3f} from its traces' on the calibration buyers "
                 f"(limit {config.max_type_gap})")
