@@ -330,7 +330,7 @@ class _Episode:
     product_views: int = 0
     in_cart: bool = False
     last_url: str = ""
-    last_product_url: str = ""  # the product page last counted as a view
+    view_counted: bool = False  # this visit of the current page was counted as a product view
     expects_product: bool = False  # the last action clicked a product link
     visited_category: bool = False
     fill_attempts: Counter = field(default_factory=Counter)  # (url, field label) -> times typed
@@ -423,12 +423,17 @@ class TypeProfilePolicy:
         return self._decide(episode, page, self._profile(turn.code))
 
     def _note_page(self, episode: _Episode, page: Page) -> None:
-        episode.steps_on_url = episode.steps_on_url + 1 if page.url == episode.last_url else 0
+        arrived = page.url != episode.last_url
+        episode.steps_on_url = 0 if arrived else episode.steps_on_url + 1
         episode.last_url = page.url
-        # A product page is counted once per visit, when its add-to-cart control is in view.
-        if page.add_to_cart_buttons and page.url != episode.last_product_url:
+        if arrived:
+            episode.view_counted = False
+        # A product page is counted once per visit, when its add-to-cart control is in view; a
+        # return to the same product is another view, as in the logs' view counts (a shop with one
+        # product, as each Tmall brand has, is otherwise viewed once and never decided on).
+        if page.add_to_cart_buttons and not episode.view_counted:
             episode.product_views += 1
-            episode.last_product_url = page.url
+            episode.view_counted = True
             episode.expects_product = False
 
     def _gives_up_on_checkout(self, episode: _Episode, page: Page, code: int) -> bool:

@@ -236,3 +236,21 @@ def test_observation_elements_are_read_by_role_and_name():
         (4, "button", "Add to basket"),
         (9, "combobox", "Country"),
     ]
+
+
+def test_a_type_that_views_several_products_first_still_decides_in_a_shop_with_one_product(tmp_path):
+    """Each Tmall brand's store has one product: coming back to it is another view (as the logs
+    count views), so a type that views several products before deciding still decides and buys
+    within the step budget instead of circling until max_steps."""
+    from storefronts.server import serve_store
+
+    directory = write_codebook(tmp_path / "codebook")
+    types = json.loads((directory / "types.json").read_text())
+    types["types"][HIGH].update(conversion_rate=1.0, median_product_views=4)
+    (directory / "types.json").write_text(json.dumps(types))
+    policy = TypeProfilePolicy.from_codebook(directory)
+    with serve_store(real_catalog(products=1), STORE_SHOP, variant="default") as one_product:
+        result = run_http(one_product, directory, policy, tmp_path, shop="high", buyers=6, run_id="one")
+    views = [policy.plan_for(HIGH, record["seed"]).views_before_decision for record in result.trajectories]
+    assert max(views) > 1  # the plans call for returns to the one product
+    assert result.summary["converted"] == 6, result.summary["outcomes"]
