@@ -429,6 +429,9 @@ def train_agent(traces: list[Trace], base: LocalModel, config: SFTConfig = SFTCo
     from them (start_from_anchors) instead of `config.init`."""
     if not traces:
         raise ValueError("no traces to train on")
+    # A replay writes traces as its buyers finish, in an order that changes from run to run; the
+    # same traces and seed must give the same agent.
+    traces = sorted(traces, key=lambda trace: (trace.shop_id, trace.buyer_id, trace.variant, trace.goal))
     set_seed(config.seed)
     num_codes = config.num_codes or max(trace.code for trace in traces) + 1
     too_large = sorted({trace.code for trace in traces if trace.code >= num_codes})

@@ -392,3 +392,17 @@ def test_device_and_precision_are_checked():
         assert resolve_device("auto") == torch.device("cpu")
         with pytest.raises(ValueError, match="no CUDA device"):
             resolve_device("cuda")
+
+
+def test_the_same_traces_in_another_order_train_the_same_agent():
+    """A replay writes traces in the order its buyers finish; that order must not change the agent."""
+    traces = make_synthetic_traces(3, seed=6, compact=True)
+    config = SFTConfig(stage1_max_steps=2, stage2_max_steps=2, batch_size=2, neutral_dropout=0.5, seed=1)
+
+    def trained(order):
+        local = load_tiny(_texts(traces))
+        weights = train_agent(order, local, config).model.model.state_dict()
+        return {name: tensor.clone() for name, tensor in weights.items()}
+
+    first, shuffled = trained(traces), trained(list(reversed(traces)))
+    assert all(torch.equal(first[name], shuffled[name]) for name in first)
