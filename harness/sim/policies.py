@@ -144,8 +144,8 @@ def policy_record(policy) -> dict:
 
 
 def made_by(recorded: dict | None, policy) -> bool:
-    """Whether a run whose manifest records `recorded` was made by `policy` (policy_record); a
-    record that names no weights is compared without them."""
+    """Whether a run whose manifest records `recorded` was made by `policy`: its policy_record,
+    compared as a resume compares them (rundir.same_policy)."""
     return recorded is not None and same_policy(recorded, policy_record(policy))
 
 

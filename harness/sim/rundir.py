@@ -104,9 +104,9 @@ class RunDir:
         if differing:
             details = "; ".join(f"{k}: was {previous.get(k)!r}, now {current.get(k)!r}" for k in differing)
             raise RunDirError(f"cannot resume {self.path}: the run was made with other settings ({details})")
-        made_by, resuming_with = original.get("policy"), manifest.get("policy")
-        if made_by is not None and resuming_with is not None and not same_policy(made_by, resuming_with):
-            raise RunDirError(f"cannot resume {self.path}: it was made by the policy {made_by!r}, not by {resuming_with!r} "
+        recorded, resuming_with = original.get("policy"), manifest.get("policy")
+        if recorded is not None and resuming_with is not None and not same_policy(recorded, resuming_with):
+            raise RunDirError(f"cannot resume {self.path}: it was made by the policy {recorded!r}, not by {resuming_with!r} "
                               "(a retrained agent or another temperature makes other buyers; start a new run)")
 
     def repair_trajectories(self) -> list[dict]:
