@@ -512,7 +512,7 @@ async def simulate_shop(config: EvaluateConfig, work: Path, codebook: CodebookAr
     if summary_path.is_file():
         summary = json.loads(summary_path.read_text())
         if summary.get("completed") == len(plan.population) and summary.get("store_counted"):
-            recorded = json.loads((run_dir / "manifest.json").read_text()).get("policy")
+            recorded = json.loads(RunDir(run_dir).manifest_path.read_text()).get("policy")
             if not made_by(recorded, policy):  # a finished run is reused only by the policy that made it
                 raise RunDirError(f"{run_dir} was simulated by {recorded}, this evaluation's {policy_name} is "
                                   f"{policy_record(policy)}; move that run away to simulate it again")
@@ -898,7 +898,8 @@ async def checked_persona_agent(config: EvaluateConfig, work: Path, split: ShopS
 def rejection_reason(calibration: dict, config: EvaluateConfig) -> str | None:
     """Why the calibrated agent does not follow its types, or None when it does: its mean gap per
     type (type_gap) or its worst type (worst_type) beyond the config's limits."""
-    gap, worst = chosen_type_gap(calibration), worst_type(chosen_check(calibration))
+    check = chosen_check(calibration)
+    gap, worst = type_gap(check), worst_type(check)
     if config.max_type_gap is not None and gap > config.max_type_gap:
         return (f"its conversion per type is {gap:.3f} from its traces' on the calibration buyers "
                 f"(limit {config.max_type_gap})")
