@@ -5,7 +5,7 @@ what is shown, `render` here decides how it is written), the agent reads it in i
 baseline policies and the replay's scripted buyer read it back with `parse`. Writing and reading
 live together so they cannot drift apart. A page reads:
 
-    URL: http://127.0.0.1:8000/c/shoes
+    URL: http://127.0.0.1/c/shoes                   (without port or credentials)
     Title: Shoes - Demo Store
     Heading: Shoes                                  (when the page has a heading)
     Cart: 2 items, €31.98                           (when the page shows a cart count)

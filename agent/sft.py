@@ -72,7 +72,7 @@ class SFTConfig:
     max_length: int = 1024  # tokens per example; longer observations are cut (prompt.shorten_observation)
     neutral_dropout: float = 0.1
     # Every epoch sees each trace in a renamed shop (agent.traces.rename_shop: a fresh shop id of
-    # the same form, a fresh store port). With one or two traces per shop, the tiny model otherwise
+    # the same form). With one or two traces per shop, the tiny model otherwise
     # pins a type's buy-or-leave decision to the shop's page and, on a page it never saw, falls back
     # to the average buyer: a type that buys half the time then buys a quarter of the time.
     rename_shops: bool = False

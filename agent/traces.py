@@ -100,9 +100,6 @@ def read_traces(path: str | Path) -> list[Trace]:
     return traces
 
 
-_PORT = re.compile(r"(?<=//127\.0\.0\.1):\d+/")  # the local store's port in a URL
-
-
 def trace_texts(traces: list[Trace]) -> list[str]:
     """Every observation, action and goal of the traces: the corpus a tiny model's tokenizer is trained on."""
     steps = [step for trace in traces for step in trace.steps]
@@ -120,10 +117,9 @@ def rename_shop(trace: Trace, rng: random.Random) -> Trace:
             fresh = "1" + fresh[1:]
     edge = "0-9" if trace.shop_id.isdigit() else "0-9A-Za-z"  # "brand%3A10014": a letter may touch a numeric id
     own_id = re.compile(rf"(?<![{edge}]){re.escape(trace.shop_id)}(?![{edge}])")
-    port = f":{rng.randrange(30000, 60000)}/"
 
     def renamed(text: str) -> str:
-        return _PORT.sub(port, own_id.sub(fresh, text))
+        return own_id.sub(fresh, text)
 
     steps = [Step(renamed(step.observation), renamed(step.action)) for step in trace.steps]
     return replace(trace, shop_id=fresh, steps=steps, goal=renamed(trace.goal))

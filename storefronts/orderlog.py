@@ -12,6 +12,7 @@ safe to share between threads and a crash loses at most the request in flight.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import threading
@@ -56,6 +57,12 @@ CREATE TABLE IF NOT EXISTS orders (
 CREATE INDEX IF NOT EXISTS events_by_buyer ON events (buyer_tag);
 CREATE INDEX IF NOT EXISTS orders_by_buyer ON orders (buyer_tag);
 """
+
+
+def stable_order_id(buyer_tag: str, nth: int) -> str:
+    """"SP" and ten digits, a function of the buyer tag and its n-th order only."""
+    digest = hashlib.sha256(f"{buyer_tag}#{nth}".encode()).digest()
+    return f"SP{int.from_bytes(digest[:8], 'big') % 10**10:010d}"
 
 
 def _now() -> str:
@@ -121,21 +128,22 @@ class OrderLog:
         """Store an order and one purchase event per line item, atomically; return the order id.
 
         items: dicts with product_id, title, category, quantity, unit_price.
-        Order ids count up per file ("SP000001", ...) so saved pages are reproducible.
+        The order id is the buyer's: derived from its tag and how many orders it placed before
+        (`stable_order_id`), so a replay of the same buyers shows each the same confirmation page
+        whichever finishes first.
         """
         total = round(subtotal + delivery_cost, 2)
         ts = _now()
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                cursor = self._db.execute(
-                    "INSERT INTO orders (ts, buyer_tag, session_id, items, subtotal, delivery_cost, total,"
-                    " currency, details) VALUES (?,?,?,?,?,?,?,?,?)",
-                    (ts, buyer_tag, session_id, json.dumps(items), round(subtotal, 2), round(delivery_cost, 2),
-                     total, currency, json.dumps(details, sort_keys=True)),
+                order_id = self._free_order_id(buyer_tag)
+                self._db.execute(
+                    "INSERT INTO orders (order_id, ts, buyer_tag, session_id, items, subtotal, delivery_cost, total,"
+                    " currency, details) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    (order_id, ts, buyer_tag, session_id, json.dumps(items), round(subtotal, 2),
+                     round(delivery_cost, 2), total, currency, json.dumps(details, sort_keys=True)),
                 )
-                order_id = f"SP{cursor.lastrowid:06d}"
-                self._db.execute("UPDATE orders SET order_id = ? WHERE order_number = ?", (order_id, cursor.lastrowid))
                 for item in items:
                     self._db.execute(
                         "INSERT INTO events (ts, buyer_tag, session_id, event_type, method, url, status,"
@@ -147,6 +155,15 @@ class OrderLog:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+        return order_id
+
+    def _free_order_id(self, buyer_tag: str) -> str:
+        placed = self._db.execute("SELECT COUNT(*) FROM orders WHERE buyer_tag = ?", (buyer_tag,)).fetchone()[0]
+        order_id = stable_order_id(buyer_tag, placed + 1)
+        clash = 1
+        while self._db.execute("SELECT 1 FROM orders WHERE order_id = ?", (order_id,)).fetchone():
+            clash += 1  # two tags hashed alike (about 1 in 10^10 per pair): still unique
+            order_id = f"{stable_order_id(buyer_tag, placed + 1)}-{clash}"
         return order_id
 
     def get_order(self, order_id: str) -> dict | None:

@@ -103,13 +103,13 @@ def test_loss_covers_the_action_tokens_only():
         assert example.input_ids[first:] == answer
 
 
-def _tmall_like_trace(shop="10072", port=40187):
-    page = (f"URL: http://127.0.0.1:{port}/p/brand%3A{shop}\nHeading: Brand {shop} (all items)\n"
+def _tmall_like_trace(shop="10072"):
+    page = (f"URL: http://127.0.0.1/p/brand%3A{shop}\nHeading: Brand {shop} (all items)\n"
             f"[8] link \"Brand {shop} (all items)\"\n[10] button \"Add to cart\" — {shop} €103.99 (also at 1{shop}0)")
     return Trace(shop, "b1", 3, [Step(page, "click [10]"), Step(page, f'type [2] "Brand {shop} (all items)"')], True)
 
 
-def test_rename_shop_replaces_the_id_and_port_everywhere_and_nothing_else():
+def test_rename_shop_replaces_the_id_everywhere_and_nothing_else():
     trace = _tmall_like_trace()
     renamed = rename_shop(trace, random.Random(7))
     fresh = renamed.shop_id
@@ -117,7 +117,6 @@ def test_rename_shop_replaces_the_id_and_port_everywhere_and_nothing_else():
     page = renamed.steps[0].observation
     assert "10072" not in page.replace("1100720", "") and page.count(fresh) == 4
     assert "1100720" in page and "€103.99" in page and "[10]" in page  # other numbers stay
-    assert ":40187/" not in page and "http://127.0.0.1:" in page
     assert renamed.steps[1].action == f'type [2] "Brand {fresh} (all items)"'
     assert (renamed.code, renamed.converted, renamed.buyer_id) == (3, True, "b1")
     assert rename_shop(trace, random.Random(7)) == renamed  # seeded
@@ -126,7 +125,7 @@ def test_rename_shop_replaces_the_id_and_port_everywhere_and_nothing_else():
 
 
 def test_rename_shops_gives_each_epoch_its_own_shop_names():
-    traces = [_tmall_like_trace("10072"), _tmall_like_trace("2231", port=51000)]
+    traces = [_tmall_like_trace("10072"), _tmall_like_trace("2231")]
     local = load_tiny(_texts(traces))
     persona_map = PersonaMap.for_codes(4)
     local.tokenizer.add_special_tokens({"extra_special_tokens": persona_map.tokens})
@@ -138,7 +137,7 @@ def test_rename_shops_gives_each_epoch_its_own_shop_names():
     assert [e.input_ids for e in first] == [e.input_ids for e in renaming(0)]  # seeded per epoch
     assert [e.input_ids for e in first] != [e.input_ids for e in second]
     shown = local.tokenizer.decode(first[0].input_ids)
-    assert "Brand 10072" not in shown and "40187" not in shown
+    assert "Brand 10072" not in shown
 
 
 def test_random_batches_cover_every_example_once_and_mix_page_types():

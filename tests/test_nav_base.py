@@ -87,7 +87,7 @@ def test_the_base_drops_its_type_rows_so_a_dataset_adds_its_own_persona_tokens(m
 def test_prompts_are_cut_to_the_trained_length_alike_in_training_and_inference(micro_base):
     base = load_local(micro_base)
     tokenizer = base.tokenizer
-    page = "URL: http://127.0.0.1:1/\nTitle: Home\nElements:\n" + "\n".join(
+    page = "URL: http://127.0.0.1/\nTitle: Home\nElements:\n" + "\n".join(
         f'[{i}] link "Product number {i} with a long name"' for i in range(1, 120))
     prompt = fit_prompt(tokenizer, "", page, [], PromptConfig(), 300)
     assert len(tokenizer(prompt, add_special_tokens=False).input_ids) <= 300

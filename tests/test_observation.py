@@ -190,8 +190,22 @@ def test_observe_command_prints_what_the_agent_reads(site, capsys):
     observe_command(site + "duplicates.html", driver=Driver.http, budget=40, settle_ms=0,
                     respect_robots=True, buyer_tag="cli-test")
     printed = capsys.readouterr().out.splitlines()
-    assert printed[:3] == [f"URL: {site}duplicates.html", "Title: Many add-to-cart buttons", "Heading: Bestsellers"]
+    port = site.rsplit(":", 1)[1].rstrip("/")
+    assert printed[:3] == [f"URL: {site.replace(':' + port, '')}duplicates.html", "Title: Many add-to-cart buttons",
+                           "Heading: Bestsellers"]
     assert printed[-1].endswith("more elements below (scroll down)")
+
+
+async def test_the_same_page_reads_the_same_on_any_port_and_never_shows_credentials(pool, site):
+    texts = []
+    with serve_pages() as other:
+        assert other.url != site
+        for url in (site, other.url):
+            async with pool.session("test-port", SiteGuard.for_url(url, rate_limit_per_s=None)) as buyer:
+                texts.append(await observe(buyer, url + "duplicates.html"))
+    assert texts[0] == texts[1] and texts[0].startswith("URL: http://127.0.0.1/duplicates.html\n")
+    with_credentials = render(PageSnapshot("https://user:secret@shop.example:8443/cart?step=2", "Cart", []))
+    assert with_credentials.text.startswith("URL: https://shop.example/cart?step=2\n")
 
 
 def test_scroll_up_window_reaches_back_to_where_scrolling_down_started():

@@ -124,7 +124,7 @@ async def test_browser_replay_places_exactly_the_real_orders(name, samples, brow
         assert trace.converted == ((trace.shop_id, trace.buyer_id) in sample["real"])
         for step in trace.steps:
             parse_action(step.action)
-            assert step.observation.startswith("URL: http://127.0.0.1:")
+            assert step.observation.startswith("URL: http://127.0.0.1/")
 
 
 async def test_http_driver_places_the_same_orders(samples, browser_runs, pools, tmp_path):

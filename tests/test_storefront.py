@@ -29,13 +29,14 @@ import typer
 from bs4 import BeautifulSoup
 from typer.testing import CliRunner
 
+from agent.page import order_number
 from codebook.schema import CATALOG_SCHEMA
 from storefronts import BUYER_HEADER
 from harness.cli.store import serve_store_command
 from storefronts.catalog import CatalogError, StoreCatalog, stable_unit, synthetic_price
 from storefronts.faults import Faults
 from storefronts.fixtures import DEMO_ANSWERS, DEMO_SHOP, demo_catalog, save_fixtures
-from storefronts.orderlog import OrderLog, read_events, read_meta, read_orders
+from storefronts.orderlog import OrderLog, read_events, read_meta, read_orders, stable_order_id
 from storefronts.presentation import Pagination
 from storefronts.server import serve_store
 from storefronts.variants import VariantError, builtin_variants, load_variant
@@ -319,7 +320,27 @@ def test_order_log_writes_are_thread_safe(tmp_path):
     log.close()
     events = read_events(tmp_path / "log.sqlite")
     assert len([e for e in events if e["event_type"] == "page_view"]) == 8 * 25
-    assert sorted(o["order_id"] for o in read_orders(tmp_path / "log.sqlite")) == [f"SP{n:06d}" for n in range(1, 9)]
+    assert sorted(o["order_id"] for o in read_orders(tmp_path / "log.sqlite")) == sorted(
+        stable_order_id(f"w{worker}", 1) for worker in range(8))
+
+
+def test_a_buyer_gets_the_same_order_ids_whoever_orders_first(tmp_path):
+    def order_ids(tags: list[str], path) -> dict[str, list[str]]:
+        log = OrderLog(path)
+        for tag in tags:
+            log.place_order(buyer_tag=tag, session_id="s", url="/checkout/review", subtotal=1.0, delivery_cost=0.0,
+                            currency="EUR", details={},
+                            items=[{"product_id": "p", "title": "t", "category": "c", "quantity": 1, "unit_price": 1.0}])
+        log.close()
+        placed: dict[str, list[str]] = {}
+        for order in read_orders(path):
+            placed.setdefault(order["buyer_tag"], []).append(order["order_id"])
+        return placed
+
+    first = order_ids(["run:1", "run:2", "run:1", "run:3"], tmp_path / "a.sqlite")
+    again = order_ids(["run:3", "run:1", "run:2", "run:1"], tmp_path / "b.sqlite")
+    assert first == again and len({i for ids in first.values() for i in ids}) == 4
+    assert all(re.fullmatch(r"SP\d{10}", i) and order_number(f"Order number {i}") == i for ids in first.values() for i in ids)
 
 
 def test_human_visitor_is_tagged_by_cookie(stores):

@@ -75,7 +75,7 @@ def test_the_goal_is_one_line_next_to_the_persona_token_and_travels_with_traces(
     user = build_messages("<persona_1>", "URL: /\nElements:\n[1] link \"Tea Towel\"", [], goal=buy_goal("Tea Towel"))[1]["content"]
     assert user.endswith('\nGoal: buy "Tea Towel"\nShopper: <persona_1>')
     assert "Goal:" not in build_messages("<persona_1>", "URL: /", [])[1]["content"]  # a free buyer has none
-    trace = Trace("123", "b", 1, [Step("URL: http://127.0.0.1:5000/shop/123", "stop")], False, "pixel", buy_goal("Tea Towel"))
+    trace = Trace("123", "b", 1, [Step("URL: http://127.0.0.1/shop/123", "stop")], False, "pixel", buy_goal("Tea Towel"))
     assert parse_trace(json.loads(trace.to_json()), "t:1") == trace
     assert parse_trace({k: v for k, v in json.loads(trace.to_json()).items() if k != "goal"}, "t:1").goal == ""
     renamed = rename_shop(trace, __import__("random").Random(0))

@@ -197,6 +197,18 @@ def truncate(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
+_PORT_SUFFIX = re.compile(r":\d*$")  # "127.0.0.1:43215", "[::1]:8000", "shop.example:"
+
+
+def shown_url(url: str) -> str:
+    """The page's URL as the agent reads it: without the port and any credentials. A local store
+    is served on a free port, a new one every run; a port in every page would make the same buyer's
+    trace a different text each run, so the same traces would train different agents."""
+    parts = urlsplit(url)
+    host = _PORT_SUFFIX.sub("", parts.netloc.rpartition("@")[2])
+    return parts._replace(netloc=host).geturl() if parts.netloc else url
+
+
 def page_text(text: str, limit: int) -> str:
     """Page text for a header line: one line, and at most `limit` characters as written (with
     its escaped ids), so a hostile page cannot grow the header past its bounds."""
@@ -321,7 +333,7 @@ def render(snapshot: PageSnapshot, *, start: int = 0, error: str | None = None,
     # Every header field is bounded: a hostile page cannot grow the observation past its budget
     # with a long URL, title or dialog name.
     window = Page(
-        url=truncate(collapse(snapshot.url), URL_MAX_CHARS),
+        url=truncate(collapse(shown_url(snapshot.url)), URL_MAX_CHARS),
         title=page_text(snapshot.title, NAME_MAX_CHARS),
         heading=page_text(snapshot.heading, NAME_MAX_CHARS),
         cart=cart_state(all_elements) or "",

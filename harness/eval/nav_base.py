@@ -46,7 +46,7 @@ from rich.console import Console
 
 from storefronts import cache_dir
 
-RECIPE_VERSION = 4  # bump when the recipe changes in a way its config does not show
+RECIPE_VERSION = 5  # bump when the recipe changes in a way its config does not show
 RECIPE_FILE = "recipe.json"
 
 

@@ -33,7 +33,6 @@ import time
 from collections import Counter
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -136,7 +135,8 @@ async def replay(events, catalog, codes, out_dir, config: ReplayConfig = ReplayC
 
     pool: an open driver pool (BrowserPool / HttpPool) to use instead of opening one for
         config.driver; the caller closes it (tests share one browser between runs).
-    run_id: the first half of every buyer tag; default replay-<UTC time>.
+    run_id: the first half of every buyer tag; default "replay" (every replay has its own order
+    logs, and a fixed tag gives each buyer the same order ids, so the same buyers write the same traces).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -153,7 +153,7 @@ async def replay(events, catalog, codes, out_dir, config: ReplayConfig = ReplayC
     plans, skipped = plan_buyers(events_frame, codes, max_buyers_per_shop=config.max_buyers_per_shop,
                                  max_steps_per_buyer=config.max_steps_per_buyer, seed=config.seed)
     plans, goals = with_goal_sessions(plans, catalog_frame, config)
-    run_id = run_id or f"replay-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+    run_id = run_id or "replay"
 
     # A fresh replay: earlier traces and order logs in out_dir would mix with this run's.
     traces_path = out_dir / TRACES_FILE
