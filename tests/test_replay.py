@@ -145,6 +145,17 @@ async def test_http_driver_places_the_same_orders(samples, browser_runs, pools, 
                 assert [s.action for s in trace.steps] == [s.action for s in other.steps]
 
 
+async def test_the_same_buyers_write_the_same_traces_on_fresh_ports(samples, pools, tmp_path):
+    # Each replay serves its stores on fresh ports and finishes its buyers in its own order: neither
+    # may show in what the agent is trained on (the order ids: test_storefront).
+    sample = samples["rees46"]
+    runs = [await replay(sample["events"], sample["catalog"], sample["codes"], tmp_path / str(concurrency),
+                         ReplayConfig(driver="http", concurrency=concurrency, progress=False), pool=pools["http"])
+            for concurrency in (1, 4)]
+    first, second = (sorted(read_traces(run.traces_path), key=lambda t: t.buyer_id) for run in runs)
+    assert first == second and sum(t.converted for t in first) == 1
+
+
 async def test_a_purchase_the_store_cannot_sell_is_a_mismatch_with_a_reason(samples, pools, tmp_path):
     sample = samples["rees46"]
     events = pd.read_parquet(sample["events"])
