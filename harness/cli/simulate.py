@@ -26,7 +26,7 @@ from harness.cli.app import app
 from harness.cli.defaults import default_of
 from harness.drivers import Driver
 from harness.sim.policies import DEFAULT_POLICY, POLICY_CHOICES, PolicySpec, check_policy
-from harness.sim.rundir import RunDirError
+from harness.sim.rundir import RunDir, RunDirError
 from harness.sim.simulate import DB_FILES, ENGINES, SimulationConfig
 
 INTERRUPT_SIGNALS = {"SIGINT": 2, "SIGTERM": 15}  # exit status 128 + signal number, as shells expect
@@ -190,7 +190,7 @@ def _print_summary(console: Console, run_dir: Path, summary: dict) -> None:
     rate = summary["conversion_rate"]
     real = summary["real_conversion_rate"]
     console.print(f"[bold]run[/bold] {run_dir}")
-    policy = json.loads((run_dir / "manifest.json").read_text()).get("policy") or {}
+    policy = json.loads(RunDir(run_dir).manifest_path.read_text()).get("policy") or {}
     if "temperature" in policy:
         console.print(f"policy {policy['name']}, sampling at T={policy['temperature']:g} (seed {policy['seed']})")
     console.print(

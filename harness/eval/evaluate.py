@@ -521,7 +521,7 @@ async def simulate_shop(config: EvaluateConfig, work: Path, codebook: CodebookAr
         sim = SimulationConfig(
             shop=plan.shop, codebook_dir=work / "codebook", buyers=len(plan.population),
             concurrency=config.concurrency, driver=driver, max_steps=config.max_steps, seed=config.seed,
-            out_dir=run_root, run_id=plan.shop, resume=(run_dir / "manifest.json").is_file(),
+            out_dir=run_root, run_id=plan.shop, resume=RunDir(run_dir).manifest_path.is_file(),
             progress=config.progress, **served_store_options(served),
         )
         result = await run_simulation(sim, policy, pool=pool, population=plan.population, codebook=codebook)

@@ -212,6 +212,7 @@ def task_population(tasks: list[Task], code: int, seed: int, shop: str):
 
 async def run_policy_tasks(config: TasksConfig, tasks: list[Task], policy, label: str, codebook) -> list[TaskOutcome]:
     """Every task once with `policy`, on a fresh store of its own; scored by that store's orders."""
+    from harness.sim.rundir import RunDir
     from harness.sim.simulate import SimulationConfig, run_simulation, serve_for_run, served_store_options
     from storefronts.orderlog import products_by_buyer
 
@@ -222,7 +223,7 @@ async def run_policy_tasks(config: TasksConfig, tasks: list[Task], policy, label
         sim = SimulationConfig(shop=config.shop, codebook_dir=codebook.path, buyers=len(tasks), concurrency=config.concurrency, driver=config.driver,
                                max_steps=config.max_steps, seed=config.seed, out_dir=config.run_dir, run_id=label,
                                buyer_timeout_s=config.buyer_timeout_s,
-                               resume=(config.run_dir / label / "manifest.json").is_file(), progress=config.progress,
+                               resume=RunDir(config.run_dir / label).manifest_path.is_file(), progress=config.progress,
                                **served_store_options(served))
         result = await run_simulation(sim, policy, population=task_population(tasks, code, config.seed, config.shop),
                                       codebook=codebook)
