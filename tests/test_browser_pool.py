@@ -13,6 +13,7 @@ import psutil
 import pytest
 
 from harness.drivers.browser import BrowserPool, BrowserSessionLost, chromium_processes, pool_rss_mb
+from harness.drivers.observation import shown_url
 from harness.drivers.safety import SiteGuard
 from local_server import QuietHandler, serve_pages
 
@@ -109,7 +110,7 @@ async def test_a_killed_renderer_ends_only_its_own_session(site):
                 # The other buyer goes on as if nothing happened.
                 text = (await bystander.observe()).text
                 assert (await bystander.act("scroll down")).error in (None, "already at the bottom of the page")
-                assert text.startswith("URL: " + site + "duplicates.html")
+                assert text.startswith("URL: " + shown_url(site + "duplicates.html"))
         async with pool.session("next", guard_for(site)) as buyer:
             assert (await buyer.goto(site + "forms.html")).error is None
         assert pool.relaunches == 0

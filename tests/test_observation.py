@@ -12,7 +12,7 @@ import pytest
 from agent.actions import parse_action
 from harness.drivers.browser import BrowserPool
 from harness.drivers.observation import (
-    CHARS_PER_TOKEN, PageSnapshot, RawElement, accessible_name, cart_state, describe, previous_start, render,
+    CHARS_PER_TOKEN, PageSnapshot, RawElement, accessible_name, cart_state, describe, previous_start, render, shown_url,
 )
 from harness.drivers.safety import SiteGuard
 from local_server import serve_pages
@@ -190,9 +190,7 @@ def test_observe_command_prints_what_the_agent_reads(site, capsys):
     observe_command(site + "duplicates.html", driver=Driver.http, budget=40, settle_ms=0,
                     respect_robots=True, buyer_tag="cli-test")
     printed = capsys.readouterr().out.splitlines()
-    port = site.rsplit(":", 1)[1].rstrip("/")
-    assert printed[:3] == [f"URL: {site.replace(':' + port, '')}duplicates.html", "Title: Many add-to-cart buttons",
-                           "Heading: Bestsellers"]
+    assert printed[:3] == [f"URL: {shown_url(site)}duplicates.html", "Title: Many add-to-cart buttons", "Heading: Bestsellers"]
     assert printed[-1].endswith("more elements below (scroll down)")
 
 
