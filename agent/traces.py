@@ -117,12 +117,8 @@ def rename_shop(trace: Trace, rng: random.Random) -> Trace:
             fresh = "1" + fresh[1:]
     edge = "0-9" if trace.shop_id.isdigit() else "0-9A-Za-z"  # "brand%3A10014": a letter may touch a numeric id
     own_id = re.compile(rf"(?<![{edge}]){re.escape(trace.shop_id)}(?![{edge}])")
-
-    def renamed(text: str) -> str:
-        return own_id.sub(fresh, text)
-
-    steps = [Step(renamed(step.observation), renamed(step.action)) for step in trace.steps]
-    return replace(trace, shop_id=fresh, steps=steps, goal=renamed(trace.goal))
+    steps = [Step(own_id.sub(fresh, step.observation), own_id.sub(fresh, step.action)) for step in trace.steps]
+    return replace(trace, shop_id=fresh, steps=steps, goal=own_id.sub(fresh, trace.goal))
 
 
 def write_traces(traces: list[Trace], path: str | Path) -> Path:

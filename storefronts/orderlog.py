@@ -159,11 +159,11 @@ class OrderLog:
 
     def _free_order_id(self, buyer_tag: str) -> str:
         placed = self._db.execute("SELECT COUNT(*) FROM orders WHERE buyer_tag = ?", (buyer_tag,)).fetchone()[0]
-        order_id = stable_order_id(buyer_tag, placed + 1)
+        stable = order_id = stable_order_id(buyer_tag, placed + 1)
         clash = 1
         while self._db.execute("SELECT 1 FROM orders WHERE order_id = ?", (order_id,)).fetchone():
             clash += 1  # two tags hashed alike (about 1 in 10^10 per pair): still unique
-            order_id = f"{stable_order_id(buyer_tag, placed + 1)}-{clash}"
+            order_id = f"{stable}-{clash}"
         return order_id
 
     def get_order(self, order_id: str) -> dict | None:
