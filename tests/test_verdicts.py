@@ -5,6 +5,7 @@ from harness.eval.verdicts import (
     alignment_verdicts,
     collapse_verdicts,
     evaluation_verdicts,
+    pure_type_verdicts,
     simulation_verdicts,
 )
 
@@ -75,6 +76,25 @@ def test_agent_ahead_of_the_baselines_but_not_compared_with_the_oracle():
     lines = alignment_verdicts(protocol(0.9, []))
     assert lines == ["the persona agent (0.900) is ahead of global_rate 0.759, type_profile 0.826 on alignment"]
     assert alignment_verdicts({"policies": {"type_profile": {"alignment": 0.8}}}) == []
+
+
+def test_agent_level_with_a_baseline_is_neither_ahead_nor_behind():
+    level = {"policies": {"persona": {"alignment": 0.9002}, "type_profile": {"alignment": 0.9}}}
+    assert alignment_verdicts(level) == ["the persona agent (0.900) is level with type_profile on alignment"]
+
+
+def test_pure_types_make_the_type_profile_a_ceiling_and_count_the_buyers_against_their_type():
+    per_code = {"2": {"agent_buyers": 6, "agent_conversion": 0.5, "trace_conversion": 1.0},
+                "4": {"agent_buyers": 38, "agent_conversion": 1 / 38, "trace_conversion": 0.0},
+                "8": {"agent_buyers": 3, "agent_conversion": 0.0, "trace_conversion": None}}
+    result = {"policies": {"type_profile": {"alignment": 0.92}}, "agent_check": {"per_code": per_code}}
+    assert pure_type_verdicts(result) == [
+        "every type converts at 0 % or 100 % in its traces, so the type_profile baseline buys for exactly the buyers "
+        "of buying types: an agent that follows its types can tie it, not pass it; the persona agent acted against "
+        "its type for 4 of 44 held-out buyers"]
+    mixed = {**per_code, "5": {"agent_buyers": 4, "agent_conversion": 0.5, "trace_conversion": 0.4}}
+    assert pure_type_verdicts({**result, "agent_check": {"per_code": mixed}}) == []
+    assert pure_type_verdicts({"policies": {}, "agent_check": {"per_code": per_code}}) == []
 
 
 def test_collapsed_agent():

@@ -4,8 +4,10 @@
     2. features          one row per shop × buyer
     3. codebook          behaviour-aware VQ-VAE over every shop: the buyer types and each shop's mix
     4. evaluation        held-out shops: codebook and agent learn on training shops only; real
-                         sessions of training buyers are replayed into traces; a tiny persona agent
-                         is fine-tuned on them (two stages); held-out shops are simulated and their
+                         sessions of training buyers are replayed into traces; the persona agent
+                         (the cached navigation base) is fine-tuned on them in two stages, its
+                         sampling temperature chosen on training shops, and trained again when it
+                         does not follow its types; held-out shops are simulated and their
                          store-counted conversion compared with the real one (harness.eval.evaluate)
     5. A/B what-if       the same synthetic population of the largest training shop on two layouts
     6. report            report.html with every plot, summary.json with every figure
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,8 +45,22 @@ class DemoConfig:
     synthetic: bool = False  # use the embedded synthetic log even where real data is present
     k: int = 32  # buyer types of the step-3 codebook (the evaluation's own codebook uses its preset)
     types_only: bool = False  # stop after the codebook (steps 1 to 3)
-    ab_buyers: int = 80
+    ab_buyers: int | None = None  # None: ab_buyers_for(the A/B shop's expected rate)
     seed: int = 0
+
+
+# Buyers per A/B arm: enough that arm A expects this many conversions, so that a layout losing
+# most of them shows at p < 0.01 (McNemar, paired by buyer; 7 of 7 discordant pairs give 0.016,
+# 10 of 10 give 0.002), within a floor and a cap that keep the step short.
+AB_EXPECTED_CONVERSIONS = 20
+AB_BUYERS_RANGE = (80, 400)
+
+
+def ab_buyers_for(expected_rate: float) -> int:
+    """Buyers per arm for a shop expected to convert at `expected_rate`."""
+    low, high = AB_BUYERS_RANGE
+    wanted = math.ceil(AB_EXPECTED_CONVERSIONS / expected_rate) if expected_rate > 0 else high
+    return min(high, max(low, wanted))
 
 
 def run_demo(config: DemoConfig, console: Console) -> Path:
@@ -91,7 +108,7 @@ def run_loop(config: DemoConfig, run_dir: Path, console: Console) -> dict:
 
     console.rule("4. held-out evaluation: replay → traces → two-stage SFT → simulate held-out shops")
     eval_dir = run_dir / "evaluation"
-    eval_config = EvaluateConfig.fast(eval_dir, input_dir=run_dir, protocol="paper", seed=config.seed,
+    eval_config = EvaluateConfig.demo(eval_dir, input_dir=run_dir, protocol="paper", seed=config.seed,
                                       progress=console.is_terminal)
     summary = evaluate(eval_config, console)
     headline = summary["headline"]["paper"]
@@ -116,8 +133,9 @@ def run_loop(config: DemoConfig, run_dir: Path, console: Console) -> dict:
 
 
 def run_demo_ab(config: DemoConfig, eval_dir: Path, catalog: Path, console: Console) -> dict:
-    """A/B of two layouts with the trained persona agent on the largest training shop's mix; the
-    agent samples as its dir records (the evaluation's calibrated temperature)."""
+    """A/B of two layouts with the trained persona agent on the largest training shop's mix, sized
+    by the rate its types' real conversion predicts; the agent samples as its dir records (the
+    evaluation's calibrated temperature)."""
     from codebook.artifact import CodebookArtifact
     from harness.sim.ab import ABConfig, run_ab
     from harness.sim.policies import PolicySpec, build_policy, close_policy
@@ -125,16 +143,20 @@ def run_demo_ab(config: DemoConfig, eval_dir: Path, catalog: Path, console: Cons
     work = eval_dir / "paper"
     codebook = CodebookArtifact.load(work / "codebook")
     shop = max(codebook.shops, key=codebook.shop_buyers)
+    rates = codebook.real_conversion_rates()
+    expected_rate = sum(share * rates.get(code, 0.0) for code, share in codebook.shop_mix(shop).items())
+    buyers = config.ab_buyers or ab_buyers_for(expected_rate)
     policy = build_policy(PolicySpec(str(work / "agent"), seed=config.seed, label="persona"), codebook)
     ab_config = ABConfig(shop=shop, codebook_dir=codebook.path, catalog=catalog, variant_a=DEMO_VARIANT_A,
-                         variant_b=DEMO_VARIANT_B, buyers=config.ab_buyers, seed=config.seed, driver="http", max_steps=30,
+                         variant_b=DEMO_VARIANT_B, buyers=buyers, seed=config.seed, driver="http", max_steps=30,
                          out_dir=eval_dir, run_id="ab", progress=console.is_terminal)
     try:
         result = asyncio.run(run_ab(ab_config, policy, codebook=codebook))
     finally:
         close_policy(policy)
     overall = result.overall
-    return {"shop": shop, "variant_a": DEMO_VARIANT_A, "variant_b": DEMO_VARIANT_B, "buyers": config.ab_buyers,
+    return {"shop": shop, "variant_a": DEMO_VARIANT_A, "variant_b": DEMO_VARIANT_B, "buyers": buyers,
+            "expected_rate": expected_rate,
             "delta_cr": overall.delta, "ci": [overall.ci_low, overall.ci_high], "p_value": overall.p_value,
             "summary": str(result.run_dir / "ab_summary.json")}
 

@@ -7,6 +7,7 @@ means the run could not see any difference at all.
 
     ab_verdicts(ab_summary)            ab_summary.json of harness.sim.ab
     evaluation_verdicts(summary)       summary.json of harness.eval.evaluate ("protocols")
+    pure_type_verdicts(result)         one protocol's result: the type profile as the agent's ceiling
     simulation_verdicts(summary)       summary.json of one simulation run ("per_type")
 """
 
@@ -77,18 +78,21 @@ def alignment_verdicts(result: dict, agent: str = AGENT) -> list[str]:
     mine = (policies.get(agent) or {}).get("alignment")
     if mine is None:
         return []
-    lines = []
-    ahead = []
+    lines, ahead, level = [], [], []
     for baseline in BASELINES:
         theirs = (policies.get(baseline) or {}).get("alignment")
         if theirs is None:
             continue
-        if mine < theirs:
+        if round(mine, 3) == round(theirs, 3):
+            level.append(baseline)
+        elif mine < theirs:
             lines.append(f"the {agent} agent is BEHIND the {baseline} baseline on alignment ({mine:.3f} vs {theirs:.3f})")
         else:
             ahead.append(f"{baseline} {theirs:.3f}")
     if ahead:
         lines.append(f"the {agent} agent ({mine:.3f}) is ahead of " + ", ".join(ahead) + " on alignment")
+    if level:
+        lines.append(f"the {agent} agent ({mine:.3f}) is level with " + ", ".join(level) + " on alignment")
     return lines
 
 
@@ -111,13 +115,31 @@ def collapse_verdicts(result: dict, agent: str = AGENT) -> list[str]:
     return lines
 
 
+def pure_type_verdicts(result: dict, agent: str = AGENT) -> list[str]:
+    """When every traced type converts at 0 % or 100 %, the type profile buys for exactly the buyers
+    of buying types: the ceiling of an agent that follows its types, which can tie it, never pass
+    it. Says so, with the held-out buyers whose agent acted against its type."""
+    rows = [row for row in ((result.get("agent_check") or {}).get("per_code") or {}).values()
+            if row.get("trace_conversion") is not None and row.get("agent_buyers")]
+    if not rows or "type_profile" not in (result.get("policies") or {}):
+        return []
+    if any(row["trace_conversion"] not in (0.0, 1.0) for row in rows):
+        return []
+    buyers = sum(row["agent_buyers"] for row in rows)
+    against = round(sum(row["agent_buyers"] * abs(row["agent_conversion"] - row["trace_conversion"]) for row in rows))
+    return [f"every type converts at 0 % or 100 % in its traces, so the type_profile baseline buys for exactly the "
+            f"buyers of buying types: an agent that follows its types can tie it, not pass it; the {agent} agent "
+            f"acted against its type for {against} of {buyers} held-out buyers"]
+
+
 def evaluation_verdicts(summary: dict, agent: str = AGENT) -> list[str]:
     """Alignment and collapse verdicts of every protocol (named when there are several)."""
     protocols = summary.get("protocols") or {}
     lines = []
     for name, result in protocols.items():
         prefix = f"{name}: " if len(protocols) > 1 else ""
-        lines += [prefix + line for line in collapse_verdicts(result, agent) + alignment_verdicts(result, agent)]
+        found = collapse_verdicts(result, agent) + alignment_verdicts(result, agent) + pure_type_verdicts(result, agent)
+        lines += [prefix + line for line in found]
     return lines
 
 
