@@ -8,7 +8,7 @@ def test_the_ab_expects_enough_conversions_in_arm_a_within_its_floor_and_cap():
     low, high = AB_BUYERS_RANGE
     assert ab_buyers_for(0.114) == 176  # Tmall's largest training shop: about 20 buyers of buying types
     assert ab_buyers_for(0.114) * 0.114 >= AB_EXPECTED_CONVERSIONS
-    assert ab_buyers_for(0.40) == low
+    assert ab_buyers_for(0.50) == low
     assert ab_buyers_for(0.01) == high
     assert ab_buyers_for(0.0) == high
 

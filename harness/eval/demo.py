@@ -53,7 +53,7 @@ class DemoConfig:
 # most of them shows at p < 0.01 (McNemar, paired by buyer; 7 of 7 discordant pairs give 0.016,
 # 10 of 10 give 0.002), within a floor and a cap that keep the step short.
 AB_EXPECTED_CONVERSIONS = 20
-AB_BUYERS_RANGE = (80, 400)
+AB_BUYERS_RANGE = (50, 400)
 
 
 def ab_buyers_for(expected_rate: float) -> int:
@@ -122,6 +122,8 @@ def run_loop(config: DemoConfig, run_dir: Path, console: Console) -> dict:
 
     console.rule("5. A/B what-if: the same buyers on two layouts")
     ab = run_demo_ab(config, eval_dir, eval_config.catalog, console)
+    console.print(f"shop {ab['shop']}, {ab['buyers']} buyers per arm (its types' real conversion predicts "
+                  f"{100 * ab['expected_rate']:.1f} %)")
     console.print(f"{ab['variant_a']} → {ab['variant_b']}: ΔCR {ab['delta_cr']:+.3f} "
                   f"(95 % CI {ab['ci'][0]:+.3f} … {ab['ci'][1]:+.3f}), McNemar p = {ab['p_value']:.3g}")
     for line in ab_verdicts(json.loads(Path(ab["summary"]).read_text())):

@@ -243,10 +243,10 @@ class EvaluateConfig:
     @classmethod
     def demo(cls, out_dir: Path, **options) -> EvaluateConfig:
         """The demo's evaluation: these defaults (temperature calibrated on training shops, the
-        agent's type check) on one split of two held-out shops, with half the traces per code, 30
-        calibration buyers per shop, no retraining and no mismatched row, so that `make demo`
+        agent's type check) on one split of two held-out shops, with 25 calibration buyers per
+        shop, a 10-buyer browser check, no retraining and no mismatched row, so that `make demo`
         stays within its 15 minutes; an agent that fails the check is kept and the run says so."""
-        preset = dict(folds=1, max_held_out_shops=2, traces_per_code=30, calibration_buyers=30, browser_buyers=20,
+        preset = dict(folds=1, max_held_out_shops=2, calibration_buyers=25, browser_buyers=10,
                       max_retrains=0, baselines=("type_profile", "global_rate"))
         preset.update(options)
         return cls(out_dir=out_dir, **preset)
