@@ -51,6 +51,7 @@ from harness.eval.metrics import (
 from agent.policy import BuyerTurn
 from codebook.artifact import CodebookArtifact
 from harness.eval.split import ShopSplit, SplitConfig
+from harness.eval.verdicts import evaluation_verdicts
 from harness.sim.paired import wilson_interval
 from harness.sim.population import population_from_mix, quota_counts
 from tmall_data import ingested_tmall_brands
@@ -440,6 +441,9 @@ def test_an_agent_that_blurs_its_types_is_set_aside_and_trained_again_with_twice
     # simulates the held-out shop at its own calibrated temperature.
     assert summary["protocols"]["paper"]["temperature"] == calibration["chosen"]
     assert json.loads((work / "agent" / "persona.json").read_text())["sampling"]["temperature"] == calibration["chosen"]
+    # ... and the report's verdicts say the kept agent fails its type check.
+    kept = summary["protocols"]["paper"]["calibration"]["kept_although"]
+    assert "per type is" in kept and any(kept in line for line in evaluation_verdicts(summary))
     # A rerun reuses every agent and gives the same figures.
     again = evaluate(config)
     assert again["protocols"]["paper"]["policies"] == summary["protocols"]["paper"]["policies"]

@@ -6,6 +6,7 @@ from harness.eval.verdicts import (
     collapse_verdicts,
     evaluation_verdicts,
     pure_type_verdicts,
+    type_check_verdicts,
     simulation_verdicts,
 )
 
@@ -95,6 +96,17 @@ def test_pure_types_make_the_type_profile_a_ceiling_and_count_the_buyers_against
     mixed = {**per_code, "5": {"agent_buyers": 4, "agent_conversion": 0.5, "trace_conversion": 0.4}}
     assert pure_type_verdicts({**result, "agent_check": {"per_code": mixed}}) == []
     assert pure_type_verdicts({"policies": {}, "agent_check": {"per_code": per_code}}) == []
+
+
+def test_an_agent_kept_although_it_fails_its_type_check_is_named_before_its_alignment():
+    reason = "its conversion per type is 0.152 from its traces' on the calibration buyers (limit 0.025)"
+    result = {**protocol(0.736, []), "calibration": {"type_gap": 0.152, "kept_although": reason}}
+    assert type_check_verdicts(result) == [
+        "the persona agent was kept although it fails its type check on the training shops' calibration buyers: "
+        + reason + "; its held-out conversion per type need not follow its traces"]
+    assert evaluation_verdicts({"protocols": {"paper": result}})[0] == type_check_verdicts(result)[0]
+    assert type_check_verdicts({**result, "calibration": {"type_gap": 0.01}}) == []
+    assert type_check_verdicts(protocol(0.9, [])) == []
 
 
 def test_collapsed_agent():

@@ -898,6 +898,7 @@ async def checked_persona_agent(config: EvaluateConfig, work: Path, split: ShopS
     reason = rejection_reason(calibration, config)
     if reason is not None and attempt >= config.max_retrains:
         console.print(f"[bold red]agent kept[/] after {attempt} retrainings although {reason}")
+        calibration["kept_although"] = reason  # the report's verdicts say it (harness.eval.verdicts)
     if reason is None or attempt >= config.max_retrains:
         return with_rejected_agents(work, calibration, config, attempt)
     console.print(f"[bold red]agent rejected[/]: {reason}; training it again with twice the steps")

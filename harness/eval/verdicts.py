@@ -7,6 +7,7 @@ means the run could not see any difference at all.
 
     ab_verdicts(ab_summary)            ab_summary.json of harness.sim.ab
     evaluation_verdicts(summary)       summary.json of harness.eval.evaluate ("protocols")
+    type_check_verdicts(result)        one protocol's result: an agent kept although it fails its type check
     pure_type_verdicts(result)         one protocol's result: the type profile as the agent's ceiling
     simulation_verdicts(summary)       summary.json of one simulation run ("per_type")
 """
@@ -115,6 +116,15 @@ def collapse_verdicts(result: dict, agent: str = AGENT) -> list[str]:
     return lines
 
 
+def type_check_verdicts(result: dict, agent: str = AGENT) -> list[str]:
+    """The agent failed its type check on the calibration (training) shops and was kept anyway."""
+    reason = (result.get("calibration") or {}).get("kept_although")
+    if not reason:
+        return []
+    return [f"the {agent} agent was kept although it fails its type check on the training shops' calibration "
+            f"buyers: {reason}; its held-out conversion per type need not follow its traces"]
+
+
 def pure_type_verdicts(result: dict, agent: str = AGENT) -> list[str]:
     """When every traced type converts at 0 % or 100 %, the type profile buys for exactly the buyers
     of buying types: the ceiling of an agent that follows its types, which can tie it, never pass
@@ -138,7 +148,8 @@ def evaluation_verdicts(summary: dict, agent: str = AGENT) -> list[str]:
     lines = []
     for name, result in protocols.items():
         prefix = f"{name}: " if len(protocols) > 1 else ""
-        found = collapse_verdicts(result, agent) + alignment_verdicts(result, agent) + pure_type_verdicts(result, agent)
+        found = (collapse_verdicts(result, agent) + type_check_verdicts(result, agent) + alignment_verdicts(result, agent)
+                 + pure_type_verdicts(result, agent))
         lines += [prefix + line for line in found]
     return lines
 
