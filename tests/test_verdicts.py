@@ -6,8 +6,8 @@ from harness.eval.verdicts import (
     collapse_verdicts,
     evaluation_verdicts,
     pure_type_verdicts,
-    type_check_verdicts,
     simulation_verdicts,
+    type_check_verdicts,
 )
 
 

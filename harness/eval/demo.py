@@ -6,8 +6,9 @@
     4. evaluation        held-out shops: codebook and agent learn on training shops only; real
                          sessions of training buyers are replayed into traces; the persona agent
                          (the cached navigation base) is fine-tuned on them in two stages, its
-                         sampling temperature chosen on training shops, and trained again when it
-                         does not follow its types; held-out shops are simulated and their
+                         sampling temperature chosen on training shops, where it is also checked
+                         against its types (one that fails is kept and named, not trained again
+                         within the demo's time); held-out shops are simulated and their
                          store-counted conversion compared with the real one (harness.eval.evaluate)
     5. A/B what-if       the same synthetic population of the largest training shop on two layouts
     6. report            report.html with every plot, summary.json with every figure

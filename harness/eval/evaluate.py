@@ -253,7 +253,8 @@ class EvaluateConfig:
 
     @classmethod
     def fast(cls, out_dir: Path, **options) -> EvaluateConfig:
-        """A small preset for demos and smoke runs: a few held-out shops, capped buyers, tiny agent."""
+        """A small preset for smoke runs (`evaluate --fast`): a few held-out shops, capped buyers,
+        few traces, no calibration."""
         preset = dict(
             folds=1, max_held_out_shops=2, max_buyers_per_shop=40, browser_buyers=20, traces_per_code=12, traces_per_shop=10,
             sft_stage1_epochs=1, sft_stage2_epochs=4, sft_max_steps=150,

@@ -143,7 +143,7 @@ def pure_type_verdicts(result: dict, agent: str = AGENT) -> list[str]:
 
 
 def evaluation_verdicts(summary: dict, agent: str = AGENT) -> list[str]:
-    """Alignment and collapse verdicts of every protocol (named when there are several)."""
+    """Collapse, type-check, alignment and ceiling verdicts of every protocol (named when there are several)."""
     protocols = summary.get("protocols") or {}
     lines = []
     for name, result in protocols.items():
