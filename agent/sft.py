@@ -40,6 +40,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
 import torch
@@ -81,6 +82,10 @@ class SFTConfig:
     # persona token has to carry is that decision, one step among many and, for a type that leaves,
     # a one-word answer ("stop") next to long typed queries.
     decision_weight: float = 4.0
+    # Also weigh each trace's first cart page, where a buyer with something in the cart checks out
+    # or browses on: on long searching sessions (the synthetic log) that step, not the product
+    # page, decides, and a navigation base that checks out after every add-to-cart keeps that habit.
+    weigh_cart_decision: bool = True
     num_codes: int | None = None  # default: largest code in the traces + 1
     init: str = "mean"  # persona-row initialisation, see agent/persona.py
     init_noise_scale: float = 0.1  # spread of the new rows relative to the existing rows' spread
@@ -130,15 +135,23 @@ def build_examples(traces: list[Trace], tokenizer, persona_map: PersonaMap, conf
     rng = random.Random(config.seed)
     examples = []
     for trace in traces:
-        decision = decision_step(trace)
+        decisions = {decision_step(trace)} | ({cart_decision_step(trace)} if config.weigh_cart_decision else set())
         for index, step in enumerate(trace.steps):
             neutral = rng.random() < config.neutral_dropout
             token = persona_map.token_for(trace.code, neutral=neutral)
             history = [earlier.action for earlier in trace.steps[:index]]
             example = _example(tokenizer, token, step.observation, history, step.action, config, trace.goal)
-            example.weight = config.decision_weight if index == decision else 1.0
+            example.weight = config.decision_weight if index in decisions else 1.0
             examples.append(example)
     return examples
+
+
+def cart_decision_step(trace: Trace) -> int | None:
+    """The trace's first step on the cart page (check out or browse on); None if it never gets there."""
+    for index, step in enumerate(trace.steps):
+        if urlparse(step.observation.split("\n", 1)[0].split(" ", 1)[-1]).path.rstrip("/") == "/cart":
+            return index
+    return None
 
 
 def decision_step(trace: Trace) -> int | None:

@@ -27,6 +27,7 @@ from agent.sft import (
     SFTConfig,
     action_loss,
     build_examples,
+    cart_decision_step,
     collate,
     epoch_examples,
     random_batches,
@@ -177,13 +178,19 @@ def test_action_loss_keeps_persona_rows_out_of_the_output_softmax():
         assert torch.allclose(action_loss(logits, batch["labels"], torch.tensor([], dtype=torch.long)), reference, atol=1e-5)
 
 
-def test_each_step_counts_once_and_the_decision_step_weighs_more():
+def test_each_step_counts_once_and_the_decision_steps_weigh_more():
     traces = make_synthetic_traces(2, seed=4, compact=True)
     local = load_tiny(_texts(traces))
     persona_map = add_persona_tokens(local.model, local.tokenizer, 2, noise_scale=1.0)
-    trace = traces[0]
+    trace = traces[0]  # a buyer: category, product page, cart page
+    assert trace.converted and cart_decision_step(trace) == len(trace.steps) - 1 != decision_index(trace)
+    weights = lambda config: [e.weight for e in build_examples([trace], local.tokenizer, persona_map, config)]
+    product_page_only = SFTConfig(neutral_dropout=0.0, decision_weight=4.0, weigh_cart_decision=False)
+    assert weights(product_page_only) == [4.0 if i == decision_index(trace) else 1.0 for i in range(len(trace.steps))]
+    both = {decision_index(trace), cart_decision_step(trace)}
+    assert weights(SFTConfig(neutral_dropout=0.0)) == [4.0 if i in both else 1.0 for i in range(len(trace.steps))]
+    assert cart_decision_step(traces[1]) is None  # a buyer who leaves on the product page
     examples = build_examples([trace], local.tokenizer, persona_map, SFTConfig(neutral_dropout=0.0, decision_weight=4.0))
-    assert [e.weight for e in examples] == [4.0 if i == decision_index(trace) else 1.0 for i in range(len(trace.steps))]
     batch = collate(examples, local.tokenizer.pad_token_id)
     with torch.no_grad():
         logits = local.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
