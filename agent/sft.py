@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup, set_seed
 
 from agent.models import LocalModel, align_generation_config, resolve_device
+from agent.page import parse as parse_page
 from agent.persona import PersonaAnchors, PersonaMap, add_persona_tokens, persona_token_ids
 from agent.prompt import PromptConfig, answer_text, fit_prompt, prompt_budget
 from agent.traces import Trace, decision_index, rename_shop
@@ -149,7 +150,7 @@ def build_examples(traces: list[Trace], tokenizer, persona_map: PersonaMap, conf
 def cart_decision_step(trace: Trace) -> int | None:
     """The trace's first step on the cart page (check out or browse on); None if it never gets there."""
     for index, step in enumerate(trace.steps):
-        if urlparse(step.observation.split("\n", 1)[0].split(" ", 1)[-1]).path.rstrip("/") == "/cart":
+        if urlparse(parse_page(step.observation).url).path.rstrip("/") == "/cart":
             return index
     return None
 

@@ -140,14 +140,14 @@ def run_demo_ab(config: DemoConfig, eval_dir: Path, catalog: Path, console: Cons
     by the rate its types' real conversion predicts; the agent samples as its dir records (the
     evaluation's calibrated temperature)."""
     from codebook.artifact import CodebookArtifact
+    from harness.eval.metrics import type_oracle_rate
     from harness.sim.ab import ABConfig, run_ab
     from harness.sim.policies import PolicySpec, build_policy, close_policy
 
     work = eval_dir / "paper"
     codebook = CodebookArtifact.load(work / "codebook")
     shop = max(codebook.shops, key=codebook.shop_buyers)
-    rates = codebook.real_conversion_rates()
-    expected_rate = sum(share * rates.get(code, 0.0) for code, share in codebook.shop_mix(shop).items())
+    expected_rate = type_oracle_rate(codebook.shop_mix(shop), codebook.real_conversion_rates(), fallback=0.0)
     buyers = config.ab_buyers or ab_buyers_for(expected_rate)
     policy = build_policy(PolicySpec(str(work / "agent"), seed=config.seed, label="persona"), codebook)
     ab_config = ABConfig(shop=shop, codebook_dir=codebook.path, catalog=catalog, variant_a=DEMO_VARIANT_A,
