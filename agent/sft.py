@@ -83,10 +83,11 @@ class SFTConfig:
     # persona token has to carry is that decision, one step among many and, for a type that leaves,
     # a one-word answer ("stop") next to long typed queries.
     decision_weight: float = 4.0
-    # Also weigh each trace's first cart page, where a buyer with something in the cart checks out
-    # or browses on: on long searching sessions (the synthetic log) that step, not the product
+    # Each trace's first cart page is a decision step too (weighed like the product page, and the
+    # persona tokens' anchors are matched on it): there a buyer with something in the cart checks
+    # out or browses on. On long searching sessions (the synthetic log) that step, not the product
     # page, decides, and a navigation base that checks out after every add-to-cart keeps that habit.
-    weigh_cart_decision: bool = True
+    cart_page_decides: bool = True
     num_codes: int | None = None  # default: largest code in the traces + 1
     init: str = "mean"  # persona-row initialisation, see agent/persona.py
     init_noise_scale: float = 0.1  # spread of the new rows relative to the existing rows' spread
@@ -136,7 +137,7 @@ def build_examples(traces: list[Trace], tokenizer, persona_map: PersonaMap, conf
     rng = random.Random(config.seed)
     examples = []
     for trace in traces:
-        decisions = {decision_step(trace)} | ({cart_decision_step(trace)} if config.weigh_cart_decision else set())
+        decisions = decision_steps(trace, config)
         for index, step in enumerate(trace.steps):
             neutral = rng.random() < config.neutral_dropout
             token = persona_map.token_for(trace.code, neutral=neutral)
@@ -161,6 +162,13 @@ def decision_step(trace: Trace) -> int | None:
         return decision_index(trace)
     except ValueError:
         return None
+
+
+def decision_steps(trace: Trace, config: SFTConfig) -> set[int]:
+    """The steps where a type decides: its buy-or-leave step and, with config.cart_page_decides,
+    its first cart page; empty for a trace that reaches neither."""
+    steps = {decision_step(trace)} | ({cart_decision_step(trace)} if config.cart_page_decides else set())
+    return steps - {None}
 
 
 def _example(tokenizer, token, observation, history, action, config: SFTConfig, goal: str = "") -> Example:
@@ -385,13 +393,14 @@ def example_losses(model, examples: list[Example], runtime: Runtime, pad_id: int
     return torch.cat(losses).cpu()
 
 
-def anchor_steps(trace: Trace) -> list[int]:
-    """The steps a code is matched to an anchor on: its decision on the first product page (buy or
-    leave), where types differ most; every step of a trace that never reaches a product page.
-    Matched on every step, a type that leaves after one product view scores best under the anchor
-    that opens that product as quickly, a buyer, and starts as one."""
-    decision = decision_step(trace)
-    return list(range(len(trace.steps))) if decision is None else [decision]
+def anchor_steps(trace: Trace, config: SFTConfig) -> list[int]:
+    """The steps a code is matched to an anchor on: its decision steps (decision_steps), where types
+    differ most; every step of a trace that reaches none. Matched on every step, a type that leaves
+    after one product view scores best under the anchor that opens that product as quickly, a buyer,
+    and starts as one; matched on the product page alone, a type that carts and then leaves from the
+    cart starts as a buyer too."""
+    decisions = decision_steps(trace, config)
+    return sorted(decisions) if decisions else list(range(len(trace.steps)))
 
 
 def start_from_anchors(model, traces: list[Trace], tokenizer, persona_map: PersonaMap, persona_ids: list[int],
@@ -403,7 +412,7 @@ def start_from_anchors(model, traces: list[Trace], tokenizer, persona_map: Perso
     rng = random.Random(f"{config.seed}-anchors")
     steps_by_code: dict[int, list[tuple[Trace, int]]] = {}
     for trace in traces:
-        steps_by_code.setdefault(trace.code, []).extend((trace, index) for index in anchor_steps(trace))
+        steps_by_code.setdefault(trace.code, []).extend((trace, index) for index in anchor_steps(trace, config))
     examples, owners = [], []
     for code, steps in sorted(steps_by_code.items()):
         for trace, index in rng.sample(steps, min(ANCHOR_STEPS_PER_CODE, len(steps))):

@@ -13,6 +13,7 @@ import json
 import os
 import random
 import statistics
+from dataclasses import replace
 
 import pytest
 import torch
@@ -26,6 +27,7 @@ from agent.sft import (
     Example,
     SFTConfig,
     action_loss,
+    anchor_steps,
     build_examples,
     cart_decision_step,
     collate,
@@ -185,11 +187,16 @@ def test_each_step_counts_once_and_the_decision_steps_weigh_more():
     trace = traces[0]  # a buyer: category, product page, cart page
     assert trace.converted and cart_decision_step(trace) == len(trace.steps) - 1 != decision_index(trace)
     weights = lambda config: [e.weight for e in build_examples([trace], local.tokenizer, persona_map, config)]
-    product_page_only = SFTConfig(neutral_dropout=0.0, decision_weight=4.0, weigh_cart_decision=False)
+    product_page_only = SFTConfig(neutral_dropout=0.0, decision_weight=4.0, cart_page_decides=False)
     assert weights(product_page_only) == [4.0 if i == decision_index(trace) else 1.0 for i in range(len(trace.steps))]
     both = {decision_index(trace), cart_decision_step(trace)}
     assert weights(SFTConfig(neutral_dropout=0.0)) == [4.0 if i in both else 1.0 for i in range(len(trace.steps))]
     assert cart_decision_step(traces[1]) is None  # a buyer who leaves on the product page
+    # The persona tokens' anchors are matched on the same steps (every step where there is none).
+    assert anchor_steps(trace, SFTConfig()) == sorted(both)
+    assert anchor_steps(trace, product_page_only) == [decision_index(trace)]
+    no_decision = replace(trace, steps=trace.steps[: decision_index(trace)])
+    assert anchor_steps(no_decision, SFTConfig()) == list(range(len(no_decision.steps)))
     examples = build_examples([trace], local.tokenizer, persona_map, SFTConfig(neutral_dropout=0.0, decision_weight=4.0))
     batch = collate(examples, local.tokenizer.pad_token_id)
     with torch.no_grad():

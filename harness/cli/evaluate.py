@@ -66,7 +66,8 @@ def print_result(console: Console, protocol: str, result: dict, driver: str) -> 
     console.print(results_table(protocol, result))
     ceiling = result.get("sampling_ceiling")
     if ceiling is not None:
-        console.print(f"sampling ceiling (a perfect simulation with these buyers per shop): {ceiling:.3f}; "
+        console.print(f"sampling ceiling (every buyer buying with the shop's real probability; quota-sampled "
+                      f"types can pass it): {ceiling:.3f}; "
                       f"persona / type oracle: {_number(result.get('persona_vs_oracle'))}")
     if result.get("people_overlap") is not None:
         console.print(f"held-out shops are not held-out people: {result['people_overlap']:.0%} of their buyers also shop in training shops")

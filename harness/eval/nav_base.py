@@ -208,7 +208,7 @@ def train_base(config: NavBaseConfig, traces, type_names: list[str], out: Path) 
     tokenizer = copy.deepcopy(base.tokenizer)  # without the type tokens train_agent adds
     sft = SFTConfig(single_stage=True, stage2_epochs=10_000, stage2_max_steps=config.steps, stage2_lr=config.lr,
                     batch_size=config.batch_size, max_length=config.max_length, rename_shops=True,
-                    num_codes=len(type_names), init_noise_scale=1.0, seed=config.seed, weigh_cart_decision=False)
+                    num_codes=len(type_names), init_noise_scale=1.0, seed=config.seed, cart_page_decides=False)
     result = train_agent(traces, base, sft)
     model = result.model.model
     ids = persona_token_ids(result.model.tokenizer, result.persona_map)  # the types, then the neutral token

@@ -311,8 +311,9 @@ def reading_note(result: dict) -> str:
     """How to read the headline: its sampling ceiling, the oracle ratio, who the held-out buyers are."""
     notes = []
     if result.get("sampling_ceiling") is not None:
-        notes.append(f"Sampling ceiling {result['sampling_ceiling']:.3f}: the alignment a simulation reproducing every "
-                     "shop's real rate exactly is expected to reach with this many synthetic buyers per shop.")
+        notes.append(f"Sampling ceiling {result['sampling_ceiling']:.3f}: the alignment expected when every synthetic "
+                     "buyer buys with the shop's real probability, with this many buyers per shop. Quota sampling "
+                     "of types takes the type mix out of that noise, so a row can score above it.")
     if result.get("persona_vs_oracle") is not None:
         notes.append(f"Persona / type oracle = {result['persona_vs_oracle']:.3f}: the share of what the types "
                      "themselves allow that the agent reaches.")
