@@ -96,8 +96,8 @@ CALIBRATION_FILE = "calibration.json"
 @dataclass
 class EvaluateConfig:
     """Every option of one held-out evaluation. The defaults are the configuration behind the
-    published figures (docs/results.md; its five-fold Tmall figures were trained before the cart
-    page was weighed, agent.sft.SFTConfig.cart_page_decides): on 2 cores, about 20 min per fold of the Tmall log
+    published figures (docs/results.md; seeds 0-3 of its five-fold Tmall figures were trained before
+    the cart page was a decision step, agent.sft.SFTConfig.cart_page_decides): on 2 cores, about 20 min per fold of the Tmall log
     (5 folds, 137 shops), of which the persona and the mismatched simulations take 6 min each,
     and 9 more when the fold's agent is retrained."""
 
