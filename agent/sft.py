@@ -40,7 +40,6 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
 
 import numpy as np
 import torch
@@ -48,10 +47,9 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup, set_seed
 
 from agent.models import LocalModel, align_generation_config, resolve_device
-from agent.page import parse as parse_page
 from agent.persona import PersonaAnchors, PersonaMap, add_persona_tokens, persona_token_ids
 from agent.prompt import PromptConfig, answer_text, fit_prompt, prompt_budget
-from agent.traces import Trace, decision_index, rename_shop
+from agent.traces import Trace, cart_decision_step, decision_index, rename_shop
 
 IGNORE_INDEX = -100
 STAGE2_MODES = ("full", "lora")
@@ -146,14 +144,6 @@ def build_examples(traces: list[Trace], tokenizer, persona_map: PersonaMap, conf
             example.weight = config.decision_weight if index in decisions else 1.0
             examples.append(example)
     return examples
-
-
-def cart_decision_step(trace: Trace) -> int | None:
-    """The trace's first step on the cart page (check out or browse on); None if it never gets there."""
-    for index, step in enumerate(trace.steps):
-        if urlparse(parse_page(step.observation).url).path.rstrip("/") == "/cart":
-            return index
-    return None
 
 
 def decision_step(trace: Trace) -> int | None:

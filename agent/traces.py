@@ -18,8 +18,10 @@ import random
 import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from urllib.parse import urlparse
 
 from agent.actions import ActionError, parse_action
+from agent.page import parse as parse_page
 
 
 @dataclass
@@ -245,3 +247,11 @@ def decision_index(trace: Trace) -> int:
         if "/p/" in step.observation.split("\n", 1)[0]:
             return index
     raise ValueError(f"trace {trace.buyer_id} has no product page")
+
+
+def cart_decision_step(trace: Trace) -> int | None:
+    """The trace's first step on the cart page (check out or browse on); None if it never gets there."""
+    for index, step in enumerate(trace.steps):
+        if urlparse(parse_page(step.observation).url).path.rstrip("/") == "/cart":
+            return index
+    return None
