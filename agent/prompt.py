@@ -78,12 +78,25 @@ def fit_prompt(tokenizer, persona_token: str, observation: str, history: list[st
     """render_prompt, with the observation cut shorter until the prompt has at most `max_tokens`
     tokens: the same rule in training (agent.sft) and at inference (agent.llm_policy), so the agent
     never sees a longer prompt than it was trained on. None: no limit."""
+    return _fitted(tokenizer, persona_token, observation, history, config, max_tokens, goal)[0]
+
+
+def fit_prompt_ids(tokenizer, persona_token: str, observation: str, history: list[str], config: PromptConfig,
+                   max_tokens: int | None, goal: str = "") -> list[int]:
+    """fit_prompt's token ids (training tokenizes every prompt once: the fit already measured it)."""
+    prompt, ids = _fitted(tokenizer, persona_token, observation, history, config, max_tokens, goal)
+    return ids if ids is not None else tokenizer(prompt, add_special_tokens=False).input_ids
+
+
+def _fitted(tokenizer, persona_token, observation, history, config, max_tokens, goal) -> tuple[str, list[int] | None]:
+    """The fitted prompt and its token ids where the fit measured them."""
     while True:
         prompt = render_prompt(tokenizer, persona_token, observation, history, config, goal)
         if max_tokens is None or config.max_observation_chars < 200:
-            return prompt
-        if len(tokenizer(prompt, add_special_tokens=False).input_ids) <= max_tokens:
-            return prompt
+            return prompt, None
+        ids = tokenizer(prompt, add_special_tokens=False).input_ids
+        if len(ids) <= max_tokens:
+            return prompt, ids
         config = PromptConfig(config.history_length, int(config.max_observation_chars * 0.75))
 
 

@@ -48,7 +48,7 @@ from transformers import get_linear_schedule_with_warmup, set_seed
 
 from agent.models import LocalModel, align_generation_config, resolve_device
 from agent.persona import PersonaAnchors, PersonaMap, add_persona_tokens, persona_token_ids
-from agent.prompt import PromptConfig, answer_text, fit_prompt, prompt_budget
+from agent.prompt import PromptConfig, answer_text, fit_prompt_ids, prompt_budget
 from agent.traces import Trace, cart_decision_step, decision_index, rename_shop
 
 IGNORE_INDEX = -100
@@ -164,8 +164,7 @@ def decision_steps(trace: Trace, config: SFTConfig) -> set[int]:
 def _example(tokenizer, token, observation, history, action, config: SFTConfig, goal: str = "") -> Example:
     answer_ids = tokenizer(answer_text(tokenizer, action), add_special_tokens=False).input_ids
     # Too long: show less of the page rather than cutting the answer or the persona token.
-    prompt = fit_prompt(tokenizer, token, observation, history, config.prompt, prompt_budget(config.max_length), goal)
-    prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
+    prompt_ids = fit_prompt_ids(tokenizer, token, observation, history, config.prompt, prompt_budget(config.max_length), goal)
     return Example(prompt_ids + answer_ids, [IGNORE_INDEX] * len(prompt_ids) + answer_ids)
 
 

@@ -102,6 +102,7 @@ class Store:
             undefined=jinja2.StrictUndefined,
             trim_blocks=True,
             lstrip_blocks=True,
+            auto_reload=False,  # templates do not change while a store runs; checking costs a stat per page
         )
         self.templates.globals.update(
             variant=variant,
