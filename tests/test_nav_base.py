@@ -13,7 +13,7 @@ from agent.llm_policy import LLMPolicy
 from agent.models import load_local
 from agent.persona import PersonaAnchors, persona_token_ids
 from agent.policy import BuyerTurn
-from agent.prompt import PromptConfig, fit_prompt, prompt_budget, render_prompt
+from agent.prompt import PromptConfig, fit_prompt, fit_prompt_ids, prompt_budget, render_prompt
 from agent.sft import SFTConfig, build_examples, train_agent
 from agent.traces import Step, Trace
 from codebook.synthetic import BUYER_TYPES
@@ -93,6 +93,9 @@ def test_prompts_are_cut_to_the_trained_length_alike_in_training_and_inference(m
     assert len(tokenizer(prompt, add_special_tokens=False).input_ids) <= 300
     assert "[1] link" in prompt and "[119] link" not in prompt  # the page is cut from the bottom, at a line
     assert fit_prompt(tokenizer, "", page, [], PromptConfig(), None) == render_prompt(tokenizer, "", page, [])
+    for budget in (300, None):  # training takes the ids of the very prompt inference would show
+        assert fit_prompt_ids(tokenizer, "", page, [], PromptConfig(), budget) == tokenizer(
+            fit_prompt(tokenizer, "", page, [], PromptConfig(), budget), add_special_tokens=False).input_ids
 
     result = train_agent([Trace("shop", "buyer", 0, [Step(page, "click [3]")], False)], base,
                          SFTConfig(num_codes=1, stage1_max_steps=1, stage2_max_steps=1, max_length=312))
