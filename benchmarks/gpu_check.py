@@ -68,11 +68,11 @@ MANIFEST = "prepared.json"
 TRACES = Path(WORK) / "traces" / "traces.jsonl"
 TARGET_ACTIONS_PER_S = 5000  # SmolLM2-135M on one H100/H200 (issue 20)
 # What the GPU machine has (Python 3.12, no registry), and the wheels that travel for the rest of
-# the run's imports: the store (starlette, uvicorn), the http driver (beautifulsoup4) and the
+# the run's imports: the store (starlette, uvicorn), the http driver (beautifulsoup4, lxml) and the
 # per-type statistics (scikit-learn, through codebook.metrics), with their own requirements.
 GPU_MACHINE_HAS = ("torch", "transformers", "peft", "accelerate", "pandas", "pyarrow", "numpy", "scipy", "httpx",
                    "jinja2", "rich", "typer", "tqdm")
-CARRIED_WHEELS = ("starlette", "uvicorn", "h11", "anyio", "typing_extensions", "beautifulsoup4", "soupsieve",
+CARRIED_WHEELS = ("starlette", "uvicorn", "h11", "anyio", "typing_extensions", "beautifulsoup4", "soupsieve", "lxml",
                   "scikit-learn", "joblib", "threadpoolctl", "narwhals", "cloudpickle", "sniffio")
 
 
