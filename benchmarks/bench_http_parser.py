@@ -13,7 +13,6 @@ every buyer): the parser may change the speed, never what a buyer sees.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -24,6 +23,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from agent.traces import read_traces  # noqa: E402
 from bench_replay import SOURCES, choose_buyers  # noqa: E402
 from codebook.ingest import ingest  # noqa: E402
 from codebook.synthetic import SyntheticConfig, generate_synthetic  # noqa: E402
@@ -34,9 +34,8 @@ PARSERS = ("html.parser", "lxml")
 
 
 def traces_by_buyer(path: Path) -> dict:
-    """(shop, buyer) -> trace record; buyers finish in any order."""
-    records = (json.loads(line) for line in path.read_text(encoding="utf-8").splitlines())
-    return {(r["shop_id"], r["buyer_id"]): r for r in records}
+    """(shop, buyer) -> trace; buyers finish in any order."""
+    return {(trace.shop_id, trace.buyer_id): trace for trace in read_traces(path)}
 
 
 def replay_with(parser: str, events: Path, catalog: Path, codes: pd.DataFrame, out: Path, concurrency: int) -> float:
