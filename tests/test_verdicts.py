@@ -7,6 +7,7 @@ from harness.eval.verdicts import (
     evaluation_verdicts,
     pure_type_verdicts,
     simulation_verdicts,
+    strict_verdicts,
     type_check_verdicts,
 )
 
@@ -138,6 +139,24 @@ def test_evaluation_verdicts_name_the_protocol_when_there_are_several():
     both = evaluation_verdicts({"protocols": {"paper": collapsed, "strict": protocol(0.9, [shop_row("s1", 9, 0)])}})
     assert both[0].startswith("paper: the persona agent collapsed in shop s1")
     assert both[-1].startswith("strict: the persona agent (0.900) is ahead")
+
+
+def test_strict_protocol_is_judged_against_its_type_oracle():
+    strict = {"protocol": "strict", "persona_vs_oracle": 0.420 / 0.425,
+              "policies": {"persona": {"alignment": 0.420}, "type_oracle": {"alignment": 0.425},
+                           "global_rate": {"alignment": 0.445}}}
+    assert strict_verdicts(strict) == [
+        "the persona agent reaches 0.988 of its type oracle's alignment (0.420 vs 0.425): it meets the strict "
+        "protocol's goal of 0.95",
+        "the type oracle itself trails the global_rate (0.425 vs 0.445): browse-only types do not tell these shops "
+        "apart better than the average rate, so no simulation built on them is expected to pass it"]
+    short = {**strict, "persona_vs_oracle": 0.337 / 0.436,
+             "policies": {"persona": {"alignment": 0.337}, "type_oracle": {"alignment": 0.436},
+                          "global_rate": {"alignment": 0.356}}}
+    assert strict_verdicts(short) == ["the persona agent reaches 0.773 of its type oracle's alignment (0.337 vs "
+                                      "0.436): it falls short of the strict protocol's goal of 0.95"]
+    assert strict_verdicts({**strict, "protocol": "paper"}) == []
+    assert evaluation_verdicts({"protocols": {"strict": strict}})[-1].startswith("the type oracle itself trails")
 
 
 def test_simulation_verdicts():

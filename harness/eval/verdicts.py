@@ -9,6 +9,7 @@ means the run could not see any difference at all.
     evaluation_verdicts(summary)       summary.json of harness.eval.evaluate ("protocols")
     type_check_verdicts(result)        one protocol's result: an agent kept although it fails its type check
     pure_type_verdicts(result)         one protocol's result: the type profile as the agent's ceiling
+    strict_verdicts(result)            one strict-protocol result: the type oracle as the agent's yardstick
     simulation_verdicts(summary)       summary.json of one simulation run ("per_type")
 """
 
@@ -22,6 +23,9 @@ BASELINES = ("global_rate", "type_profile")
 # A buyer that ends at max-steps neither bought nor left: it got lost. When most buyers do, the
 # agent does not find its way through the store and its conversion rate says little about types.
 MAX_STEPS_MAJORITY = 0.5
+# Under the strict protocol an agent that plays its types well reaches this share of its type
+# oracle's alignment; the oracle, not the global rate, is what browse-only types allow.
+STRICT_ORACLE_SHARE = 0.95
 
 
 def _percent(rate: float) -> str:
@@ -142,6 +146,27 @@ def pure_type_verdicts(result: dict, agent: str = AGENT) -> list[str]:
             f"acted against its type for {against} of {buyers} held-out buyers"]
 
 
+def strict_verdicts(result: dict, agent: str = AGENT) -> list[str]:
+    """Strict types carry no purchase, so the agent is judged by the share of its type oracle's
+    alignment it reaches; says so, and when the oracle itself trails the global rate (then no
+    simulation built on these types is expected to pass that rate)."""
+    ratio = result.get("persona_vs_oracle")
+    policies = result.get("policies") or {}
+    oracle = (policies.get("type_oracle") or {}).get("alignment")
+    if result.get("protocol") != "strict" or ratio is None or oracle is None:
+        return []
+    mine = policies[agent]["alignment"]
+    verdict = "meets" if ratio >= STRICT_ORACLE_SHARE else "falls short of"
+    lines = [f"the {agent} agent reaches {ratio:.3f} of its type oracle's alignment ({mine:.3f} vs {oracle:.3f}): it "
+             f"{verdict} the strict protocol's goal of {STRICT_ORACLE_SHARE:g}"]
+    global_rate = (policies.get("global_rate") or {}).get("alignment")
+    if global_rate is not None and global_rate > oracle:
+        lines.append(f"the type oracle itself trails the global_rate ({oracle:.3f} vs {global_rate:.3f}): browse-only "
+                     "types do not tell these shops apart better than the average rate, so no simulation built on them "
+                     "is expected to pass it")
+    return lines
+
+
 def evaluation_verdicts(summary: dict, agent: str = AGENT) -> list[str]:
     """Collapse, type-check, alignment and ceiling verdicts of every protocol (named when there are several)."""
     protocols = summary.get("protocols") or {}
@@ -149,7 +174,7 @@ def evaluation_verdicts(summary: dict, agent: str = AGENT) -> list[str]:
     for name, result in protocols.items():
         prefix = f"{name}: " if len(protocols) > 1 else ""
         found = (collapse_verdicts(result, agent) + type_check_verdicts(result, agent) + alignment_verdicts(result, agent)
-                 + pure_type_verdicts(result, agent))
+                 + pure_type_verdicts(result, agent) + strict_verdicts(result, agent))
         lines += [prefix + line for line in found]
     return lines
 
