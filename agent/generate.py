@@ -7,6 +7,11 @@ buyer's draw does not depend on which other buyers share its batch.
 
 `ChoiceConstraint` restricts a row's output to one of a list of strings (a token trie), which is
 how the policy's constrained retry keeps the model to the grammar's verbs and the page's ids.
+
+`PrefixCache` keeps the key/value states of prompt openings that many prompts share: a chat
+prompt's first turn (the agent's system line, one per persona token) is about a quarter of its
+tokens and the same at every step of every buyer of that type. With a cache, the prefill runs only
+on the rest of each prompt; the answers are the ones the full prefill gives.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList, SuppressTokensLogitsProcessor
+from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList, SuppressTokensLogitsProcessor
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,65 @@ class SeededSampling(LogitsProcessor):
         return noisy
 
 
+class PrefixCache:
+    """Key/value states of prompt openings (a chat prompt's tokens up to and including its first
+    end-of-turn token), computed once per distinct opening and model state.
+
+    A prompt whose opening is known is prefilled from its end: `batch_inputs` builds the batch as
+    opening + left padding + rest, with the openings' states as the cache and the padding masked
+    out. Positions come from the attention mask, so every token sits where it sits in the prompt
+    alone, as with plain left padding. Entries are dropped when the model's weights change.
+    """
+
+    def __init__(self, max_entries: int = 64):
+        self.max_entries = max_entries
+        self._states: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self._weights_version: tuple[int, ...] | None = None
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def opening_length(ids: list[int], end_of_turn_id: int | None) -> int | None:
+        return ids.index(end_of_turn_id) + 1 if end_of_turn_id in ids[:-1] else None
+
+    def batch_inputs(self, model, ids_per_row: list[list[int]], end_of_turn_id: int | None, pad_id: int) -> dict | None:
+        """generate()'s inputs with the openings cached, or None when the rows' openings differ in
+        length or a row has none (the caller then prefills whole prompts)."""
+        lengths = {self.opening_length(ids, end_of_turn_id) for ids in ids_per_row}
+        if len(lengths) != 1 or None in lengths:
+            return None
+        opening = lengths.pop()
+        self._forget_if_weights_changed(model)
+        states = [self._states_of(model, tuple(ids[:opening])) for ids in ids_per_row]
+        rests = [ids[opening:] for ids in ids_per_row]
+        width = max(len(rest) for rest in rests)
+        input_ids = [ids[:opening] + [pad_id] * (width - len(rest)) + rest for ids, rest in zip(ids_per_row, rests)]
+        mask = [[1] * opening + [0] * (width - len(rest)) + [1] * len(rest) for rest in rests]
+        layers = [(torch.cat([row[layer][0] for row in states]), torch.cat([row[layer][1] for row in states]))
+                  for layer in range(len(states[0]))]
+        return {"input_ids": torch.tensor(input_ids, device=model.device),
+                "attention_mask": torch.tensor(mask, device=model.device),
+                "past_key_values": DynamicCache(ddp_cache_data=layers, config=model.config)}
+
+    def _states_of(self, model, opening: tuple[int, ...]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        if opening in self._states:
+            self.hits += 1
+            return self._states[opening]
+        self.misses += 1
+        if len(self._states) >= self.max_entries:
+            self._states.pop(next(iter(self._states)))
+        output = model(input_ids=torch.tensor([opening], device=model.device), use_cache=True)
+        self._states[opening] = [(layer.keys, layer.values) for layer in output.past_key_values.layers]
+        return self._states[opening]
+
+    def _forget_if_weights_changed(self, model) -> None:
+        # Every in-place update of a parameter (an optimiser step, a load) bumps its version.
+        version = tuple(parameter._version for parameter in model.parameters())
+        if version != self._weights_version:
+            self._states.clear()
+            self._weights_version = version
+
+
 @torch.inference_mode()
 def generate_batch(
     model,
@@ -104,12 +168,19 @@ def generate_batch(
     row_seeds: list[int] | None = None,
     choices: list[list[str] | None] | None = None,
     extra_processors: list[LogitsProcessor] = (),
+    prefix_cache: PrefixCache | None = None,
 ) -> GenerationResult:
-    """Generate one answer per prompt in a single left-padded batch."""
+    """Generate one answer per prompt in a single left-padded batch (openings from `prefix_cache`
+    when given)."""
     started = time.perf_counter()
     tokenizer.padding_side = "left"
-    batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-    prompt_length = batch.input_ids.shape[1]
+    batch = None
+    if prefix_cache is not None:
+        ids_per_row = tokenizer(prompts, add_special_tokens=False).input_ids
+        batch = prefix_cache.batch_inputs(model, ids_per_row, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    if batch is None:
+        batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    prompt_length = batch["input_ids"].shape[1]
     processors = LogitsProcessorList(list(extra_processors))
     if choices is not None:
         processors.append(ChoiceConstraint(tokenizer, choices, prompt_length))
@@ -136,7 +207,7 @@ def generate_batch(
         length = row.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in row else len(row)
         completion_tokens.append(length)
         texts.append(tokenizer.decode(row[:length], skip_special_tokens=True).strip())
-    prompt_tokens = batch.attention_mask.sum(dim=1).tolist()
+    prompt_tokens = batch["attention_mask"].sum(dim=1).tolist()
     return GenerationResult(texts, prompt_tokens, completion_tokens, time.perf_counter() - started, [None] * len(prompts))
 
 

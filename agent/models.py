@@ -33,7 +33,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
 from agent.actions import ACTION_SPECS, SCROLL_DIRECTIONS, expected_forms
-from agent.generate import GenerationResult, GenerationSettings, generate_batch
+from agent.generate import GenerationResult, GenerationSettings, PrefixCache, generate_batch
 from agent.prompt import SYSTEM_TEMPLATE
 from storefronts import cache_dir as simpersona_cache
 
@@ -66,6 +66,7 @@ class LocalModel:
     model: torch.nn.Module
     tokenizer: PreTrainedTokenizerFast
     name: str
+    prefix_cache: PrefixCache = field(default_factory=PrefixCache)
 
     @property
     def device(self) -> torch.device:
@@ -73,7 +74,8 @@ class LocalModel:
 
     def generate(self, prompts, settings=GenerationSettings(), row_seeds=None, choices=None, extra_processors=()) -> GenerationResult:
         self.model.eval()
-        return generate_batch(self.model, self.tokenizer, prompts, settings, row_seeds, choices, extra_processors)
+        return generate_batch(self.model, self.tokenizer, prompts, settings, row_seeds, choices, extra_processors,
+                              self.prefix_cache)
 
 
 # --- tiny random model --------------------------------------------------------------------------

