@@ -39,6 +39,7 @@ from harness.eval.metrics import (
     bootstrap_interval,
     buyers_needed,
     conversion_alignment,
+    conversion_gap,
     correlations,
     expected_alignment_at,
     expected_rate_gap,
@@ -162,6 +163,19 @@ def test_the_type_check_counts_only_the_gap_that_sampling_does_not_explain():
     assert type_gap(check) == pytest.approx(0.0)  # one buyer of a 50 % type converting is no evidence of blur
     blurred = agent_code_check(traces, {"types": {**agent["types"], "0": {"buyers": 3, "conversion_rate": 1 / 3}}})
     assert type_gap(blurred) == pytest.approx(1 / 4)
+
+
+def test_the_conversion_gap_weighs_a_type_by_its_conversions_not_its_buyers():
+    # 450 buyers who never buy, matched exactly; 50 of a type whose traces buy 40 %, converting 10 %.
+    traces = {"never": {"traces": 60, "conversion_rate": 0.0}, "buys": {"traces": 60, "conversion_rate": 0.4}}
+    agent = {"types": {"never": {"buyers": 450, "conversion_rate": 0.0}, "buys": {"buyers": 50, "conversion_rate": 0.1}}}
+    check = agent_code_check(traces, agent)
+    assert type_gap(check) < 0.025  # 50 × 0.3 / 500 less sampling: within the type check's limit
+    chance = 50 * expected_rate_gap(0.4, 50)
+    assert conversion_gap(check) == pytest.approx((50 * 0.3 - chance) / (50 * 0.4))  # 0.65 of its conversions lost
+    exact = agent_code_check(traces, {"types": {**agent["types"], "buys": {"buyers": 50, "conversion_rate": 0.4}}})
+    assert conversion_gap(exact) == pytest.approx(-chance / 20)  # as close as sampling allows: at most 0
+    assert conversion_gap(agent_code_check({"never": traces["never"]}, agent)) is None  # no traced conversion
 
 
 def test_an_agent_that_drops_one_small_type_is_rejected_though_its_mean_gap_is_small(tmp_path):

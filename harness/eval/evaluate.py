@@ -68,6 +68,7 @@ from harness.eval.metrics import (
     behaviour_figures,
     behaviour_summary,
     buyers_needed,
+    conversion_gap,
     correlations,
     intervals_overlap,
     mix_jsd,
@@ -762,7 +763,8 @@ def agent_code_check(trace_rates: dict, behaviour: dict) -> dict:
     """Per code: the agent's store-counted conversion (pooled over held-out shops) next to the
     conversion of that code's training traces; the agent should reproduce the latter. The gap
     (buyer-weighted mean |agent − traces|) comes with the gap that buyers converting exactly at the
-    traces' rates would show by chance (sampling_gap)."""
+    traces' rates would show by chance (sampling_gap); conversion_gap weighs the same differences
+    by what they do to conversion."""
     from harness.eval.metrics import expected_rate_gap
 
     rows, agent, traced, weights, chance = {}, [], [], [], []
@@ -1048,6 +1050,10 @@ def chosen_check(calibration: dict) -> dict:
 
 def chosen_type_gap(calibration: dict) -> float:
     return type_gap(chosen_check(calibration))
+
+
+def chosen_conversion_gap(calibration: dict) -> float | None:
+    return conversion_gap(chosen_check(calibration)) if calibration.get("tried") else None
 
 
 def type_gap(check: dict) -> float:

@@ -73,6 +73,8 @@ def pooled_transfer(transfers: list[dict | None]) -> dict:
 def fold_line(fold: int, result: dict) -> dict:
     """What one fold chose and reached: its shops, temperature, persona and oracle alignment, and
     how closely its agent's per-type conversion follows its traces (Pearson over codes)."""
+    from harness.eval.evaluate import chosen_conversion_gap
+
     policies = result["policies"]
     calibration = result.get("calibration") or {}
     return {
@@ -85,6 +87,7 @@ def fold_line(fold: int, result: dict) -> dict:
         # (evaluate.checked_persona_agent)
         "calibration_type_gap": calibration.get("type_gap"),
         "worst_type_gap": (calibration.get("worst_type") or {}).get("gap"),
+        "calibration_conversion_gap": chosen_conversion_gap(calibration),
         "rejected_agents": ", ".join(f"{agent['type_gap']:.3f} / {agent['worst_type']['gap']:.2f}"
                                      for agent in calibration.get("rejected", [])) or None,
         "persona": (policies.get("persona") or {}).get("alignment"),

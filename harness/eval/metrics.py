@@ -207,3 +207,18 @@ def behaviour_summary(entries: list[dict]) -> dict | None:
             distance, floor = (float(np.mean(values)) for values in zip(*pairs))
             result[measure] = {"n": len(pairs), "distance": distance, "floor": floor, "ratio_to_floor": ratio(distance, floor)}
     return result or None
+
+
+def conversion_gap(check: dict) -> float | None:
+    """harness.eval.evaluate.agent_code_check's per-type differences weighed by what they do to
+    conversion: (Σ buyers · |agent − traces| − the same sum expected from sampling alone) /
+    Σ buyers · traces, the share of the traces' conversions the agent loses or puts in other types.
+    Unlike the buyer-weighted type gap, the few buyers of a buying type count here as much as the
+    many who never buy; no traced conversion: None."""
+    rows = [row for row in check["per_code"].values() if row["trace_conversion"] is not None and row["agent_buyers"]]
+    traced = sum(row["agent_buyers"] * row["trace_conversion"] for row in rows)
+    if not traced:
+        return None
+    misplaced = sum(row["agent_buyers"] * abs(row["agent_conversion"] - row["trace_conversion"]) for row in rows)
+    chance = sum(row["agent_buyers"] * expected_rate_gap(row["trace_conversion"], row["agent_buyers"]) for row in rows)
+    return (misplaced - chance) / traced

@@ -342,9 +342,12 @@ def folds_part(folds: list[dict] | None) -> str:
             "the one under which the agent's conversion per type is closest to its traces' (type gap: buyer-weighted "
             "|agent − traces| beyond sampling noise; worst type: how far one type's traces' conversion lies outside the Wilson "
             "interval of the agent's). An agent over either limit was trained again with twice the steps (rejected agents: "
-            "their type gap / worst type).</p>"
+            "their type gap / worst type). The conversion gap is reported, not enforced: the same per-type differences "
+            "weighed by conversions, Σ buyers·|agent − traces| beyond sampling / Σ buyers·traces, the share of the "
+            "traces' conversions the agent loses or moves to other types.</p>"
             + table(folds, [("fold", "fold"), ("held_out", "held-out shops"), ("temperature", "temperature"),
-                            ("calibration_type_gap", "type gap (calibration)"), ("worst_type_gap", "worst type"), ("rejected_agents", "rejected agents"),
+                            ("calibration_type_gap", "type gap (calibration)"), ("worst_type_gap", "worst type"),
+                            ("calibration_conversion_gap", "conversion gap (calibration)"), ("rejected_agents", "rejected agents"),
                             ("persona", "persona alignment"), ("type_oracle", "type oracle"),
                             ("persona_vs_oracle", "persona / oracle"), ("per_type_pearson", "per-type Pearson (agent vs traces)"),
                             ("people_overlap", "buyers also in training shops")]))
@@ -491,9 +494,12 @@ def funnel_table(real: dict, simulated: dict) -> str:
 def agent_check_part(check: dict | None) -> str:
     if not check:
         return ""
+    from harness.eval.metrics import conversion_gap
+
     rows = [{"code": c, **v} for c, v in sorted(check["per_code"].items(), key=lambda kv: int(kv[0]))]
     return ("<h4>Agent vs traces: conversion per code</h4>"
             f"<p class='note'>Weighted mean |agent − traces| = {_cell(check.get('weighted_mean_abs_gap'))}; "
+            f"conversion gap (Σ buyers·|agent − traces| / Σ buyers·traces) = {_cell(conversion_gap(check))}; "
             f"Pearson r = {_cell(check.get('pearson'))}.</p>"
             + table(rows, [("code", "code"), ("agent_buyers", "agent buyers"), ("agent_conversion", "agent conversion"),
                            ("trace_count", "traces"), ("trace_conversion", "trace conversion")]))
