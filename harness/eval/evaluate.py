@@ -763,7 +763,7 @@ def agent_code_check(trace_rates: dict, behaviour: dict) -> dict:
     """Per code: the agent's store-counted conversion (pooled over held-out shops) next to the
     conversion of that code's training traces; the agent should reproduce the latter. The gap
     (buyer-weighted mean |agent − traces|) comes with the gap that buyers converting exactly at the
-    traces' rates would show by chance (sampling_gap); conversion_gap weighs the same differences
+    traces' rates would show by chance (sampling_gap); metrics.conversion_gap weighs the same differences
     by what they do to conversion."""
     from harness.eval.metrics import expected_rate_gap
 

@@ -499,7 +499,7 @@ def agent_check_part(check: dict | None) -> str:
     rows = [{"code": c, **v} for c, v in sorted(check["per_code"].items(), key=lambda kv: int(kv[0]))]
     return ("<h4>Agent vs traces: conversion per code</h4>"
             f"<p class='note'>Weighted mean |agent − traces| = {_cell(check.get('weighted_mean_abs_gap'))}; "
-            f"conversion gap (Σ buyers·|agent − traces| / Σ buyers·traces) = {_cell(conversion_gap(check))}; "
+            f"conversion gap (Σ buyers·|agent − traces| beyond sampling / Σ buyers·traces) = {_cell(conversion_gap(check))}; "
             f"Pearson r = {_cell(check.get('pearson'))}.</p>"
             + table(rows, [("code", "code"), ("agent_buyers", "agent buyers"), ("agent_conversion", "agent conversion"),
                            ("trace_count", "traces"), ("trace_conversion", "trace conversion")]))
