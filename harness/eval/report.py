@@ -216,7 +216,8 @@ def table(rows: list[dict], columns: list[tuple[str, str]], left: tuple[str, ...
     head = "".join(f"<th{' class=text' if key in left else ''}>{html.escape(heading)}</th>" for key, heading in columns)
     body = "".join("<tr>" + "".join(f"<td{' class=text' if key in left else ''}>{_cell(row.get(key))}</td>"
                                     for key, _ in columns) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    # In a scrolling box: a table wider than the page (the per-fold one) scrolls instead of spilling over.
+    return f"<div class='scroll'><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
 
 
 def rate_with_interval(rate: float | None, interval=None) -> str:
@@ -247,6 +248,7 @@ body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1080px; 
        font-size: 16px; line-height: 1.45; }
 h2 { border-bottom: 2px solid #ddd; padding-bottom: 0.2em; margin-top: 2em; }
 table { border-collapse: collapse; margin: 0.8em 0 1.6em; font-size: 0.95em; }
+.scroll { overflow-x: auto; max-width: 100%; }
 th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
 td { white-space: nowrap; }
 th { background: #f0f0f0; } td:first-child, th:first-child { text-align: left; }
