@@ -174,12 +174,12 @@ def generate_batch(
     when given)."""
     started = time.perf_counter()
     tokenizer.padding_side = "left"
+    ids_per_row = tokenizer(prompts, add_special_tokens=False).input_ids
     batch = None
     if prefix_cache is not None:
-        ids_per_row = tokenizer(prompts, add_special_tokens=False).input_ids
         batch = prefix_cache.batch_inputs(model, ids_per_row, tokenizer.eos_token_id, tokenizer.pad_token_id)
     if batch is None:
-        batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        batch = tokenizer.pad({"input_ids": ids_per_row}, padding=True, return_tensors="pt").to(model.device)
     prompt_length = batch["input_ids"].shape[1]
     processors = LogitsProcessorList(list(extra_processors))
     if choices is not None:
