@@ -357,8 +357,9 @@ def test_train_agent_command_takes_device_accumulation_and_budgets(tmp_path):
     further = CliRunner().invoke(app, ["train-agent", "--traces", str(traces), "--out", str(tmp_path / "further"),
                                        "--base", str(tmp_path / "agent"), "--device", "cpu", "--max-steps", "2", "--seed", "1"])
     assert further.exit_code == 0 and "training it further" in further.output, further.output
-    assert [json.loads((tmp_path / "further" / "training.json").read_text())["stages"][stage]["steps"]
-            for stage in ("stage1", "stage2")] == [2, 2]
+    record = json.loads((tmp_path / "further" / "training.json").read_text())
+    assert [record["stages"][stage]["steps"] for stage in ("stage1", "stage2")] == [2, 2]
+    assert record["continued_from"] == str(tmp_path / "agent")
     assert (PersonaMap.load(tmp_path / "further").code_to_token == PersonaMap.load(tmp_path / "agent").code_to_token)
     assert len(load_local(tmp_path / "further").tokenizer) == len(load_local(tmp_path / "agent").tokenizer)
     refused = CliRunner().invoke(app, ["train-agent", "--traces", str(traces), "--out", str(tmp_path / "x"),

@@ -127,7 +127,8 @@ def train_agent_command(
         stage2_lr = DEFAULT_STAGE2_LR.get(base_spec)  # the rate evaluate trains this base with
     if stage2_lr is not None:
         config.stage2_lr = config.lora_lr = stage2_lr
-    if Path(base, PERSONA_JSON).is_file():
+    continued_from = base if Path(base, PERSONA_JSON).is_file() else None
+    if continued_from:
         console.print(f"{base} is an agent dir: training it further")
         persona_map = PersonaMap.load(base)
         if artifact:
@@ -137,6 +138,6 @@ def train_agent_command(
         result = train_agent(records, model, config, _load_centroids(centroids) if centroids else None, anchors=anchors)
     identity = artifact.identity if artifact else result.persona_map.codebook
     result.persona_map = result.persona_map.trained_for(identity, TraceSource.of(traces, len(records)))
-    save_agent(result, out, config, {"traces": str(traces), "base_spec": base})
+    save_agent(result, out, config, {"traces": str(traces), "base_spec": base, "continued_from": continued_from})
     stages = {c["stage"]: c["loss"] for c in result.curves}
     console.print(f"agent dir written to {out} (final loss per stage: {stages}); serve with: vllm serve {out}")

@@ -928,8 +928,8 @@ async def checked_persona_agent(config: EvaluateConfig, work: Path, split: ShopS
         calibration["kept_although"] = reason  # the report's verdicts say it (harness.eval.verdicts)
     if reason is None or attempt >= config.max_retrains:
         return with_rejected_agents(work, calibration, config, attempt)
-    again = "going on from it" if config.retrain_from == "rejected" else "a new one from the base"
-    console.print(f"[bold red]agent rejected[/]: {reason}; training {again}, to twice the steps in all")
+    again = "it further" if config.retrain_from == "rejected" else "a new one from the base"
+    console.print(f"[bold red]agent rejected[/]: {reason}; training {again}, to twice the SFT steps in all")
     for name, aside in set_aside_paths(attempt + 1).items():
         (work / name).rename(work / aside)
     return await checked_persona_agent(config, work, split, codes, real, traces_path, codebook, phases, console)

@@ -343,7 +343,7 @@ def folds_part(folds: list[dict] | None) -> str:
             "its temperature is the one calibration chose on its own training shops (its agent's default when calibration is off): "
             "the one under which the agent's conversion per type is closest to its traces' (type gap: buyer-weighted "
             "|agent − traces| beyond sampling noise; worst type: how far one type's traces' conversion lies outside the Wilson "
-            "interval of the agent's). An agent over either limit was trained again with twice the steps (rejected agents: "
+            "interval of the agent's). An agent over either limit was trained to twice the SFT steps (rejected agents: "
             "their type gap / worst type). The conversion gap is reported, not enforced: the same per-type differences "
             "weighed by conversions, Σ buyers·|agent − traces| beyond sampling / Σ buyers·traces, the share of the "
             "traces' conversions the agent loses or moves to other types.</p>"
