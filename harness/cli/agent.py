@@ -113,9 +113,11 @@ def train_agent_command(
     base_spec = base
     if base in BASES:
         base = str(ensure_nav_base(BASES[base], console=console))
+    continued_from = base if Path(base, PERSONA_JSON).is_file() else None
+    persona_map = PersonaMap.load(base) if continued_from else None
+    if persona_map and artifact:
+        persona_map.check_codebook(artifact, base)  # before the model loads: a wrong codebook fails at once
     model = load_base(base, trace_texts(records))
-    # A base that already reads persona rows (the navigation base) starts the new tokens from them.
-    anchors = PersonaAnchors.load(base) if Path(base).is_dir() and not centroids else None
     config = SFTConfig(
         stage2=stage2, single_stage=single_stage, num_codes=num_codes, init="centroid" if centroids else "mean",
         stage1_epochs=stage1_epochs, stage2_epochs=stage2_epochs, stage1_lr=stage1_lr, batch_size=batch_size,
@@ -127,14 +129,12 @@ def train_agent_command(
         stage2_lr = DEFAULT_STAGE2_LR.get(base_spec)  # the rate evaluate trains this base with
     if stage2_lr is not None:
         config.stage2_lr = config.lora_lr = stage2_lr
-    continued_from = base if Path(base, PERSONA_JSON).is_file() else None
-    if continued_from:
+    if persona_map:
         console.print(f"{base} is an agent dir: training it further")
-        persona_map = PersonaMap.load(base)
-        if artifact:
-            persona_map.check_codebook(artifact, base)
         result = continue_agent(records, model, persona_map, config)
     else:
+        # A base that already reads persona rows (the navigation base) starts the new tokens from them.
+        anchors = PersonaAnchors.load(base) if Path(base).is_dir() and not centroids else None
         result = train_agent(records, model, config, _load_centroids(centroids) if centroids else None, anchors=anchors)
     identity = artifact.identity if artifact else result.persona_map.codebook
     result.persona_map = result.persona_map.trained_for(identity, TraceSource.of(traces, len(records)))
