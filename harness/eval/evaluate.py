@@ -10,7 +10,8 @@ into `out_dir`, so a rerun skips the steps already done (resumable):
     features_<all|browse_only>.parquet buyer features of every buyer (codebook.features)
     <protocol>/codebook/               codebook trained on TRAINING shops' rows only
     <protocol>/codes.parquet           every buyer's code (training and held-out), one forward pass
-    <protocol>/traces/                 replayed traces of training buyers (harness.eval.replay)
+    replays/                           each training buyer any fold chose, replayed once (harness.eval.shared_replays)
+    <protocol>/traces/                 the fold's training buyers' traces, with its codes (harness.eval.replay)
     <protocol>/agent/                  persona agent;  <protocol>/agent_no_persona/: the baseline agent
     <protocol>/calibration.json        sampling temperature chosen on training shops (when asked)
     <protocol>/sim/<policy>/<shop>/    one simulation run per held-out shop and policy (harness.sim.simulate)
@@ -56,7 +57,9 @@ import numpy as np
 import pandas as pd
 from rich.console import Console
 
+from agent.traces import Trace, read_traces
 from codebook.artifact import CodebookArtifact
+from storefronts.catalog import stable_unit
 from storefronts.variants import load_variant, training_themes
 from harness.sim.policies import PolicySpec, build_policy, made_by, policy_record
 from harness.sim.population import SyntheticBuyer, population_from_mix
@@ -77,6 +80,7 @@ from harness.eval.metrics import (
 )
 from harness.eval.nav_base import BASES, DEFAULT_STAGE2_LR, ensure_nav_base
 from harness.eval.phases import PhaseTimes
+from harness.eval.shared_replays import SharedReplays, replay_settings, write_atomically
 from harness.eval.split import (
     SPLIT_FILE,
     ShopSplit,
@@ -341,35 +345,55 @@ def train_protocol_codebook(config: EvaluateConfig, features: Path, split: ShopS
 
 def select_trace_buyers(codes: pd.DataFrame, per_code: int, per_shop: int, seed: int) -> pd.DataFrame:
     """Training buyers to replay: at most `per_shop` of a shop, then at most `per_code` of a code,
-    each drawn at random, so a code's share of converting traces estimates its real conversion."""
+    each drawn at random, so a code's share of converting traces estimates its real conversion.
+
+    The draw orders buyers by a key fixed per buyer and seed, so the folds of a seed mostly choose
+    the same buyers of a shop they all train on, and replay each of them once (SharedReplays)."""
     training = codes[codes["split"] == "training"]
-    shuffled = training.sample(frac=1.0, random_state=seed)  # head() below then takes a random subset
+    keys = [stable_unit("trace-buyer", str(seed), str(shop), str(buyer))
+            for shop, buyer in training[["shop_id", "buyer_id"]].itertuples(index=False)]
+    shuffled = training.iloc[np.argsort(keys, kind="stable")]  # head() below then takes a random subset
     chosen = shuffled.groupby("shop_id").head(per_shop).groupby("code").head(per_code)
     return chosen.sort_values(["shop_id", "buyer_id"]).reset_index(drop=True)
 
 
 async def make_protocol_traces(config: EvaluateConfig, work: Path, console: Console) -> Path:
-    from harness.eval.replay import ReplayConfig, replay
-
+    """The fold's traces.jsonl: its chosen training buyers, replayed once per evaluation (SharedReplays)
+    and given the fold's codes; a themed replay (trace_themes) is the fold's own."""
     traces_dir = work / "traces"
     done = traces_dir / "traces.jsonl"
-    if done.is_file() and done.stat().st_size > 0:
+    if done.is_file():
         return done
     chosen = select_trace_buyers(pd.read_parquet(work / "codes.parquet"), config.traces_per_code,
                                  config.traces_per_shop, config.seed)
+    if config.trace_themes:
+        traces = await replay_trace_buyers(config, chosen, traces_dir / "replay", console)
+    else:
+        shared = SharedReplays(config.out_dir / "replays",
+                               replay_settings(config.events, config.catalog, config.variant, config.trace_max_steps))
+        missing = shared.missing(chosen)
+        if len(missing) < len(chosen):
+            console.print(f"[bold]traces[/]: {len(chosen) - len(missing):,} of {len(chosen):,} training buyers "
+                          f"were replayed for an earlier fold or seed")
+        if len(missing):
+            shared.add(await replay_trace_buyers(config, missing, traces_dir / "replay", console))
+        traces = shared.for_fold(chosen)
+    write_atomically(done, "".join(trace.to_json() + "\n" for trace in traces))
+    return done
+
+
+async def replay_trace_buyers(config: EvaluateConfig, chosen: pd.DataFrame, out: Path, console: Console) -> list[Trace]:
+    from harness.eval.replay import ReplayConfig, replay
+
     shops = tuple(sorted(chosen["shop_id"].unique()))
     console.print(f"[bold]traces[/]: replaying {len(chosen):,} training buyers of {len(shops):,} shops")
-    report = await replay(config.events, config.catalog, chosen[["shop_id", "buyer_id", "code"]], traces_dir,
-                         # Buyers are chosen above: the replay's own per-shop sampling stays off.
-                         ReplayConfig(driver="http", concurrency=config.concurrency, shops=shops, variant=config.variant,
-                                      themes=(config.variant, *training_themes()) if config.trace_themes else (),
-                                      max_steps_per_buyer=config.trace_max_steps, seed=config.seed,
-                                      progress=config.progress))
-    path = Path(report.traces_path)
-    if path != done:
-        done.parent.mkdir(parents=True, exist_ok=True)
-        done.write_bytes(path.read_bytes())
-    return done
+    report = await replay(config.events, config.catalog, chosen[["shop_id", "buyer_id", "code"]], out,
+                          # Buyers are chosen above: the replay's own per-shop sampling stays off.
+                          ReplayConfig(driver="http", concurrency=config.concurrency, shops=shops, variant=config.variant,
+                                       themes=(config.variant, *training_themes()) if config.trace_themes else (),
+                                       max_steps_per_buyer=config.trace_max_steps, seed=config.seed,
+                                       progress=config.progress))
+    return read_traces(report.traces_path)
 
 
 def train_protocol_agent(config: EvaluateConfig, traces_path: Path, out: Path, one_code: bool, console: Console,

@@ -17,8 +17,9 @@ One trace per buyer × shop goes to traces.jsonl (agent.traces.Trace), appended 
 buyer finishes; a trace's `converted` says whether the replay placed at least one order (with an
 exact replay: whether the real buyer purchased).
 
-Replay exactness. Each buyer's requests carry the tag `<replay_run_id>:<n>`, so the store's order
-log (storefronts.orderlog.read_orders) tells buyers apart. A buyer is exact when the multiset
+Replay exactness. Each buyer's requests carry the tag `<replay_run_id>:<digest of shop and buyer>`,
+so the store's order log (storefronts.orderlog.read_orders) tells buyers apart, and a buyer's trace
+shows the same order numbers in every replay that includes it. A buyer is exact when the multiset
 product_id -> units over the store's orders for its tag equals product_id -> number of real
 purchase events. replay_report.json lists every buyer that is not exact with the missing and
 extra units and the reason (never averaged away).
@@ -27,6 +28,7 @@ extra units and the reason (never averaged away).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import re
 import time
@@ -225,7 +227,7 @@ async def replay_shop(pool, shop: str, layout: str, plans: list[BuyerPlan], cata
     try:
         shop_catalog = StoreCatalog.load(catalog_frame, shop)
     except ValueError as error:  # no products for the shop: every buyer fails with this reason
-        results = [BuyerResult(plan, f"{run_id}:{plan.index}", [], [], 0, error=str(error)) for plan in plans]
+        results = [BuyerResult(plan, buyer_tag(run_id, plan), [], [], 0, error=str(error)) for plan in plans]
         progress.update(task, advance=len(plans))
         return results
     store_context = serve_store(shop_catalog, shop, variant=layout, db_path=db_path)
@@ -235,7 +237,7 @@ async def replay_shop(pool, shop: str, layout: str, plans: list[BuyerPlan], cata
                           respect_robots=False)
 
         async def one_buyer(plan: BuyerPlan) -> BuyerResult:
-            result = await run_buyer(pool, guard, store.url, shop_catalog, plan, f"{run_id}:{plan.index}")
+            result = await run_buyer(pool, guard, store.url, shop_catalog, plan, buyer_tag(run_id, plan))
             if result.error is None:
                 trace = Trace(plan.shop_id, plan.buyer_id, plan.code, result.steps, result.orders_confirmed > 0,
                               variant=layout, goal=(goals or {}).get((plan.shop_id, plan.buyer_id), ""))
@@ -247,6 +249,12 @@ async def replay_shop(pool, shop: str, layout: str, plans: list[BuyerPlan], cata
         return list(await asyncio.gather(*(one_buyer(plan) for plan in plans)))
     finally:
         await asyncio.to_thread(store_context.__exit__, None, None, None)
+
+
+def buyer_tag(run_id: str, plan: BuyerPlan) -> str:
+    # A digest, not the ids themselves: a store keeps only a few characters of a tag.
+    digest = hashlib.blake2b(f"{plan.shop_id}\x1f{plan.buyer_id}".encode(), digest_size=8).hexdigest()
+    return f"{run_id}:{digest}"
 
 
 def catalog_note(events_source) -> dict:

@@ -114,7 +114,7 @@ class Intent:
 
 @dataclass
 class BuyerPlan:
-    index: int  # n of the buyer tag <run_id>:<n>
+    index: int  # its place in the replay (a themed replay gives buyer n theme n mod len(themes))
     shop_id: str
     buyer_id: str
     code: int
