@@ -374,7 +374,7 @@ async def make_protocol_traces(config: EvaluateConfig, work: Path, console: Cons
         missing = shared.missing(chosen)
         if len(missing) < len(chosen):
             console.print(f"[bold]traces[/]: {len(chosen) - len(missing):,} of {len(chosen):,} training buyers "
-                          f"were replayed for an earlier fold or seed")
+                          f"were replayed before (another fold, seed or protocol)")
         if len(missing):
             shared.add(await replay_trace_buyers(config, missing, traces_dir / "replay", console))
         traces = shared.for_fold(chosen)

@@ -44,6 +44,8 @@ def file_digest(path: Path) -> str:
 
 
 class SharedReplays:
+    """The traces kept in `folder`, by (shop, buyer); refused when made under other `settings`."""
+
     def __init__(self, folder: Path, settings: dict):
         self.folder = Path(folder)
         self.settings = settings
