@@ -175,10 +175,10 @@ def prepare(out: Path, config: PrepareConfig = PrepareConfig()) -> dict:
     features = build_protocol_features(evaluate_config, "paper", console)
     train_protocol_codebook(evaluate_config, features, split, work, console)
     traces = asyncio.run(make_protocol_traces(evaluate_config, work, console))
-    # Only traces.jsonl travels: the replay's store logs and the features (the codes are assigned)
-    # are tens of MiB the GPU side never reads.
-    for path in traces.parent.glob("*.sqlite*"):
-        path.unlink()
+    # Only traces.jsonl travels: the replay with its store logs, the replays kept for other folds
+    # and the features (the codes are assigned) are tens of MiB the GPU side never reads.
+    shutil.rmtree(traces.parent / "replay", ignore_errors=True)
+    shutil.rmtree(evaluate_config.out_dir / "replays", ignore_errors=True)
     features.unlink()
     _copy_smollm2_files(out / SMOLLM2_FILES)
     manifest = {"source": str(config.source), "brands": config.brands, "held_out": split.held_out,
