@@ -20,8 +20,7 @@ from pathlib import Path
 import pandas as pd
 from rich.console import Console
 
-from harness.eval.evaluate import EvaluateConfig, make_protocol_traces
-from harness.eval.shared_replays import SharedReplays, replay_settings
+from harness.eval.evaluate import REPLAY_DIR, EvaluateConfig, make_protocol_traces
 
 
 async def bench(args) -> None:
@@ -32,17 +31,16 @@ async def bench(args) -> None:
     with tempfile.TemporaryDirectory(prefix="bench_traces_") as scratch:
         config = EvaluateConfig(out_dir=Path(scratch), input_dir=Path(args.input), seed=args.seed, folds=len(folds),
                                 progress=False)
-        settings = replay_settings(config.events, config.catalog, config.variant, config.trace_max_steps)
         rows = []
         for fold in folds:
             work = Path(scratch) / fold.parent.name / args.protocol
             work.mkdir(parents=True)
             pd.read_parquet(fold / "codes.parquet").to_parquet(work / "codes.parquet")
-            before = len(SharedReplays(config.out_dir / "replays", settings).traces)
             started = time.perf_counter()
             traces = await make_protocol_traces(config, work, console)
             seconds = time.perf_counter() - started
-            replayed = len(SharedReplays(config.out_dir / "replays", settings).traces) - before
+            replay = traces.parent / REPLAY_DIR / "traces.jsonl"
+            replayed = sum(1 for _ in replay.open()) if replay.is_file() else 0
             rows.append((fold.parent.name, sum(1 for _ in traces.open()), replayed, seconds))
     per_buyer = rows[0][3] / rows[0][2]
     baseline = per_buyer * sum(row[1] for row in rows)

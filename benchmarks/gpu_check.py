@@ -152,8 +152,8 @@ def prepare(out: Path, config: PrepareConfig = PrepareConfig()) -> dict:
     from rich.console import Console
 
     from codebook.ingest import IngestConfig, ingest
-    from harness.eval.evaluate import (build_protocol_features, make_protocol_traces, real_conversion,
-                                       train_protocol_codebook)
+    from harness.eval.evaluate import (REPLAY_DIR, build_protocol_features, make_protocol_traces,
+                                       real_conversion, train_protocol_codebook)
     from harness.eval.split import SPLIT_FILE, SplitConfig, buyers_per_shop, make_or_load_split
 
     console = Console()
@@ -177,7 +177,7 @@ def prepare(out: Path, config: PrepareConfig = PrepareConfig()) -> dict:
     traces = asyncio.run(make_protocol_traces(evaluate_config, work, console))
     # Only traces.jsonl travels: the replay with its store logs, the replays kept for other folds
     # and the features (the codes are assigned) are tens of MiB the GPU side never reads.
-    shutil.rmtree(traces.parent / "replay", ignore_errors=True)
+    shutil.rmtree(traces.parent / REPLAY_DIR, ignore_errors=True)
     shutil.rmtree(evaluate_config.out_dir / "replays", ignore_errors=True)
     features.unlink()
     _copy_smollm2_files(out / SMOLLM2_FILES)

@@ -357,6 +357,9 @@ def select_trace_buyers(codes: pd.DataFrame, per_code: int, per_shop: int, seed:
     return chosen.sort_values(["shop_id", "buyer_id"]).reset_index(drop=True)
 
 
+REPLAY_DIR = "replay"  # in a fold's traces/: the replay of the buyers no earlier fold had chosen
+
+
 async def make_protocol_traces(config: EvaluateConfig, work: Path, console: Console) -> Path:
     """The fold's traces.jsonl: its chosen training buyers, replayed once per evaluation (SharedReplays)
     and given the fold's codes; a themed replay (trace_themes) is the fold's own."""
@@ -367,7 +370,7 @@ async def make_protocol_traces(config: EvaluateConfig, work: Path, console: Cons
     chosen = select_trace_buyers(pd.read_parquet(work / "codes.parquet"), config.traces_per_code,
                                  config.traces_per_shop, config.seed)
     if config.trace_themes:
-        traces = await replay_trace_buyers(config, chosen, traces_dir / "replay", console)
+        traces = await replay_trace_buyers(config, chosen, traces_dir / REPLAY_DIR, console)
     else:
         shared = SharedReplays(config.out_dir / "replays",
                                replay_settings(config.events, config.catalog, config.variant, config.trace_max_steps))
@@ -376,7 +379,7 @@ async def make_protocol_traces(config: EvaluateConfig, work: Path, console: Cons
             console.print(f"[bold]traces[/]: {len(chosen) - len(missing):,} of {len(chosen):,} training buyers "
                           f"were replayed before (another fold, seed or protocol)")
         if len(missing):
-            shared.add(await replay_trace_buyers(config, missing, traces_dir / "replay", console))
+            shared.add(await replay_trace_buyers(config, missing, traces_dir / REPLAY_DIR, console))
         traces = shared.for_fold(chosen)
     write_atomically(done, "".join(trace.to_json() + "\n" for trace in traces))
     return done

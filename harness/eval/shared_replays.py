@@ -64,8 +64,8 @@ class SharedReplays:
 
     def missing(self, chosen: pd.DataFrame) -> pd.DataFrame:
         """The chosen buyers (shop_id, buyer_id, code rows) that were never replayed."""
-        kept = [(str(s), str(b)) in self.traces for s, b in chosen[["shop_id", "buyer_id"]].itertuples(index=False)]
-        return chosen[[not k for k in kept]]
+        never = [(str(s), str(b)) not in self.traces for s, b in chosen[["shop_id", "buyer_id"]].itertuples(index=False)]
+        return chosen[never]
 
     def add(self, traces: list[Trace]) -> None:
         self.traces.update({(t.shop_id, t.buyer_id): t for t in traces})
