@@ -194,13 +194,34 @@ def test_an_agent_that_drops_one_small_type_is_rejected_though_its_mean_gap_is_s
         (tmp_path / name).touch()  # the config only checks that they exist
     config = EvaluateConfig(out_dir=tmp_path / "eval", input_dir=tmp_path)
     assert calibration["type_gap"] < config.max_type_gap  # the mean over buyers hides the lost type
-    assert "type lost converts 2 of 14" in rejection_reason(calibration, config)
-    assert rejection_reason(calibration, replace(config, max_worst_type_gap=None)) is None
-    strict = replace(config, max_type_gap=0.0, max_worst_type_gap=None)
-    assert "per type is" in rejection_reason(calibration, strict)
+    assert "type lost converts 2 of 14" in rejection_reason(calibration, config, "paper")
+    assert rejection_reason(calibration, replace(config, max_worst_type_gap=None, max_conversion_gap=None), "paper") is None
+    strict = replace(config, max_type_gap=0.0, max_worst_type_gap=None, max_conversion_gap=None)
+    assert "per type is" in rejection_reason(calibration, strict, "paper")
     # A calibration file written before type_gap was stored is judged from its check alike.
     older = {key: value for key, value in calibration.items() if key != "type_gap"}
-    assert rejection_reason(older, strict) == rejection_reason(calibration, strict)
+    assert rejection_reason(older, strict, "paper") == rejection_reason(calibration, strict, "paper")
+
+
+def test_an_agent_that_buys_with_a_type_that_never_buys_is_rejected_by_its_conversion_gap(tmp_path):
+    # Tmall seed 4, fold 2: one of the never-buying types converted 9 of its 68 calibration buyers.
+    traces = {"never": {"traces": 60, "conversion_rate": 0.0}, "leaks": {"traces": 60, "conversion_rate": 0.0},
+              "buys": {"traces": 60, "conversion_rate": 1.0}}
+    agent = {"types": {"never": {"buyers": 382, "conversion_rate": 0.0}, "leaks": {"buyers": 68, "conversion_rate": 9 / 68},
+                       "buys": {"buyers": 50, "conversion_rate": 1.0}}}
+    check = agent_code_check(traces, agent)
+    calibration = {"chosen": 0.5, "tried": {"0.5": {"type_check": check}}}
+    for name in ("events.parquet", "catalog.parquet"):
+        (tmp_path / name).touch()
+    config = EvaluateConfig(out_dir=tmp_path / "eval", input_dir=tmp_path)
+    assert type_gap(check) < config.max_type_gap and worst_type(check)["gap"] < config.max_worst_type_gap
+    assert conversion_gap(check) == pytest.approx(9 / 50)  # 9 conversions put where the traces have none
+    assert "misplaces 18% of its traces' conversions" in rejection_reason(calibration, config, "paper")
+    assert rejection_reason(calibration, config, "strict") is None  # strict types buy at 17-68 %: not judged so
+    assert rejection_reason(calibration, replace(config, max_conversion_gap=None), "paper") is None
+    exact = {"chosen": 0.5, "tried": {"0.5": {"type_check": agent_code_check(
+        traces, {"types": {**agent["types"], "leaks": {"buyers": 68, "conversion_rate": 0.0}}})}}}
+    assert rejection_reason(exact, config, "paper") is None
 
 
 def test_strata_leave_out_what_the_real_log_never_records():

@@ -193,6 +193,15 @@ class EvaluateConfig:
     # interval of the agent's (worst_type): at most 0.21 for the agents that followed their types,
     # 0.38-0.85 for the ones that did not (seeds 0-2). None: never.
     max_worst_type_gap: float | None = 0.25
+    # Both checks weigh a type by its buyers, and the buying types are small: an agent that buys with
+    # a type whose traces never buy (Tmall seed 4, fold 2: 9 of 68 such buyers) stays within them and
+    # doubled its held-out shops' rates. Under the paper protocol an agent is also trained again when
+    # its calibration conversion gap (metrics.conversion_gap: the share of the traces' conversions
+    # it loses or puts in other types) exceeds this: 0.000-0.060 for the ten agents of seed 4 that
+    # scored 0.75-0.92 held out, 0.154 and 0.217 for the two that scored 0.75 and 0.29. Not under
+    # the strict protocol, whose types buy at 17-68 %: there agents at 0.10-0.29 reached their type
+    # oracle. None: never.
+    max_conversion_gap: float | None = 0.10
     # Each retraining doubles the SFT steps of the one before (150, 300, 600): the last is kept.
     max_retrains: int = 2
     # Where a retraining starts: "rejected" goes on training the rejected agent for the steps it
@@ -846,8 +855,8 @@ async def run_protocol(config: EvaluateConfig, protocol: str, split: ShopSplit, 
     with phases.phase("traces"):
         traces_path = await make_protocol_traces(config, work, console) if needs_agent else None
     codebook = CodebookArtifact.load(work / "codebook")
-    calibration = await checked_persona_agent(config, work, split, codes, real, traces_path, codebook, phases, console) \
-        if needs_agent else None
+    calibration = await checked_persona_agent(config, work, protocol, split, codes, real, traces_path, codebook,
+                                              phases, console) if needs_agent else None
     if "no_persona" in config.policies:
         with phases.phase("agent no_persona"):
             train_protocol_agent(config, traces_path, work / "agent_no_persona", True, console)
@@ -930,7 +939,7 @@ def policy_figures(rows: list[dict], seed: int) -> dict:
     }
 
 
-async def checked_persona_agent(config: EvaluateConfig, work: Path, split: ShopSplit, codes: pd.DataFrame,
+async def checked_persona_agent(config: EvaluateConfig, work: Path, protocol: str, split: ShopSplit, codes: pd.DataFrame,
                                 real: pd.DataFrame, traces_path: Path, codebook: CodebookArtifact, phases: PhaseTimes,
                                 console: Console) -> dict | None:
     """Train the persona agent and calibrate its temperature. An agent that does not follow its
@@ -950,24 +959,26 @@ async def checked_persona_agent(config: EvaluateConfig, work: Path, split: ShopS
         calibration = await calibrate_temperature(config, work, split, codes, real, traces_path, codebook, console)
     if calibration is None:
         return calibration
-    reason = rejection_reason(calibration, config)
+    reason = rejection_reason(calibration, config, protocol)
     if reason is not None and attempt >= config.max_retrains:
         console.print(f"[bold red]agent kept[/] after {attempt} retrainings although {reason}")
         calibration["kept_although"] = reason  # the report's verdicts say it (harness.eval.verdicts)
     if reason is None or attempt >= config.max_retrains:
-        return with_rejected_agents(work, calibration, config, attempt)
+        return with_rejected_agents(work, calibration, config, protocol, attempt)
     again = "it further" if config.retrain_from == "rejected" else "a new one from the base"
     console.print(f"[bold red]agent rejected[/]: {reason}; training {again}, to twice the SFT steps in all")
     for name, aside in set_aside_paths(attempt + 1).items():
         (work / name).rename(work / aside)
-    return await checked_persona_agent(config, work, split, codes, real, traces_path, codebook, phases, console)
+    return await checked_persona_agent(config, work, protocol, split, codes, real, traces_path, codebook, phases,
+                                       console)
 
 
-def rejection_reason(calibration: dict, config: EvaluateConfig) -> str | None:
+def rejection_reason(calibration: dict, config: EvaluateConfig, protocol: str) -> str | None:
     """Why the calibrated agent does not follow its types, or None when it does: its mean gap per
-    type (type_gap) or its worst type (worst_type) beyond the config's limits."""
+    type (type_gap), its worst type (worst_type) or, under the paper protocol, its conversion gap
+    beyond the config's limits."""
     check = chosen_check(calibration)
-    gap, worst = type_gap(check), worst_type(check)
+    gap, worst, misplaced = type_gap(check), worst_type(check), conversion_gap(check)
     if config.max_type_gap is not None and gap > config.max_type_gap:
         return (f"its conversion per type is {gap:.3f} from its traces' on the calibration buyers "
                 f"(limit {config.max_type_gap})")
@@ -975,23 +986,27 @@ def rejection_reason(calibration: dict, config: EvaluateConfig) -> str | None:
         return (f"type {worst['code']} converts {worst['agent_converted']} of {worst['agent_buyers']} calibration buyers "
                 f"against its traces' {worst['trace_conversion']:.0%} (interval {worst['gap']:.3f} away; "
                 f"limit {config.max_worst_type_gap})")
+    if protocol == "paper" and config.max_conversion_gap is not None and misplaced is not None \
+            and misplaced > config.max_conversion_gap:
+        return (f"it loses or misplaces {misplaced:.0%} of its traces' conversions on the calibration buyers "
+                f"(conversion gap {misplaced:.3f}, limit {config.max_conversion_gap})")
     return None
 
 
-def with_rejected_agents(work: Path, calibration: dict, config: EvaluateConfig, rejected: int) -> dict:
+def with_rejected_agents(work: Path, calibration: dict, config: EvaluateConfig, protocol: str, rejected: int) -> dict:
     """The kept agent's calibration.json, plus what each of the `rejected` agents before it measured."""
     if len(calibration.get("rejected", [])) != rejected:
-        calibration["rejected"] = [rejected_agent_record(work, config, attempt) for attempt in range(1, rejected + 1)]
+        calibration["rejected"] = [rejected_agent_record(work, config, protocol, attempt) for attempt in range(1, rejected + 1)]
         (work / CALIBRATION_FILE).write_text(json.dumps(calibration, indent=1, default=_json_default) + "\n")
     return calibration
 
 
-def rejected_agent_record(work: Path, config: EvaluateConfig, attempt: int) -> dict:
+def rejected_agent_record(work: Path, config: EvaluateConfig, protocol: str, attempt: int) -> dict:
     """Gaps, reason, SFT budget and calibration figures of the `attempt`-th agent set aside."""
     rejected = json.loads((work / set_aside_paths(attempt)[CALIBRATION_FILE]).read_text())
     trained = retrain_config(config, attempt - 1)
     return {"type_gap": chosen_type_gap(rejected), "worst_type": worst_type(chosen_check(rejected)),
-            "reason": rejection_reason(rejected, config), "sft_max_steps": trained.sft_max_steps,
+            "reason": rejection_reason(rejected, config, protocol), "sft_max_steps": trained.sft_max_steps,
             "sft_epochs": [trained.sft_stage1_epochs, trained.sft_stage2_epochs], "chosen": rejected["chosen"],
             "tried": {t: {k: v for k, v in r.items() if k != "rows"} for t, r in rejected["tried"].items()}}
 
