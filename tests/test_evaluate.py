@@ -29,7 +29,7 @@ from harness.eval.evaluate import (
     with_funnel_flags,
     worst_type,
 )
-from harness.eval.folds import seed_spread
+from harness.eval.folds import rejected_gaps, seed_spread
 from harness.eval.phases import PhaseTimes, pooled_phases
 from harness.eval.metrics import (
     BEHAVIOUR_MEASURES,
@@ -222,6 +222,8 @@ def test_an_agent_that_buys_with_a_type_that_never_buys_is_rejected_by_its_conve
     exact = {"chosen": 0.5, "tried": {"0.5": {"type_check": agent_code_check(
         traces, {"types": {**agent["types"], "leaks": {"buyers": 68, "conversion_rate": 0.0}}})}}}
     assert rejection_reason(exact, config, "paper") is None
+    set_aside = {**calibration, "type_gap": type_gap(check), "worst_type": worst_type(check)}
+    assert rejected_gaps(set_aside) == "0.018 / 0.07 / 0.18"  # the report's "rejected agents" cell
 
 
 def test_strata_leave_out_what_the_real_log_never_records():

@@ -70,6 +70,15 @@ def pooled_transfer(transfers: list[dict | None]) -> dict:
     return pooled
 
 
+def rejected_gaps(agent: dict) -> str:
+    """'type gap / worst type / conversion gap' of an agent set aside (evaluate.rejected_agent_record)."""
+    from harness.eval.evaluate import chosen_conversion_gap
+
+    conversion = chosen_conversion_gap(agent)
+    return (f"{agent['type_gap']:.3f} / {agent['worst_type']['gap']:.2f} / "
+            + ("—" if conversion is None else f"{conversion:.2f}"))
+
+
 def fold_line(fold: int, result: dict) -> dict:
     """What one fold chose and reached: its shops, temperature, persona and oracle alignment, and
     how closely its agent's per-type conversion follows its traces (Pearson over codes)."""
@@ -83,13 +92,12 @@ def fold_line(fold: int, result: dict) -> dict:
         "temperature": result.get("temperature"),
         "calibration_shops": len(calibration.get("shops") or []),
         # the chosen temperature's per-type gap on the calibration buyers (beyond sampling), its
-        # worst type's gap, and both gaps of each agent set aside for not following its types
+        # worst type's gap, its conversion gap, and the three of each agent set aside for not following its types
         # (evaluate.checked_persona_agent)
         "calibration_type_gap": calibration.get("type_gap"),
         "worst_type_gap": (calibration.get("worst_type") or {}).get("gap"),
         "calibration_conversion_gap": chosen_conversion_gap(calibration),
-        "rejected_agents": ", ".join(f"{agent['type_gap']:.3f} / {agent['worst_type']['gap']:.2f}"
-                                     for agent in calibration.get("rejected", [])) or None,
+        "rejected_agents": ", ".join(rejected_gaps(agent) for agent in calibration.get("rejected", [])) or None,
         "persona": (policies.get("persona") or {}).get("alignment"),
         "type_oracle": (policies.get("type_oracle") or {}).get("alignment"),
         "persona_vs_oracle": result.get("persona_vs_oracle"),

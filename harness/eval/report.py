@@ -343,10 +343,10 @@ def folds_part(folds: list[dict] | None) -> str:
             "its temperature is the one calibration chose on its own training shops (its agent's default when calibration is off): "
             "the one under which the agent's conversion per type is closest to its traces' (type gap: buyer-weighted "
             "|agent − traces| beyond sampling noise; worst type: how far one type's traces' conversion lies outside the Wilson "
-            "interval of the agent's). An agent over either limit was trained to twice the SFT steps (rejected agents: "
-            "their type gap / worst type). The conversion gap is reported, not enforced: the same per-type differences "
-            "weighed by conversions, Σ buyers·|agent − traces| beyond sampling / Σ buyers·traces, the share of the "
-            "traces' conversions the agent loses or moves to other types.</p>"
+            "interval of the agent's; conversion gap: the same per-type differences weighed by conversions, Σ buyers·|agent "
+            "− traces| beyond sampling / Σ buyers·traces, the share of the traces' conversions the agent loses or moves "
+            "to other types). An agent over any of their limits (the conversion gap's under the paper protocol only) was "
+            "trained to twice the SFT steps (rejected agents: their type gap / worst type / conversion gap).</p>"
             + table(folds, [("fold", "fold"), ("held_out", "held-out shops"), ("temperature", "temperature"),
                             ("calibration_type_gap", "type gap (calibration)"), ("worst_type_gap", "worst type"),
                             ("calibration_conversion_gap", "conversion gap (calibration)"), ("rejected_agents", "rejected agents"),
