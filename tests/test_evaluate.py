@@ -196,11 +196,11 @@ def test_an_agent_that_drops_one_small_type_is_rejected_though_its_mean_gap_is_s
     assert calibration["type_gap"] < config.max_type_gap  # the mean over buyers hides the lost type
     assert "type lost converts 2 of 14" in rejection_reason(calibration, config, "paper")
     assert rejection_reason(calibration, replace(config, max_worst_type_gap=None, max_conversion_gap=None), "paper") is None
-    strict = replace(config, max_type_gap=0.0, max_worst_type_gap=None, max_conversion_gap=None)
-    assert "per type is" in rejection_reason(calibration, strict, "paper")
+    mean_only = replace(config, max_type_gap=0.0, max_worst_type_gap=None, max_conversion_gap=None)
+    assert "per type is" in rejection_reason(calibration, mean_only, "paper")
     # A calibration file written before type_gap was stored is judged from its check alike.
     older = {key: value for key, value in calibration.items() if key != "type_gap"}
-    assert rejection_reason(older, strict, "paper") == rejection_reason(calibration, strict, "paper")
+    assert rejection_reason(older, mean_only, "paper") == rejection_reason(calibration, mean_only, "paper")
 
 
 def test_an_agent_that_buys_with_a_type_that_never_buys_is_rejected_by_its_conversion_gap(tmp_path):
