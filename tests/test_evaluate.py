@@ -22,6 +22,7 @@ from harness.eval.evaluate import (
     calibration_shop_ids,
     evaluate,
     fold_config,
+    real_buyers,
     rejection_reason,
     select_trace_buyers,
     traced_shops,
@@ -244,6 +245,17 @@ def buyers(product_views, cart_adds, purchases, checkouts=None):
     return with_funnel_flags(pd.DataFrame({
         "page_views": [1] * n, "product_views": product_views, "searches": [0] * n, "cart_adds": cart_adds,
         "cart_removals": [0] * n, "checkouts": checkouts or [0] * n, "purchases": purchases}))
+
+
+def test_real_buyers_come_in_one_order_so_the_seeded_behaviour_floor_repeats(tmp_path):
+    rng = np.random.default_rng(0)
+    events = pd.DataFrame({"shop_id": rng.choice(["s2", "s1", "s3"], 3000), "buyer_id": rng.integers(0, 400, 3000).astype(str),
+                           "event_type": rng.choice(["product_view", "add_to_cart", "purchase"], 3000)})
+    events.to_parquet(tmp_path / "events.parquet")
+    frame = real_buyers(tmp_path / "events.parquet", ["s3", "s1"])
+    keys = list(zip(frame["shop_id"], frame["buyer_id"]))
+    assert keys == sorted(keys) and {shop for shop, _ in keys} == {"s1", "s3"}
+    assert frame.equals(real_buyers(tmp_path / "events.parquet", ["s1", "s3"]))
 
 
 def test_behaviour_counts_only_what_the_real_log_records():

@@ -704,8 +704,9 @@ def simulated_buyers(run_root: Path, shop: str) -> pd.DataFrame:
 
 
 def real_buyers(events: Path, shops: list[str]) -> pd.DataFrame:
-    """One row per real buyer of the shops: the counts of each event type the store also logs, and
-    the funnel flags."""
+    """One row per real buyer of the shops, by shop and buyer (the behaviour floors resample these
+    rows with a fixed seed, so their order must not change between runs): the counts of each event
+    type the store also logs, and the funnel flags."""
     import duckdb
 
     counts = ", ".join(f"count(*) FILTER (WHERE e.event_type = '{kind}') AS {column}" for column, kind in BUYER_COUNTS.items())
@@ -714,7 +715,7 @@ def real_buyers(events: Path, shops: list[str]) -> pd.DataFrame:
         frame = con.execute(
             f"""SELECT CAST(e.shop_id AS VARCHAR) AS shop_id, CAST(e.buyer_id AS VARCHAR) AS buyer_id, {counts}
                 FROM read_parquet(?) e JOIN wanted w ON CAST(e.shop_id AS VARCHAR) = w.shop_id
-                GROUP BY 1, 2""",
+                GROUP BY 1, 2 ORDER BY 1, 2""",
             [str(events)],
         ).df()
     return with_funnel_flags(frame)
