@@ -179,6 +179,17 @@ def test_the_conversion_gap_weighs_a_type_by_its_conversions_not_its_buyers():
     assert conversion_gap(agent_code_check({"never": traces["never"]}, agent)) is None  # no traced conversion
 
 
+def config_on_empty_input(tmp_path, **options) -> EvaluateConfig:
+    for name in ("events.parquet", "catalog.parquet"):
+        (tmp_path / name).touch()  # the config only checks that they exist
+    return EvaluateConfig(out_dir=tmp_path / "eval", input_dir=tmp_path, **options)
+
+
+def calibrated_at_half(check: dict) -> dict:
+    """A calibration.json that chose T = 0.5, where the agent's type check came out as `check`."""
+    return {"chosen": 0.5, "tried": {"0.5": {"type_check": check}}}
+
+
 def test_an_agent_that_drops_one_small_type_is_rejected_though_its_mean_gap_is_small(tmp_path):
     traces = {"big": {"traces": 60, "conversion_rate": 0.0}, "lost": {"traces": 60, "conversion_rate": 1.0},
               "tiny": {"traces": 60, "conversion_rate": 1.0}}
@@ -189,11 +200,8 @@ def test_an_agent_that_drops_one_small_type_is_rejected_though_its_mean_gap_is_s
     assert worst["code"] == "lost" and (worst["agent_converted"], worst["agent_buyers"]) == (2, 14)
     assert worst["gap"] == pytest.approx(1 - wilson_interval(2, 14)[1]) and worst["gap"] > 0.5
     assert worst_type({"per_code": {"tiny": {**check["per_code"]["tiny"]}}})["gap"] < 0.25  # 0 of 1 is no evidence
-    calibration = {"chosen": 0.5, "tried": {"0.5": {"type_check": check}}}
-    calibration["type_gap"] = type_gap(check)
-    for name in ("events.parquet", "catalog.parquet"):
-        (tmp_path / name).touch()  # the config only checks that they exist
-    config = EvaluateConfig(out_dir=tmp_path / "eval", input_dir=tmp_path)
+    calibration = {**calibrated_at_half(check), "type_gap": type_gap(check)}
+    config = config_on_empty_input(tmp_path)
     assert calibration["type_gap"] < config.max_type_gap  # the mean over buyers hides the lost type
     assert "type lost converts 2 of 14" in rejection_reason(calibration, config, "paper")
     assert rejection_reason(calibration, replace(config, max_worst_type_gap=None, max_conversion_gap=None), "paper") is None
@@ -211,17 +219,15 @@ def test_an_agent_that_buys_with_a_type_that_never_buys_is_rejected_by_its_conve
     agent = {"types": {"never": {"buyers": 382, "conversion_rate": 0.0}, "leaks": {"buyers": 68, "conversion_rate": 9 / 68},
                        "buys": {"buyers": 50, "conversion_rate": 1.0}}}
     check = agent_code_check(traces, agent)
-    calibration = {"chosen": 0.5, "tried": {"0.5": {"type_check": check}}}
-    for name in ("events.parquet", "catalog.parquet"):
-        (tmp_path / name).touch()
-    config = EvaluateConfig(out_dir=tmp_path / "eval", input_dir=tmp_path)
+    calibration = calibrated_at_half(check)
+    config = config_on_empty_input(tmp_path)
     assert type_gap(check) < config.max_type_gap and worst_type(check)["gap"] < config.max_worst_type_gap
     assert conversion_gap(check) == pytest.approx(9 / 50)  # 9 conversions put where the traces have none
     assert "misplaces 18% of its traces' conversions" in rejection_reason(calibration, config, "paper")
     assert rejection_reason(calibration, config, "strict") is None  # strict types buy at 17-68 %: not judged so
     assert rejection_reason(calibration, replace(config, max_conversion_gap=None), "paper") is None
-    exact = {"chosen": 0.5, "tried": {"0.5": {"type_check": agent_code_check(
-        traces, {"types": {**agent["types"], "leaks": {"buyers": 68, "conversion_rate": 0.0}}})}}}
+    exact = calibrated_at_half(agent_code_check(
+        traces, {"types": {**agent["types"], "leaks": {"buyers": 68, "conversion_rate": 0.0}}}))
     assert rejection_reason(exact, config, "paper") is None
     set_aside = {**calibration, "type_gap": type_gap(check), "worst_type": worst_type(check)}
     assert rejected_gaps(set_aside) == "0.018 / 0.07 / 0.18"  # the report's "rejected agents" cell
@@ -312,9 +318,7 @@ def test_seed_spread_is_mean_and_sd_per_policy():
 
 
 def test_the_browser_check_runs_in_the_first_fold_of_the_first_seed_only(tmp_path):
-    for name in ("events.parquet", "catalog.parquet"):
-        (tmp_path / name).touch()  # the config only checks that they exist
-    config = EvaluateConfig(out_dir=tmp_path / "eval", input_dir=tmp_path, folds=3, seeds=2, seed=4)
+    config = config_on_empty_input(tmp_path, folds=3, seeds=2, seed=4)
     checked = [(seed, fold) for seed in (4, 5) for fold in range(3) if fold_config(config, seed, fold).browser_check]
     assert checked == [(4, 0)] and fold_config(config, 5, 2).seed == 5
     assert not fold_config(replace(config, browser_check=False), 4, 0).browser_check
