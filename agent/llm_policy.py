@@ -75,14 +75,15 @@ class LLMPolicy:
 
     @classmethod
     def from_dir(cls, agent_dir: str | Path, codebook: CodebookArtifact | None = None, device: str | None = None,
-                 temperature: float | None = None, seed: int = 0, **options) -> "LLMPolicy":
-        """An agent dir written by `simpersona train-agent`, run in this process.
+                 temperature: float | None = None, seed: int = 0, precision: str = "auto", **options) -> "LLMPolicy":
+        """An agent dir written by `simpersona train-agent`, run in this process at `precision`
+        (agent.models.compute_dtypes).
 
         It samples at the temperature its persona.json records unless `temperature` is given, and
         is refused (CodebookMismatchError) when `codebook` is not the one it was trained for.
         """
         persona_map = checked_persona_map(agent_dir, codebook)
-        return cls(load_local(agent_dir, device=device), persona_map,
+        return cls(load_local(agent_dir, device=device, precision=precision), persona_map,
                    generation=sampling_settings(persona_map, temperature, seed), weights=weights_digest(agent_dir), **options)
 
     @classmethod

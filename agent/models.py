@@ -21,6 +21,7 @@ import importlib.util
 import json
 import threading
 import time
+from contextlib import nullcontext
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +68,7 @@ class LocalModel:
     tokenizer: PreTrainedTokenizerFast
     name: str
     prefix_cache: PrefixCache = field(default_factory=PrefixCache)
+    autocast: torch.dtype | None = None  # matmuls in this dtype over the weights' own (compute_dtypes)
 
     @property
     def device(self) -> torch.device:
@@ -74,8 +76,9 @@ class LocalModel:
 
     def generate(self, prompts, settings=GenerationSettings(), row_seeds=None, choices=None, extra_processors=()) -> GenerationResult:
         self.model.eval()
-        return generate_batch(self.model, self.tokenizer, prompts, settings, row_seeds, choices, extra_processors,
-                              self.prefix_cache)
+        with autocast_context(self.device, self.autocast):
+            return generate_batch(self.model, self.tokenizer, prompts, settings, row_seeds, choices, extra_processors,
+                                  self.prefix_cache)
 
 
 # --- tiny random model --------------------------------------------------------------------------
@@ -221,9 +224,33 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
-def load_local(path: str | Path, dtype: torch.dtype | None = None, device: str | torch.device | None = "auto") -> LocalModel:
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def compute_dtypes(precision: str, device: torch.device) -> tuple[torch.dtype, torch.dtype | None]:
+    """(weights dtype, autocast dtype or None) of a model run at `precision` on `device`.
+
+    auto: default_dtype's weights, no autocast. bf16: bf16 weights on CUDA; on a CPU, fp32 weights
+    with the matmuls autocast to bf16, which pays where the CPU computes bf16 natively
+    (avx512_bf16, AMX) and costs elsewhere (docs/benchmarks.md). fp32: fp32 everywhere.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "fp32":
+        return torch.float32, None
+    if precision == "bf16" and device.type != "cuda":
+        return torch.float32, torch.bfloat16
+    return (torch.bfloat16 if precision == "bf16" else default_dtype(device)), None
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype | None):
+    return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
+def load_local(path: str | Path, dtype: torch.dtype | None = None, device: str | torch.device | None = "auto",
+               precision: str = "auto") -> LocalModel:
     """Any Hugging Face causal-LM directory with its tokenizer (agent dirs included), on `device`
-    (resolve_device) in `dtype` (default_dtype of that device unless given)."""
+    (resolve_device) at `precision` (compute_dtypes; `dtype` overrides its weights' dtype)."""
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path}: not a Hugging Face model directory (no config.json)")
@@ -234,8 +261,9 @@ def load_local(path: str | Path, dtype: torch.dtype | None = None, device: str |
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     device = resolve_device(device)
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype or default_dtype(device))
-    return LocalModel(model.to(device).eval(), tokenizer, path.name)
+    weights, autocast = compute_dtypes(precision, device)
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype or weights)
+    return LocalModel(model.to(device).eval(), tokenizer, path.name, autocast=autocast)
 
 
 def weights_digest(path: str | Path) -> str:

@@ -37,7 +37,6 @@ import math
 import random
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -46,14 +45,13 @@ import torch
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup, set_seed
 
-from agent.models import LocalModel, align_generation_config, resolve_device
+from agent.models import PRECISIONS, LocalModel, align_generation_config, autocast_context, resolve_device
 from agent.persona import PersonaAnchors, PersonaMap, Sampling, add_persona_tokens, persona_token_ids
 from agent.prompt import PromptConfig, answer_text, fit_prompt_ids, prompt_budget
 from agent.traces import Trace, cart_decision_step, decision_index, rename_shop
 
 IGNORE_INDEX = -100
 STAGE2_MODES = ("full", "lora")
-PRECISIONS = ("auto", "bf16", "fp32")
 
 
 @dataclass
@@ -256,9 +254,7 @@ class Runtime:
         return cls(device, torch.bfloat16 if bf16 else None)
 
     def autocast(self):
-        if self.autocast_dtype is None:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+        return autocast_context(self.device, self.autocast_dtype)
 
 
 def _run_stage(stage: str, model, parameters, examples, config: SFTConfig, epochs: int, lr: float,

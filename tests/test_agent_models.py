@@ -9,11 +9,14 @@ import numpy as np
 import pytest
 import torch
 
+from agent.generate import GenerationSettings
+from agent.llm_policy import LLMPolicy
 from agent.models import load_base, load_local, load_tiny, smollm2_gguf_path
 from agent.persona import PersonaMap, add_persona_tokens, persona_token_ids
 from agent.prompt import render_prompt
 from agent.sft import Runtime, SFTConfig, TrainResult, build_examples, run_stage1, save_agent
 from agent.traces import make_synthetic_traces
+from harness.sim.policies import policy_record
 
 torch.set_num_threads(1)
 TRACES = make_synthetic_traces(6, seed=0, compact=True)
@@ -122,6 +125,26 @@ def test_save_load_round_trip_keeps_persona_tokens_and_weights(tiny, tmp_path):
     assert load_base(str(out)).name == "agent"
     with pytest.raises(ValueError, match="--base must be 'tiny', 'smollm2' or a model directory"):
         load_base(str(tmp_path / "missing"))
+
+
+def test_an_agent_loaded_at_bf16_on_a_cpu_keeps_fp32_weights_and_computes_its_matmuls_in_bf16(tiny, tmp_path):
+    persona_map = add_persona_tokens(tiny.model, tiny.tokenizer, num_codes=2)
+    out = save_agent(TrainResult(tiny, persona_map, curves=[]), tmp_path / "agent")
+    seen = {}
+    for precision in ("auto", "bf16", "fp32"):
+        backend = load_local(out, device="cpu", precision=precision)
+        assert {p.dtype for p in backend.model.parameters()} == {torch.float32}
+        layer = backend.model.model.layers[0].mlp.down_proj
+        handle = layer.register_forward_hook(lambda module, args, output, key=precision: seen.setdefault(key, output.dtype) and None)
+        prompt = render_prompt(backend.tokenizer, persona_map.token_for(1), TRACES[0].steps[0].observation, [])
+        answer = backend.generate([prompt], GenerationSettings(max_new_tokens=4))
+        handle.remove()
+        assert len(answer.texts) == 1 and answer.completion_tokens[0] >= 1
+    assert seen == {"auto": torch.float32, "bf16": torch.bfloat16, "fp32": torch.float32}
+    bf16 = LLMPolicy.from_dir(out, device="cpu", precision="bf16")
+    assert policy_record(bf16)["autocast"] == "bfloat16" and "autocast" not in policy_record(LLMPolicy.from_dir(out, device="cpu"))
+    with pytest.raises(ValueError, match="precision must be one of"):
+        load_local(out, precision="fp16")
 
 
 def test_persona_json_errors_name_the_file(tmp_path):

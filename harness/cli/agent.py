@@ -83,9 +83,9 @@ def train_agent_command(
     """Fine-tune a base model on replayed traces: persona-token warm-up, then full or LoRA SFT."""
     from rich.console import Console
 
-    from agent.models import load_base, resolve_device
+    from agent.models import PRECISIONS, load_base, resolve_device
     from agent.persona import PERSONA_JSON, PersonaAnchors, PersonaMap, TraceSource
-    from agent.sft import PRECISIONS, STAGE2_MODES, continue_agent, save_agent, train_agent
+    from agent.sft import STAGE2_MODES, continue_agent, save_agent, train_agent
     from agent.traces import TraceError, read_traces, trace_texts
 
     console = Console()

@@ -131,6 +131,9 @@ def evaluate(
     retrain_from: str = typer.Option(None, "--retrain-from", help="Where an agent that fails the type check is trained "
                                      "again: 'rejected' (going on from it) or 'base' (a new agent from the base); both "
                                      f"end at twice the steps (default {_default('retrain_from')})."),
+    agent_precision: str = typer.Option(None, "--agent-precision", help="How the agent computes in training and in the "
+                                        "simulations: auto (bf16 on CUDA, fp32 on CPU), bf16 (on a CPU: bf16 matmuls over "
+                                        "fp32 weights, faster where the CPU has bf16 instructions) or fp32."),
     sft_rename_shops: bool = typer.Option(_default("sft_rename_shops"), "--sft-rename-shops",
                                           help="Each SFT epoch shows every trace in a renamed shop (types keep their purchase rate on unseen pages)."),
     traces_per_code: int = typer.Option(None, "--traces-per-code", min=1, help="Training buyers replayed per code."),
@@ -164,7 +167,7 @@ def evaluate(
                    agent_base=agent_base or ("nav-themes" if themes else _default("agent_base")))
     # Options left out keep the default of the chosen preset (--fast or the full one).
     given = dict(folds=folds, seeds=seeds, max_held_out_shops=max_held_out, buyers_per_shop=buyers_per_shop, max_buyers_per_shop=max_buyers_per_shop,
-                 codebook_size=codebook_size, sft_max_steps=sft_max_steps, retrain_from=retrain_from, traces_per_code=traces_per_code,
+                 codebook_size=codebook_size, sft_max_steps=sft_max_steps, retrain_from=retrain_from, agent_precision=agent_precision, traces_per_code=traces_per_code,
                  concurrency=concurrency, variant=variant, calibration_shops=calibration_shops,
                  calibration_buyers=calibration_buyers, temperature=temperature, transfer_shops=transfer_shops,
                  transfer_stores=tuple(part.strip() for part in transfer.split(",") if part.strip()) if transfer else None)

@@ -165,6 +165,8 @@ class EvaluateConfig:
     sft_max_steps: int | None = 150  # cap on optimiser steps per stage; enough on the navigation base
     sft_max_length: int = 512  # the navigation base's (harness.eval.nav_base); prompts are cut to fit
     sft_rename_shops: bool = False  # each epoch, every trace in a renamed shop (agent.sft.SFTConfig)
+    # How the agent computes, in training and in the simulations (agent.models.compute_dtypes).
+    agent_precision: str = "auto"
     # The agents SAMPLE their actions (rates follow the learned frequencies) at this temperature;
     # None: the one the agent dir records (agent/persona.py), which the calibration below writes.
     temperature: float | None = None
@@ -253,6 +255,10 @@ class EvaluateConfig:
             raise ValueError(f"retrain_from must be one of {RETRAIN_STARTS}, got {self.retrain_from!r}")
         if any(t <= 0 for t in self.calibrate_temperatures):
             raise ValueError(f"calibration temperatures must be > 0 (sampling), got {self.calibrate_temperatures}")
+        from agent.models import PRECISIONS
+
+        if self.agent_precision not in PRECISIONS:
+            raise ValueError(f"agent_precision must be one of {PRECISIONS}, got {self.agent_precision!r}")
 
     @property
     def protocols(self) -> tuple[str, ...]:
@@ -434,7 +440,7 @@ def train_protocol_agent(config: EvaluateConfig, traces_path: Path, out: Path, o
         max_length=config.sft_max_length, rename_shops=config.sft_rename_shops,
         stage1_max_steps=config.sft_max_steps, stage2_max_steps=config.sft_max_steps,
         # A retraining draws other batches than the agent it goes on from.
-        init_noise_scale=1.0 if tiny else 0.1, seed=config.seed + retrain,
+        init_noise_scale=1.0 if tiny else 0.1, seed=config.seed + retrain, precision=config.agent_precision,
     )
     if continue_from is None:
         base, anchors = load_agent_base(config, trace_texts(traces), console)
@@ -525,7 +531,7 @@ def row_spec(name: str, work: Path, config: EvaluateConfig) -> PolicySpec:
         # The baseline agent samples like the persona agent it is compared with (calibrated or not).
         temperature = agent_temperature(work, config)
     return PolicySpec(str(work / AGENT_DIRS[name]), temperature=temperature, seed=config.seed,
-                      neutral=name == "neutral", label=name)
+                      neutral=name == "neutral", precision=config.agent_precision, label=name)
 
 
 def row_policy(name: str, work: Path, config: EvaluateConfig, codebook: CodebookArtifact):

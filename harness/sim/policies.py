@@ -46,6 +46,7 @@ class PolicySpec:
     neutral: give every buyer the neutral persona token (the token ablation).
     endpoint_model: the model name the endpoint serves; None: the agent dir's path.
     device: where an agent dir's model runs in this process; None: CUDA when present, else CPU.
+    precision: how an agent dir's model computes (agent.models.compute_dtypes): auto, bf16 or fp32.
     label: the policy's name in summaries; None: derived from the policy.
     """
 
@@ -56,6 +57,7 @@ class PolicySpec:
     neutral: bool = False
     endpoint_model: str | None = None
     device: str | None = None
+    precision: str = "auto"
     label: str | None = None
 
     @property
@@ -128,18 +130,22 @@ def build_policy(spec: PolicySpec, codebook: CodebookArtifact):
                     name=spec.name)
     if spec.is_endpoint:
         return LLMPolicy.from_endpoint(spec.policy, spec.agent_dir, model=spec.endpoint_model, **sampling)
-    return LLMPolicy.from_dir(spec.policy, device=spec.device, **sampling)
+    return LLMPolicy.from_dir(spec.policy, device=spec.device, precision=spec.precision, **sampling)
 
 
 def policy_record(policy) -> dict:
-    """What a run's manifest says about its policy: the name and, for an agent, how it samples and
-    which weights it runs (when loaded from an agent dir)."""
+    """What a run's manifest says about its policy: the name and, for an agent, how it samples,
+    which weights it runs (when loaded from an agent dir) and, when not in the weights' own dtype,
+    the dtype it computes in."""
     record = {"name": getattr(policy, "name", type(policy).__name__)}
     generation = getattr(policy, "generation", None)
     if generation is not None:
         record.update(temperature=generation.temperature, seed=generation.seed, neutral=getattr(policy, "neutral", False))
     if getattr(policy, "weights", ""):
         record["weights"] = policy.weights
+    autocast = getattr(getattr(policy, "backend", None), "autocast", None)
+    if autocast is not None:
+        record["autocast"] = str(autocast).removeprefix("torch.")
     return record
 
 
