@@ -90,6 +90,48 @@ def _print_prefix(row: dict) -> None:
           f"actions/s | ratio {row['ratio']:.2f}x | same answers: {row['same']}")
 
 
+def measure_precision(texts: list[str], batches: int, sft_steps: int, rounds: int = 3) -> dict:
+    """fp32 against bf16 autocast on the agent's shape: generation (same prompts, greedy) and SFT steps."""
+    from agent.sft import SFTConfig, train_agent
+
+    def agent_shape(precision: str) -> LocalModel:
+        local = load_tiny(texts, TinyModelConfig.of_width(128, 4))  # seeded: the same weights every time
+        local.autocast = torch.bfloat16 if precision == "bf16" else None
+        return local
+
+    models = {precision: agent_shape(precision) for precision in ("fp32", "bf16")}
+    persona_map = add_persona_tokens(models["fp32"].model, models["fp32"].tokenizer, num_codes=2)
+    add_persona_tokens(models["bf16"].model, models["bf16"].tokenizer, num_codes=2)
+    prompts = LLMPolicy(models["fp32"], persona_map).prompts(_turns(16 * batches, compact=False))
+    groups = [prompts[start:start + 16] for start in range(0, len(prompts), 16)]
+    settings = GenerationSettings(max_new_tokens=8)
+    generation = {"fp32": 0.0, "bf16": 0.0}
+    training = {"fp32": 0.0, "bf16": 0.0}
+    answers = {}
+    traces = make_synthetic_traces(64, {0: "buy", 1: "leave"}, seed=7)
+    for _ in range(rounds):
+        for precision, local in models.items():
+            started = time.perf_counter()
+            answers[precision] = [text for group in groups for text in local.generate(group, settings).texts]
+            generation[precision] += time.perf_counter() - started
+            started = time.perf_counter()
+            train_agent(traces, agent_shape(precision), SFTConfig(single_stage=True, stage2_epochs=100, stage2_max_steps=sft_steps,
+                                                                   batch_size=16, precision=precision, seed=0))
+            training[precision] += time.perf_counter() - started
+    same = sum(a == b for a, b in zip(answers["fp32"], answers["bf16"])) / len(prompts)
+    return {"fp32": rounds * len(prompts) / generation["fp32"], "bf16": rounds * len(prompts) / generation["bf16"],
+            "generation_ratio": generation["fp32"] / generation["bf16"], "same": same,
+            "sft_fp32": training["fp32"] / (rounds * sft_steps), "sft_bf16": training["bf16"] / (rounds * sft_steps),
+            "sft_ratio": training["fp32"] / training["bf16"]}
+
+
+def _print_precision(row: dict) -> None:
+    print(f"agent shape (128 x 4): fp32 {row['fp32']:8.2f} actions/s | bf16 {row['bf16']:8.2f} actions/s | ratio "
+          f"{row['generation_ratio']:.2f}x | same answers: {row['same']:.1%}")
+    print(f"agent shape (128 x 4): SFT step fp32 {row['sft_fp32']:.3f}s | bf16 {row['sft_bf16']:.3f}s | ratio {row['sft_ratio']:.2f}x "
+          "(each step's time includes its share of loading and building the examples)")
+
+
 def gpu_rows(batch: int, max_new_tokens: int) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -118,7 +160,8 @@ def main(
     max_new_tokens: int = typer.Option(16),
     skip_smollm2: bool = typer.Option(False, help="CPU rows for the tiny model only"),
     threads: int = typer.Option(2, help="torch CPU threads"),
-    prefix_batches: int = typer.Option(16, help="batches of 16 prompts in the prefix-cache rows"),
+    prefix_batches: int = typer.Option(16, help="batches of 16 prompts in the prefix-cache and precision rows"),
+    sft_steps: int = typer.Option(20, help="full-SFT steps per precision and round in the precision row"),
 ) -> None:
     torch.set_num_threads(threads)
     traces = make_synthetic_traces(16, seed=0, compact=True)
@@ -133,6 +176,8 @@ def main(
     _print_prefix(measure_prefix_cache(agent_shape, prefix_batches, 8, compact=False))
     if not skip_smollm2:
         _print_prefix(measure_prefix_cache(load_smollm2(), 1, 8, compact=False, rounds=1))
+    print(f"precision: {prefix_batches} batches of 16 and {sft_steps} SFT steps at fp32 and bf16, taking turns, 3 rounds")
+    _print_precision(measure_precision(texts, prefix_batches, sft_steps))
     if torch.cuda.is_available():
         gpu_rows(256, max_new_tokens)
     else:

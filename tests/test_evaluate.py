@@ -24,6 +24,7 @@ from harness.eval.evaluate import (
     fold_config,
     real_buyers,
     rejection_reason,
+    row_spec,
     select_trace_buyers,
     traced_shops,
     type_gap,
@@ -322,6 +323,15 @@ def test_the_browser_check_runs_in_the_first_fold_of_the_first_seed_only(tmp_pat
     checked = [(seed, fold) for seed in (4, 5) for fold in range(3) if fold_config(config, seed, fold).browser_check]
     assert checked == [(4, 0)] and fold_config(config, 5, 2).seed == 5
     assert not fold_config(replace(config, browser_check=False), 4, 0).browser_check
+
+
+def test_the_agent_precision_reaches_every_simulating_row_and_is_checked(tmp_path):
+    config = config_on_empty_input(tmp_path, agent_precision="bf16")
+    specs = [row_spec(name, tmp_path, config) for name in ("persona", "mismatched", "neutral")]
+    assert {spec.precision for spec in specs} == {"bf16"}
+    assert row_spec("persona", tmp_path, config_on_empty_input(tmp_path)).precision == "auto"
+    with pytest.raises(ValueError, match="agent_precision must be one of"):
+        config_on_empty_input(tmp_path, agent_precision="fp16")
 
 
 def test_phase_times_add_up_across_resumes_and_folds(tmp_path):
