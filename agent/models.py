@@ -231,8 +231,9 @@ def compute_dtypes(precision: str, device: torch.device) -> tuple[torch.dtype, t
     """(weights dtype, autocast dtype or None) of a model run at `precision` on `device`.
 
     auto: default_dtype's weights, no autocast. bf16: bf16 weights on CUDA; on a CPU, fp32 weights
-    with the matmuls autocast to bf16, which pays where the CPU computes bf16 natively
-    (avx512_bf16, AMX) and costs elsewhere (docs/benchmarks.md). fp32: fp32 everywhere.
+    with the matmuls autocast to bf16, which needs a CPU that computes bf16 natively (avx512_bf16,
+    AMX) to pay: there an SFT step of the agent takes about 15 % less time, a simulation step
+    no less (docs/results.md, the bf16 run). fp32: fp32 everywhere.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")

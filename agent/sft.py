@@ -45,7 +45,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup, set_seed
 
-from agent.models import PRECISIONS, LocalModel, align_generation_config, autocast_context, resolve_device
+from agent.models import PRECISIONS, LocalModel, align_generation_config, autocast_context, compute_dtypes, resolve_device
 from agent.persona import PersonaAnchors, PersonaMap, Sampling, add_persona_tokens, persona_token_ids
 from agent.prompt import PromptConfig, answer_text, fit_prompt_ids, prompt_budget
 from agent.traces import Trace, cart_decision_step, decision_index, rename_shop
@@ -249,9 +249,11 @@ class Runtime:
 
     @classmethod
     def from_config(cls, config: SFTConfig) -> "Runtime":
+        """Training keeps fp32 master weights: whatever the model would compute in at inference
+        (compute_dtypes), as weights or as autocast, is autocast here."""
         device = resolve_device(config.device)
-        bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
-        return cls(device, torch.bfloat16 if bf16 else None)
+        weights, autocast = compute_dtypes(config.precision, device)
+        return cls(device, autocast or (weights if weights != torch.float32 else None))
 
     def autocast(self):
         return autocast_context(self.device, self.autocast_dtype)

@@ -133,7 +133,7 @@ def evaluate(
                                      f"end at twice the steps (default {_default('retrain_from')})."),
     agent_precision: str = typer.Option(None, "--agent-precision", help="How the agent computes in training and in the "
                                         "simulations: auto (bf16 on CUDA, fp32 on CPU), bf16 (on a CPU: bf16 matmuls over "
-                                        "fp32 weights, faster where the CPU has bf16 instructions) or fp32."),
+                                        "fp32 weights; a faster SFT where the CPU has bf16 instructions) or fp32."),
     sft_rename_shops: bool = typer.Option(_default("sft_rename_shops"), "--sft-rename-shops",
                                           help="Each SFT epoch shows every trace in a renamed shop (types keep their purchase rate on unseen pages)."),
     traces_per_code: int = typer.Option(None, "--traces-per-code", min=1, help="Training buyers replayed per code."),
