@@ -22,7 +22,7 @@ import typer
 
 from agent.generate import GenerationSettings, generate_batch
 from agent.llm_policy import LLMPolicy
-from agent.models import LocalModel, TinyModelConfig, load_smollm2, load_tiny
+from agent.models import LocalModel, TinyModelConfig, compute_dtypes, load_smollm2, load_tiny
 from agent.persona import add_persona_tokens
 from agent.policy import BuyerTurn
 from agent.traces import make_synthetic_traces
@@ -96,7 +96,7 @@ def measure_precision(texts: list[str], batches: int, sft_steps: int, rounds: in
 
     def agent_shape(precision: str) -> LocalModel:
         local = load_tiny(texts, TinyModelConfig.of_width(128, 4))  # seeded: the same weights every time
-        local.autocast = torch.bfloat16 if precision == "bf16" else None
+        local.autocast = compute_dtypes(precision, local.device)[1]
         return local
 
     models = {precision: agent_shape(precision) for precision in ("fp32", "bf16")}
