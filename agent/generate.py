@@ -8,15 +8,18 @@ buyer's draw does not depend on which other buyers share its batch.
 `ChoiceConstraint` restricts a row's output to one of a list of strings (a token trie), which is
 how the policy's constrained retry keeps the model to the grammar's verbs and the page's ids.
 
-`PrefixCache` keeps the key/value states of prompt openings that many prompts share: a chat
-prompt's first turn (the agent's system line, one per persona token) is about a quarter of its
-tokens and the same at every step of every buyer of that type. With a cache, the prefill runs only
-on the rest of each prompt; the answers are the ones the full prefill gives.
+`PrefixCache` keeps the key/value states of prompt openings that many prompts share. The agent's
+prompt is its system line (one per persona token), then the page, then the buyer's own last
+actions; buyers of one type on one page share all but those last few tokens (nine steps in ten of
+a simulated shop). With `GenerationSettings.opening_end` naming where the unshared part starts, the
+opening runs to there; without it, to the first end of turn (the system line). The prefill then
+runs only on the rest of each prompt; the answers are the ones the full prefill gives.
 """
 
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
@@ -31,6 +34,9 @@ class GenerationSettings:
     # Token ids never generated: the persona tokens, which are input only (training leaves them out
     # of the answer's softmax, so nothing ever taught the model not to say them).
     suppressed_ids: tuple[int, ...] = ()
+    # Token ids that start the part of a prompt that is its own (agent.prompt.opening_end_ids):
+    # PrefixCache keeps each prompt's states up to their last occurrence.
+    opening_end: tuple[int, ...] = ()
 
 
 @dataclass
@@ -101,62 +107,104 @@ class SeededSampling(LogitsProcessor):
 
 
 class PrefixCache:
-    """Key/value states of prompt openings (a chat prompt's tokens up to and including its first
-    end-of-turn token), computed once per distinct opening and model state.
+    """Key/value states of prompt openings, computed once per distinct opening and model state and
+    kept, least recently used first out, up to `max_bytes`.
 
-    A prompt whose opening is known is prefilled from its end: `batch_inputs` builds the batch as
-    opening + left padding + rest, with the openings' states as the cache and the padding masked
-    out. Positions come from the attention mask, so every token sits where it sits in the prompt
-    alone, as with plain left padding. Entries are dropped when the model's weights change.
+    A prompt's opening runs up to the last occurrence of the settings' `opening_end` ids or, without
+    them, through its first end-of-turn token. `batch_inputs` lays each row out as left padding +
+    opening + padding + rest, with the openings' states (left padded alike) as the cache and every
+    padding masked out. Positions come from the attention mask, so every token sits where it sits in
+    the prompt alone, as with plain left padding. Entries are dropped when the model's weights change.
     """
 
-    def __init__(self, max_entries: int = 64):
-        self.max_entries = max_entries
-        self._states: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    def __init__(self, max_bytes: int = 512 * 2**20):
+        self.max_bytes = max_bytes
+        self._states: OrderedDict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
+        self._bytes = 0
         self._weights_version: tuple[int, ...] | None = None
         self.hits = 0
         self.misses = 0
 
+    def __len__(self) -> int:
+        return len(self._states)
+
     @staticmethod
-    def opening_length(ids: list[int], end_of_turn_id: int | None) -> int | None:
+    def opening_length(ids: list[int], end_of_turn_id: int | None, opening_end: tuple[int, ...] = ()) -> int | None:
+        if opening_end:
+            start = _last_start(ids, list(opening_end))
+            if start:
+                return start
         return ids.index(end_of_turn_id) + 1 if end_of_turn_id in ids[:-1] else None
 
-    def batch_inputs(self, model, ids_per_row: list[list[int]], end_of_turn_id: int | None, pad_id: int) -> dict | None:
-        """generate()'s inputs with the openings cached, or None when the rows' openings differ in
-        length or a row has none (the caller then prefills whole prompts)."""
-        lengths = {self.opening_length(ids, end_of_turn_id) for ids in ids_per_row}
-        if len(lengths) != 1 or None in lengths:
+    def batch_inputs(self, model, ids_per_row: list[list[int]], end_of_turn_id: int | None, pad_id: int,
+                     opening_end: tuple[int, ...] = ()) -> dict | None:
+        """generate()'s inputs with the openings cached, or None when a row has no opening (the
+        caller then prefills whole prompts)."""
+        openings = [self.opening_length(ids, end_of_turn_id, opening_end) for ids in ids_per_row]
+        if None in openings:
             return None
-        opening = lengths.pop()
         self._forget_if_weights_changed(model)
-        states = [self._states_of(model, tuple(ids[:opening])) for ids in ids_per_row]
-        rests = [ids[opening:] for ids in ids_per_row]
-        width = max(len(rest) for rest in rests)
-        input_ids = [ids[:opening] + [pad_id] * (width - len(rest)) + rest for ids, rest in zip(ids_per_row, rests)]
-        mask = [[1] * opening + [0] * (width - len(rest)) + [1] * len(rest) for rest in rests]
-        layers = [(torch.cat([row[layer][0] for row in states]), torch.cat([row[layer][1] for row in states]))
-                  for layer in range(len(states[0]))]
+        states = [self._states_of(model, tuple(ids[:opening])) for ids, opening in zip(ids_per_row, openings)]
+        width = max(openings)
+        rest_width = max(len(ids) - opening for ids, opening in zip(ids_per_row, openings))
+        input_ids, mask = [], []
+        for ids, opening in zip(ids_per_row, openings):
+            lead, gap = width - opening, rest_width - (len(ids) - opening)
+            input_ids.append([pad_id] * lead + ids[:opening] + [pad_id] * gap + ids[opening:])
+            mask.append([0] * lead + [1] * opening + [0] * gap + [1] * (len(ids) - opening))
         return {"input_ids": torch.tensor(input_ids, device=model.device),
                 "attention_mask": torch.tensor(mask, device=model.device),
-                "past_key_values": DynamicCache(ddp_cache_data=layers, config=model.config)}
+                "past_key_values": DynamicCache(ddp_cache_data=_left_padded(states, width), config=model.config)}
 
     def _states_of(self, model, opening: tuple[int, ...]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         if opening in self._states:
             self.hits += 1
+            self._states.move_to_end(opening)
             return self._states[opening]
         self.misses += 1
-        if len(self._states) >= self.max_entries:
-            self._states.pop(next(iter(self._states)))
         output = model(input_ids=torch.tensor([opening], device=model.device), use_cache=True)
-        self._states[opening] = [(layer.keys, layer.values) for layer in output.past_key_values.layers]
-        return self._states[opening]
+        states = [(layer.keys, layer.values) for layer in output.past_key_values.layers]
+        self._states[opening] = states
+        self._bytes += _size(states)
+        while self._bytes > self.max_bytes and len(self._states) > 1:
+            self._bytes -= _size(self._states.popitem(last=False)[1])
+        return states
 
     def _forget_if_weights_changed(self, model) -> None:
         # Every in-place update of a parameter (an optimiser step, a load) bumps its version.
         version = tuple(parameter._version for parameter in model.parameters())
         if version != self._weights_version:
             self._states.clear()
+            self._bytes = 0
             self._weights_version = version
+
+
+def _last_start(ids: list[int], pattern: list[int]) -> int | None:
+    """Where the last occurrence of `pattern` in `ids` starts (None: nowhere)."""
+    for start in range(len(ids) - len(pattern), -1, -1):
+        if ids[start] == pattern[0] and ids[start:start + len(pattern)] == pattern:
+            return start
+    return None
+
+
+def _size(states: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
+    return sum(keys.nbytes + values.nbytes for keys, values in states)
+
+
+def _left_padded(states_per_row: list[list[tuple[torch.Tensor, torch.Tensor]]], width: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each layer's keys and values of all rows in one batch, every row's states at the right end
+    of `width` positions (the zeros before them are masked out)."""
+    layers = []
+    for layer in range(len(states_per_row[0])):
+        keys, values = states_per_row[0][layer]
+        batch_keys = keys.new_zeros((len(states_per_row), keys.shape[1], width, keys.shape[3]))
+        batch_values = values.new_zeros((len(states_per_row), values.shape[1], width, values.shape[3]))
+        for row, states in enumerate(states_per_row):
+            row_keys, row_values = states[layer]
+            batch_keys[row, :, width - row_keys.shape[2]:] = row_keys[0]
+            batch_values[row, :, width - row_values.shape[2]:] = row_values[0]
+        layers.append((batch_keys, batch_values))
+    return layers
 
 
 @torch.inference_mode()
@@ -177,7 +225,8 @@ def generate_batch(
     ids_per_row = tokenizer(prompts, add_special_tokens=False).input_ids
     batch = None
     if prefix_cache is not None:
-        batch = prefix_cache.batch_inputs(model, ids_per_row, tokenizer.eos_token_id, tokenizer.pad_token_id)
+        batch = prefix_cache.batch_inputs(model, ids_per_row, tokenizer.eos_token_id, tokenizer.pad_token_id,
+                                          settings.opening_end)
     if batch is None:
         batch = tokenizer.pad({"input_ids": ids_per_row}, padding=True, return_tensors="pt").to(model.device)
     prompt_length = batch["input_ids"].shape[1]

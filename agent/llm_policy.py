@@ -24,7 +24,7 @@ from agent.models import Backend, load_endpoint, load_local, weights_digest
 from agent.persona import PersonaMap
 from codebook.artifact import CodebookArtifact
 from agent.policy import BuyerTurn
-from agent.prompt import PromptConfig, candidate_actions, fit_prompt, validate_action
+from agent.prompt import PromptConfig, candidate_actions, fit_prompt, opening_end_ids, validate_action
 
 log = logging.getLogger(__name__)
 FALLBACK_ACTION = "scroll down"  # harmless on every page; the harness's step limit ends loops
@@ -71,7 +71,8 @@ class LLMPolicy:
 
     def __post_init__(self) -> None:
         persona_ids = tuple(self.backend.tokenizer.convert_tokens_to_ids(token) for token in self.persona_map.tokens if token)
-        self.generation = replace(self.generation, suppressed_ids=persona_ids)
+        self.generation = replace(self.generation, suppressed_ids=persona_ids,
+                                  opening_end=opening_end_ids(self.backend.tokenizer))
 
     @classmethod
     def from_dir(cls, agent_dir: str | Path, codebook: CodebookArtifact | None = None, device: str | None = None,

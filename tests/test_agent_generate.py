@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 import torch
@@ -147,9 +148,9 @@ class FirstScores(LogitsProcessor):
         return scores
 
 
-def _first_scores(local, prompts, cache=None) -> torch.Tensor:
+def _first_scores(local, prompts, cache=None, settings=GenerationSettings()) -> torch.Tensor:
     hook = FirstScores()
-    generate_batch(local.model, local.tokenizer, prompts, GenerationSettings(max_new_tokens=1), extra_processors=[hook],
+    generate_batch(local.model, local.tokenizer, prompts, replace(settings, max_new_tokens=1), extra_processors=[hook],
                    prefix_cache=cache)
     return hook.scores
 
@@ -171,6 +172,30 @@ def test_cached_openings_give_the_logits_and_answers_of_full_prompts(tiny):
     constrained = generate_batch(local.model, local.tokenizer, prompts, GenerationSettings(), choices=choices, prefix_cache=cache)
     assert all(text in options for text, options in zip(constrained.texts, choices))
     assert constrained.texts == generate_batch(local.model, local.tokenizer, prompts, GenerationSettings(), choices=choices).texts
+
+
+def test_buyers_of_a_type_on_one_page_share_their_prompt_up_to_their_own_last_actions(tiny):
+    local, persona_map = tiny
+    policy = LLMPolicy(local, persona_map)
+    assert policy.generation.opening_end  # the policy names where a buyer's own part starts
+    first = _turns(6)
+    again = [BuyerTurn(index + 6, turn.code, turn.observation, turn.history + ["scroll down"] * (1 + index % 2), seed=index + 6)
+             for index, turn in enumerate(first)]  # the same persona and page, other last actions
+    turns = first + again
+    pages = {(turn.code, turn.observation) for turn in turns}
+    prompts = policy.prompts(turns)
+    cache = PrefixCache()
+    scores = _first_scores(local, prompts, cache, policy.generation)
+    assert torch.allclose(scores, _first_scores(local, prompts, settings=policy.generation), atol=1e-5)
+    assert (cache.misses, cache.hits) == (len(pages), len(turns) - len(pages))  # one opening per persona and page
+    small = PrefixCache(max_bytes=1)  # keeps only the latest opening
+    for settings in (replace(policy.generation, max_new_tokens=8), replace(policy.generation, max_new_tokens=8, temperature=1.5, seed=3)):
+        plain = generate_batch(local.model, local.tokenizer, prompts, settings, list(range(len(turns))))
+        for kept in (cache, small):
+            cached = generate_batch(local.model, local.tokenizer, prompts, settings, list(range(len(turns))), prefix_cache=kept)
+            assert cached.texts == plain.texts
+            assert cached.prompt_tokens == plain.prompt_tokens
+    assert len(small) == 1
 
 
 def test_prefix_cache_forgets_openings_when_the_weights_change(tiny):
