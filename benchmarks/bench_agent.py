@@ -39,14 +39,15 @@ def _turns(n: int, compact: bool) -> list[BuyerTurn]:
 
 
 def _shop_turns(n: int, compact: bool) -> list[BuyerTurn]:
-    """Buyers of one shop: four paths through its pages, each walked again and again with other
-    last actions (buyers of a held-out Tmall shop share their persona and page nine steps in ten)."""
+    """Buyers of one shop, 16 at a time: four paths through its pages, each batch with four buyers
+    on the same step of each path and different last actions (buyers of a held-out Tmall shop
+    share their persona and page with an earlier prompt nine steps in ten)."""
     traces = make_synthetic_traces(4, {0: "buy", 1: "leave"}, seed=123, compact=compact)
     turns = []
     for index in range(n):
-        trace, visit = traces[index % len(traces)], index // len(traces)
-        step = visit % len(trace.steps)
-        history = [s.action for s in trace.steps[:step]] + ["scroll down"] * (visit // len(trace.steps) % 3)
+        trace = traces[index % len(traces)]
+        step = (index // 16) % len(trace.steps)
+        history = [s.action for s in trace.steps[:step]] + ["scroll down"] * (index // len(traces) % 4)
         turns.append(BuyerTurn(index, trace.code, trace.steps[step].observation, history, seed=index))
     return turns
 
