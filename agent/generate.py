@@ -145,13 +145,13 @@ class PrefixCache:
             return None
         self._forget_if_weights_changed(model)
         states = [self._states_of(model, tuple(ids[:opening])) for ids, opening in zip(ids_per_row, openings)]
-        width = max(openings)
-        rest_width = max(len(ids) - opening for ids, opening in zip(ids_per_row, openings))
+        rests = [len(ids) - opening for ids, opening in zip(ids_per_row, openings)]
+        width, rest_width = max(openings), max(rests)
         input_ids, mask = [], []
-        for ids, opening in zip(ids_per_row, openings):
-            lead, gap = width - opening, rest_width - (len(ids) - opening)
+        for ids, opening, rest in zip(ids_per_row, openings, rests):
+            lead, gap = width - opening, rest_width - rest
             input_ids.append([pad_id] * lead + ids[:opening] + [pad_id] * gap + ids[opening:])
-            mask.append([0] * lead + [1] * opening + [0] * gap + [1] * (len(ids) - opening))
+            mask.append([0] * lead + [1] * opening + [0] * gap + [1] * rest)
         return {"input_ids": torch.tensor(input_ids, device=model.device),
                 "attention_mask": torch.tensor(mask, device=model.device),
                 "past_key_values": DynamicCache(ddp_cache_data=_left_padded(states, width), config=model.config)}

@@ -52,6 +52,10 @@ def _shop_turns(n: int, compact: bool) -> list[BuyerTurn]:
     return turns
 
 
+def _batches_of_16(prompts: list[str]) -> list[list[str]]:
+    return [prompts[start:start + 16] for start in range(0, len(prompts), 16)]
+
+
 def measure(local: LocalModel, batch: int, max_new_tokens: int, compact: bool) -> dict:
     """Actions/s for `batch` prompts sent one by one (baseline) and as one batch."""
     persona_map = add_persona_tokens(local.model, local.tokenizer, num_codes=2)
@@ -83,7 +87,7 @@ def measure_prefix_cache(local: LocalModel, batches: int, max_new_tokens: int, c
     persona_map = add_persona_tokens(local.model, local.tokenizer, num_codes=2)
     policy = LLMPolicy(local, persona_map)
     prompts = policy.prompts(_shop_turns(16 * batches, compact))
-    groups = [prompts[start:start + 16] for start in range(0, len(prompts), 16)]
+    groups = _batches_of_16(prompts)
     settings = replace(policy.generation, max_new_tokens=max_new_tokens)  # greedy, with the policy's openings
     seconds = {"whole prompts": 0.0, "cached openings": 0.0}
     same = True
@@ -118,7 +122,7 @@ def measure_precision(texts: list[str], batches: int, sft_steps: int, rounds: in
     persona_map = add_persona_tokens(models["fp32"].model, models["fp32"].tokenizer, num_codes=2)
     add_persona_tokens(models["bf16"].model, models["bf16"].tokenizer, num_codes=2)
     prompts = LLMPolicy(models["fp32"], persona_map).prompts(_turns(16 * batches, compact=False))
-    groups = [prompts[start:start + 16] for start in range(0, len(prompts), 16)]
+    groups = _batches_of_16(prompts)
     settings = GenerationSettings(max_new_tokens=8)
     generation = {"fp32": 0.0, "bf16": 0.0}
     training = {"fp32": 0.0, "bf16": 0.0}
