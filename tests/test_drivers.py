@@ -303,6 +303,77 @@ async def test_browser_and_http_drivers_see_the_same_mock_store(pools):
         assert any(p.startswith("/checkout/") and p != "/checkout/address" for p in paths), paths
 
 
+
+async def _walk_the_funnel(sessions: dict, steps: int = 16) -> list[str]:
+    """Every session takes the scripted buyer's steps in turn; their observations must agree."""
+    urls = []
+    for _ in range(steps):
+        texts = {name: (await s.observe()).text for name, s in sessions.items()}
+        assert len(set(texts.values())) == 1, texts
+        text = next(iter(texts.values()))
+        urls.append(line_of(text, "^URL: "))
+        action = parse_action(scripted_action(text))
+        outcomes = {name: await s.act(action) for name, s in sessions.items()}
+        assert len({o.error for o in outcomes.values()}) == 1, outcomes
+    return urls
+
+
+def _connections_to(port: int) -> int:
+    return sum(1 for c in psutil.Process().net_connections("tcp")
+               if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED)
+
+
+async def test_the_http_driver_calls_a_store_this_process_serves_without_a_socket():
+    from harness.drivers.http_driver import HttpPool
+    from storefronts.faults import Faults
+    from storefronts.fixtures import demo_catalog
+    from storefronts.orderlog import read_events
+    from storefronts.server import apps_in_process, serve_store
+
+    with serve_store(demo_catalog(), "demo") as store:
+        assert store.url.rstrip("/") in apps_in_process()
+        guard = SiteGuard.for_url(store.url, our_store=True, rate_limit_per_s=None)
+        async with HttpPool(in_process=True) as in_process, HttpPool(in_process=False) as over_tcp:
+            async with in_process.session("in-process", guard) as direct:
+                async with over_tcp.session("socket", guard) as wired:
+                    for session in (direct, wired):
+                        await session.goto(store.url)
+                    urls = await _walk_the_funnel({"in-process": direct, "socket": wired})
+                    assert _connections_to(store.port) > 0   # the socket buyer's keep-alive connection
+                assert _connections_to(store.port) == 0
+                await direct.act("back")   # still served, with no connection at all
+                assert _connections_to(store.port) == 0
+        logged = {tag: [event["event_type"] for event in read_events(store.db_path) if event["buyer_tag"] == tag]
+                  for tag in ("in-process", "socket")}
+        assert logged["in-process"][:-1] == logged["socket"]   # the store logged both buyers alike (and the back)
+        assert "checkout" in logged["socket"]
+    assert any("/checkout/" in url for url in urls), urls
+    assert store.url.rstrip("/") not in apps_in_process()
+    # Slow answers and dropped connections belong to the network path: such a store keeps its socket.
+    with serve_store(demo_catalog(), "demo", faults=Faults(drop_rate=0.5)) as faulty:
+        assert faulty.url.rstrip("/") not in apps_in_process()
+
+
+async def test_buyers_who_get_the_same_page_share_one_parse_and_one_who_changes_it_gets_a_copy():
+    from harness.drivers.http_driver import HttpPool
+    from storefronts.fixtures import demo_catalog
+    from storefronts.server import serve_store
+
+    with serve_store(demo_catalog(), "demo") as store:
+        guard = SiteGuard.for_url(store.url, our_store=True, rate_limit_per_s=None)
+        async with HttpPool(shared_pages=8) as shared, HttpPool(shared_pages=0) as unshared:
+            async with shared.session("first", guard) as first, shared.session("second", guard) as second, \
+                    unshared.session("alone", guard) as alone:
+                for session in (first, second, alone):
+                    await session.goto(store.url)
+                # In step: the second buyer reads each page after the first has typed into or
+                # chosen on its own copy, and must still see it as the buyer alone does.
+                urls = await _walk_the_funnel({"first": first, "second": second, "alone": alone})
+        assert shared.shared_pages.hits > shared.shared_pages.misses > 0
+        assert unshared.shared_pages.hits == 0
+    assert any("sort=" in url for url in urls) and any("/checkout/" in url for url in urls), urls
+
+
 # -- resources ---------------------------------------------------------------------------------
 
 def _chromium_children() -> set[int]:

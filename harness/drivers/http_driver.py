@@ -15,6 +15,8 @@ values, like a browser without JavaScript would.
 from __future__ import annotations
 
 import asyncio
+import copy
+from collections import OrderedDict
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import AsyncIterator
@@ -34,6 +36,7 @@ from harness.drivers.observation import (
 from harness.drivers.safety import SiteGuard
 from harness.drivers.soup_walk import BLOCKS_IMPLICIT_SUBMISSION, SoupWalker, css_hidden_ids, form_fields, input_type
 from storefronts import BUYER_HEADER
+from storefronts.server import apps_in_process
 
 DEFAULT_TIMEOUT_S = 20.0
 DEFAULT_MAX_SESSIONS = 64
@@ -43,6 +46,8 @@ HTML_TYPES = ("text/html", "application/xhtml+xml")
 # lxml parses the mock store's pages in less than half html.parser's time (2.3 against 5.2 ms per
 # page), and the traces replayed with either are the same (benchmarks/bench_http_parser.py).
 HTML_PARSER = "lxml"
+# Pages kept for sharing: the buyers of one shop meet a few dozen distinct pages between them.
+DEFAULT_SHARED_PAGES = 64
 
 
 # -- the pool and its sessions -------------------------------------------------------------------
@@ -54,6 +59,35 @@ class _Page:
     css_hidden: set[int]
     next_id: int = 1
     status: int = 200
+    # A shared page is read by every buyer who got the same HTML at this URL: it is parsed and
+    # walked once, and a buyer about to change it (type, select, tick) takes a private copy.
+    shared: bool = False
+    walk: tuple[PageSnapshot, dict[int, Tag]] | None = None   # a shared page's one walk
+
+
+class SharedPages:
+    """The last `size` pages parsed, by (url, status, html), for buyers who get the same HTML."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._pages: OrderedDict[tuple[str, int, str], _Page] = OrderedDict()
+        self.hits = self.misses = 0
+
+    def get(self, key: tuple[str, int, str]) -> _Page | None:
+        page = self._pages.get(key)
+        if page is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._pages.move_to_end(key)
+        return page
+
+    def put(self, key: tuple[str, int, str], page: _Page) -> None:
+        if self.size <= 0:
+            return
+        self._pages[key] = page
+        while len(self._pages) > self.size:
+            self._pages.popitem(last=False)
 
 
 class HttpPool:
@@ -61,13 +95,18 @@ class HttpPool:
 
     def __init__(self, token_budget: int = DEFAULT_TOKEN_BUDGET, timeout_s: float = DEFAULT_TIMEOUT_S,
                  max_concurrency: int = DEFAULT_MAX_SESSIONS, user_agent: str = USER_AGENT,
-                 fetch_stylesheets: bool = True):
+                 fetch_stylesheets: bool = True, in_process: bool = True, shared_pages: int = DEFAULT_SHARED_PAGES):
+        """in_process: call the app of a store this process serves (storefronts.server) directly,
+        not through its socket; the pages and the store's order log are the same either way.
+        shared_pages: how many parsed pages buyers share (0: each buyer parses every page)."""
         self.token_budget = token_budget
         self.timeout_s = timeout_s
         self.max_concurrency = max_concurrency
         self.user_agent = user_agent
         self.fetch_stylesheets = fetch_stylesheets
+        self.in_process = in_process
         self.stylesheet_cache: dict[str, str] = {}   # shared: stylesheets are the same for everyone
+        self.shared_pages = SharedPages(shared_pages)
         self._slots: asyncio.Semaphore | None = None
         # Building an SSL context reads the CA bundle (~20 ms of CPU): once per pool, not per buyer.
         self._ssl_context = httpx.create_ssl_context()
@@ -79,6 +118,13 @@ class HttpPool:
     async def __aexit__(self, *exc_info) -> None:
         self._slots = None
 
+    def _in_process_transports(self) -> dict[str, httpx.ASGITransport]:
+        if not self.in_process:
+            return {}
+        # raise_app_exceptions=False: an app error reaches the buyer as the 500 page a server sends.
+        return {origin: httpx.ASGITransport(app=app, raise_app_exceptions=False)
+                for origin, app in apps_in_process().items()}
+
     @asynccontextmanager
     async def session(self, buyer_tag: str, guard: SiteGuard | None = None) -> AsyncIterator["HttpSession"]:
         if self._slots is None:
@@ -88,7 +134,8 @@ class HttpPool:
             client = httpx.AsyncClient(
                 headers={BUYER_HEADER: buyer_tag, "User-Agent": self.user_agent,
                          "Accept": "text/html,application/xhtml+xml;q=0.9,*/*;q=0.5"},
-                timeout=self.timeout_s, follow_redirects=False, verify=self._ssl_context)
+                timeout=self.timeout_s, follow_redirects=False, verify=self._ssl_context,
+                mounts=self._in_process_transports())
             try:
                 yield HttpSession(self, client, buyer_tag, guard)
             finally:
@@ -143,8 +190,12 @@ class HttpSession:
 
     def snapshot(self) -> tuple[PageSnapshot, dict[int, Tag]]:
         assert self.page is not None
+        if self.page.walk is not None:
+            return self.page.walk
         walker = SoupWalker(self.page.soup, self.page.css_hidden)
         snapshot, by_id, self.page.next_id = walker.snapshot(self.page.url, self.page.next_id)
+        if self.page.shared:   # nobody changes a shared page, so every walk of it is this one
+            self.page.walk = (snapshot, by_id)
         return snapshot, by_id
 
     def _snapshot_for_action(self) -> tuple[PageSnapshot, dict[int, Tag]]:
@@ -175,6 +226,8 @@ class HttpSession:
             if raw is not None:
                 return StepOutcome(error=f"[{raw.id}] is behind the open dialog; close the dialog first")
             return StepOutcome(error=stale_id_error(action.element_id))
+        if self.page.shared and _changes_page(action.verb, by_id[raw.id]):
+            by_id = await self._take_private_copy()
         tag = by_id[raw.id]
         walker = SoupWalker(self.page.soup, self.page.css_hidden)
         intercepted = self._intercept_payment(action, raw, snapshot)
@@ -321,14 +374,33 @@ class HttpSession:
         content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type and content_type not in HTML_TYPES:
             return StepOutcome(error=f"{url} is not a web page ({content_type})")
-        soup = BeautifulSoup(response.text, HTML_PARSER)
-        stylesheets = await self._stylesheets(soup, str(response.url))
-        self.page = _Page(url=str(response.url), soup=soup, css_hidden=css_hidden_ids(soup, stylesheets),
-                          status=response.status_code)
+        key = (str(response.url), response.status_code, response.text)
+        self.page = self.pool.shared_pages.get(key)
+        if self.page is None:
+            self.page = await self._parse(*key, shared=self.pool.shared_pages.size > 0)
+            self.pool.shared_pages.put(key, self.page)
         self.history.append(self.page.url)
         self._start = 0
         self._scrolled_from.clear()
         return self._arrival()
+
+    async def _parse(self, url: str, status: int, html: str, shared: bool) -> _Page:
+        soup = BeautifulSoup(html, HTML_PARSER)
+        return _Page(url=url, soup=soup, css_hidden=await self._hidden_by_css(soup, url), status=status, shared=shared)
+
+    async def _take_private_copy(self) -> dict[int, Tag]:
+        """Replace the shared page by this buyer's own copy of it; returns the copy's tags by id.
+
+        The copy carries the ids the shared page's walk stamped on its tags, so the walk the
+        buyer just read stays true of it and need not be done again."""
+        shared = self.page
+        soup = copy.copy(shared.soup)
+        self.page = _Page(url=shared.url, soup=soup, css_hidden=await self._hidden_by_css(soup, shared.url),
+                          next_id=shared.next_id, status=shared.status)
+        return {int(tag["data-sp-id"]): tag for tag in soup.find_all(attrs={"data-sp-id": True})}
+
+    async def _hidden_by_css(self, soup: BeautifulSoup, page_url: str) -> set[int]:
+        return css_hidden_ids(soup, await self._stylesheets(soup, page_url))
 
     async def _stylesheets(self, soup: BeautifulSoup, page_url: str) -> list[str]:
         sheets = [style.get_text() for style in soup.find_all("style")]
@@ -359,6 +431,13 @@ class HttpSession:
             title = self.page.soup.title.get_text(" ") if self.page.soup.title else ""
             return StepOutcome(done=True, converted=True, detail={"order_id": order_number(title), "url": self.page.url})
         return StepOutcome()
+
+
+def _changes_page(verb: str, tag: Tag) -> bool:
+    """Whether the action edits the page in place (fields, options, boxes, <details>)."""
+    if verb in ("type", "select"):
+        return True
+    return verb == "click" and ((tag.name == "input" and input_type(tag) in ("checkbox", "radio")) or tag.name == "summary")
 
 
 def _same_document(a: str, b: str) -> bool:
