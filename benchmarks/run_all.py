@@ -24,6 +24,7 @@ BENCHMARKS = [
     ("bench_replay.py", ["--data", "tmall", "--buyers", "300", "--browser-buyers", "40"], ["--data", "tmall", "--buyers", "30", "--browser-buyers", "6"]),
     ("bench_faults.py", [], ["--buyers", "40", "--resume-buyers", "12"]),
     ("bench_http_parser.py", [], ["--buyers", "30", "--rounds", "1"]),
+    ("bench_http_driver.py", [], ["--buyers", "30", "--rounds", "1"]),
 ]
 
 

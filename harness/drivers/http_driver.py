@@ -5,6 +5,11 @@ BeautifulSoup), so on the mock store it produces the same observation text as th
 at a fraction of the cost. Links are followed with GET; forms are submitted with their field
 values, like a browser without JavaScript would.
 
+Two shortcuts make a simulation on our own store cheap, and neither changes what a buyer sees or
+does (benchmarks/bench_http_driver.py): a store this process serves is called in-process, not
+through its socket, and buyers who get the same HTML at the same URL share one parse and walk of
+it, a buyer about to change it (type, select, tick) taking a copy of its own first.
+
     async with HttpPool() as pool:
         async with pool.session("buyer-3", guard) as buyer:
             await buyer.goto(url)
