@@ -7,7 +7,8 @@
     app.py           the Starlette app: routes, sessions, templates/ rendering
     orderlog.py      the SQLite log of every view, cart change and order (ground truth for conversion)
     faults.py        optional fault injection (errors, delays, dropped connections)
-    server.py        serve_store(): uvicorn in a background thread, started and stopped cleanly
+    server.py        serve_store(): uvicorn in a background thread, started and stopped cleanly;
+                     apps_in_process() for clients of this process that call the app directly
     fixtures.py      demo_catalog() and save_fixtures() for tests/fixtures/store
     oscar/           django-oscar, a real shop nobody here wrote, loaded from the same catalog
 """

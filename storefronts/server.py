@@ -3,7 +3,9 @@
 The context manager binds 127.0.0.1 on a free port (or the one asked for), waits until uvicorn
 accepts connections, yields a RunningStore, and on exit stops the server, joins its thread,
 closes the listening socket and the order log. Several stores (say, two layout variants of one
-catalog) can run side by side in one process, each on its own port and thread.
+catalog) can run side by side in one process, each on its own port and thread. While a store
+without faults runs, apps_in_process() lists its app by origin, so that a client in this process
+(the http driver) can call it without the socket.
 """
 
 from __future__ import annotations
