@@ -17,7 +17,12 @@ import pytest
 
 from agent.actions import parse_action
 from harness.drivers.browser import BrowserPool
+from harness.drivers.http_driver import HttpPool
 from storefronts import BUYER_HEADER
+from storefronts.faults import Faults
+from storefronts.fixtures import demo_catalog
+from storefronts.orderlog import read_events
+from storefronts.server import apps_in_process, serve_store
 from harness.drivers.safety import SiteGuard
 from local_server import serve_pages
 
@@ -279,31 +284,6 @@ def scripted_action(text: str) -> str:
     raise AssertionError(text)
 
 
-async def test_browser_and_http_drivers_see_the_same_mock_store(pools):
-    store_server = pytest.importorskip("storefronts.server")
-    fixtures = pytest.importorskip("storefronts.fixtures")
-    with store_server.serve_store(fixtures.demo_catalog(), "demo") as store:
-        sessions = {}
-        guard = SiteGuard.for_url(store.url, our_store=True, rate_limit_per_s=None)
-        async with pools["browser"].session("same-browser", guard) as sessions["browser"], \
-                pools["http"].session("same-http", guard) as sessions["http"]:
-            for session in sessions.values():
-                await session.goto(store.url)
-            urls = []
-            for _ in range(16):
-                texts = {driver: (await s.observe()).text for driver, s in sessions.items()}
-                assert texts["browser"] == texts["http"]
-                urls.append(line_of(texts["browser"], "^URL: "))
-                action = parse_action(scripted_action(texts["browser"]))
-                outcomes = {driver: await s.act(action) for driver, s in sessions.items()}
-                assert outcomes["browser"].error == outcomes["http"].error
-        paths = {urlsplit(u.split(" ", 1)[1]).path for u in urls}
-        # The walk really went through the funnel: listing, product, cart, checkout steps.
-        assert {"/", "/c/kitchen", "/p/1001", "/cart", "/checkout/address"} <= paths, paths
-        assert any(p.startswith("/checkout/") and p != "/checkout/address" for p in paths), paths
-
-
-
 async def _walk_the_funnel(sessions: dict, steps: int = 16) -> list[str]:
     """Every session takes the scripted buyer's steps in turn; their observations must agree."""
     urls = []
@@ -323,13 +303,22 @@ def _connections_to(port: int) -> int:
                if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED)
 
 
-async def test_the_http_driver_calls_a_store_this_process_serves_without_a_socket():
-    from harness.drivers.http_driver import HttpPool
-    from storefronts.faults import Faults
-    from storefronts.fixtures import demo_catalog
-    from storefronts.orderlog import read_events
-    from storefronts.server import apps_in_process, serve_store
+async def test_browser_and_http_drivers_see_the_same_mock_store(pools):
+    with serve_store(demo_catalog(), "demo") as store:
+        sessions = {}
+        guard = SiteGuard.for_url(store.url, our_store=True, rate_limit_per_s=None)
+        async with pools["browser"].session("same-browser", guard) as sessions["browser"], \
+                pools["http"].session("same-http", guard) as sessions["http"]:
+            for session in sessions.values():
+                await session.goto(store.url)
+            urls = await _walk_the_funnel(sessions)
+        paths = {urlsplit(u.split(" ", 1)[1]).path for u in urls}
+        # The walk really went through the funnel: listing, product, cart, checkout steps.
+        assert {"/", "/c/kitchen", "/p/1001", "/cart", "/checkout/address"} <= paths, paths
+        assert any(p.startswith("/checkout/") and p != "/checkout/address" for p in paths), paths
 
+
+async def test_the_http_driver_calls_a_store_this_process_serves_without_a_socket():
     with serve_store(demo_catalog(), "demo") as store:
         assert store.url.rstrip("/") in apps_in_process()
         guard = SiteGuard.for_url(store.url, our_store=True, rate_limit_per_s=None)
@@ -355,10 +344,6 @@ async def test_the_http_driver_calls_a_store_this_process_serves_without_a_socke
 
 
 async def test_buyers_who_get_the_same_page_share_one_parse_and_one_who_changes_it_gets_a_copy():
-    from harness.drivers.http_driver import HttpPool
-    from storefronts.fixtures import demo_catalog
-    from storefronts.server import serve_store
-
     with serve_store(demo_catalog(), "demo") as store:
         guard = SiteGuard.for_url(store.url, our_store=True, rate_limit_per_s=None)
         async with HttpPool(shared_pages=8) as shared, HttpPool(shared_pages=0) as unshared:
