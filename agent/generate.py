@@ -8,6 +8,10 @@ buyer's draw does not depend on which other buyers share its batch.
 `ChoiceConstraint` restricts a row's output to one of a list of strings (a token trie), which is
 how the policy's constrained retry keeps the model to the grammar's verbs and the page's ids.
 
+`PersonaGuidance` draws each answer from the persona prompt's log-probabilities pushed away from
+the same prompt's with the neutral token (classifier-free guidance, with the persona token as the
+condition): the batch holds both prompts, and each pair generates one answer.
+
 `PrefixCache` keeps the key/value states of prompt openings that many prompts share. The agent's
 prompt is its system line (one per persona token), then the page, then the buyer's own last
 actions; buyers of one type on one page share all but those last few tokens (nine steps in ten of
@@ -37,6 +41,11 @@ class GenerationSettings:
     # Token ids that start the part of a prompt that is its own (agent.prompt.opening_end_ids):
     # PrefixCache keeps each prompt's states up to their last occurrence.
     opening_end: tuple[int, ...] = ()
+    # Persona guidance g (1: off): answers are drawn from neutral + g × (persona − neutral) in
+    # log-probabilities, the persona prompt's against the same prompt's with the neutral token
+    # (the caller passes those as `contrast_prompts`). A small agent learns how its types differ
+    # only faintly, and more so at decisions its base had a habit for; g > 1 scales the difference.
+    guidance: float = 1.0
 
 
 @dataclass
@@ -104,6 +113,20 @@ class SeededSampling(LogitsProcessor):
             uniform = torch.rand(scores.shape[1], generator=generator, device=scores.device).clamp_(1e-10, 1.0)
             noisy[row] = noisy[row] - torch.log(-torch.log(uniform))
         return noisy
+
+
+class PersonaGuidance(LogitsProcessor):
+    """Rows [0, n) of the batch hold the persona prompts and rows [n, 2n) the same prompts with the
+    neutral token. Both rows of a pair get neutral + scale × (persona − neutral) in log-probabilities,
+    so that, drawing from the same random stream, they generate the same answer."""
+
+    def __init__(self, scale: float):
+        self.scale = scale
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        persona, neutral = torch.log_softmax(scores.float(), dim=-1).chunk(2)
+        guided = neutral + self.scale * (persona - neutral)
+        return torch.cat([guided, guided]).to(scores.dtype)
 
 
 class PrefixCache:
@@ -217,10 +240,22 @@ def generate_batch(
     choices: list[list[str] | None] | None = None,
     extra_processors: list[LogitsProcessor] = (),
     prefix_cache: PrefixCache | None = None,
+    contrast_prompts: list[str] | None = None,
 ) -> GenerationResult:
     """Generate one answer per prompt in a single left-padded batch (openings from `prefix_cache`
-    when given)."""
+    when given). Under persona guidance (settings.guidance != 1) `contrast_prompts` are the same
+    prompts with the neutral token, one per prompt, generated beside them."""
     started = time.perf_counter()
+    rows = len(prompts)
+    seeds = row_seeds if row_seeds is not None else list(range(rows))
+    guided = settings.guidance != 1.0
+    if guided:
+        if contrast_prompts is None or len(contrast_prompts) != rows:
+            raise ValueError(f"persona guidance {settings.guidance:g} needs one neutral prompt per prompt "
+                             f"(contrast_prompts), got {0 if contrast_prompts is None else len(contrast_prompts)} for {rows}")
+        # Each pair draws from one random stream and, under a choice constraint, from one set of choices.
+        prompts, seeds = list(prompts) + list(contrast_prompts), list(seeds) * 2
+        choices = None if choices is None else list(choices) * 2
     tokenizer.padding_side = "left"
     ids_per_row = tokenizer(prompts, add_special_tokens=False).input_ids
     batch = None
@@ -230,13 +265,12 @@ def generate_batch(
     if batch is None:
         batch = tokenizer.pad({"input_ids": ids_per_row}, padding=True, return_tensors="pt").to(model.device)
     prompt_length = batch["input_ids"].shape[1]
-    processors = LogitsProcessorList(list(extra_processors))
+    processors = LogitsProcessorList(([PersonaGuidance(settings.guidance)] if guided else []) + list(extra_processors))
     if choices is not None:
         processors.append(ChoiceConstraint(tokenizer, choices, prompt_length))
     if settings.suppressed_ids:
         processors.append(SuppressTokensLogitsProcessor(list(settings.suppressed_ids), device=model.device))
     if settings.temperature > 0:
-        seeds = row_seeds if row_seeds is not None else list(range(len(prompts)))
         processors.append(SeededSampling(settings.temperature, [settings.seed * 1_000_003 + seed for seed in seeds]))
     output = model.generate(
         **batch,
@@ -250,14 +284,14 @@ def generate_batch(
         top_p=None,
         temperature=None,
     )
-    answers = output[:, prompt_length:]
+    answers = output[:rows, prompt_length:]  # a guided pair's second row repeats the first's answer
     texts, completion_tokens = [], []
     for row in answers.tolist():
         length = row.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in row else len(row)
         completion_tokens.append(length)
         texts.append(tokenizer.decode(row[:length], skip_special_tokens=True).strip())
-    prompt_tokens = batch["attention_mask"].sum(dim=1).tolist()
-    return GenerationResult(texts, prompt_tokens, completion_tokens, time.perf_counter() - started, [None] * len(prompts))
+    prompt_tokens = batch["attention_mask"][:rows].sum(dim=1).tolist()
+    return GenerationResult(texts, prompt_tokens, completion_tokens, time.perf_counter() - started, [None] * rows)
 
 
 @torch.inference_mode()

@@ -8,6 +8,10 @@ policy's temperature from the buyer's own random stream. A row
 that still fails — e.g. an endpoint that was unreachable — gets the fallback action, logged as a
 warning, never an exception.
 
+An agent dir may record persona guidance (agent/persona.py Sampling, agent.generate): each prompt is
+then generated beside the same prompt with the neutral token, the answer drawn from the persona's
+log-probabilities pushed away from the neutral ones.
+
 `decide` returns the details the harness logs per buyer (raw output, latency, tokens, whether the
 retry or the fallback was used); `act` returns just the action lines.
 """
@@ -38,10 +42,13 @@ def checked_persona_map(agent_dir: str | Path, codebook: CodebookArtifact | None
     return persona_map
 
 
-def sampling_settings(persona_map: PersonaMap, temperature: float | None, seed: int) -> GenerationSettings:
-    """The agent dir's recorded temperature unless one is given; `seed` is mixed with each buyer's."""
-    chosen = persona_map.sampling.temperature if temperature is None else temperature
-    return GenerationSettings(temperature=chosen, seed=seed)
+def sampling_settings(persona_map: PersonaMap, temperature: float | None, seed: int,
+                      guidance: float | None = None) -> GenerationSettings:
+    """The agent dir's recorded temperature and persona guidance unless given; `seed` is mixed with
+    each buyer's."""
+    recorded = persona_map.sampling
+    return GenerationSettings(temperature=recorded.temperature if temperature is None else temperature, seed=seed,
+                              guidance=recorded.guidance if guidance is None else guidance)
 
 
 @dataclass
@@ -76,16 +83,18 @@ class LLMPolicy:
 
     @classmethod
     def from_dir(cls, agent_dir: str | Path, codebook: CodebookArtifact | None = None, device: str | None = None,
-                 temperature: float | None = None, seed: int = 0, precision: str = "auto", **options) -> "LLMPolicy":
+                 temperature: float | None = None, seed: int = 0, precision: str = "auto",
+                 guidance: float | None = None, **options) -> "LLMPolicy":
         """An agent dir written by `simpersona train-agent`, run in this process at `precision`
         (agent.models.compute_dtypes).
 
-        It samples at the temperature its persona.json records unless `temperature` is given, and
-        is refused (CodebookMismatchError) when `codebook` is not the one it was trained for.
+        It samples at the temperature and persona guidance its persona.json records unless given,
+        and is refused (CodebookMismatchError) when `codebook` is not the one it was trained for.
         """
         persona_map = checked_persona_map(agent_dir, codebook)
         return cls(load_local(agent_dir, device=device, precision=precision), persona_map,
-                   generation=sampling_settings(persona_map, temperature, seed), weights=weights_digest(agent_dir), **options)
+                   generation=sampling_settings(persona_map, temperature, seed, guidance), weights=weights_digest(agent_dir),
+                   **options)
 
     @classmethod
     def zero_shot(cls, backend: Backend, temperature: float | None = None, seed: int = 0, **options) -> "LLMPolicy":
@@ -98,19 +107,28 @@ class LLMPolicy:
     @classmethod
     def from_endpoint(cls, base_url: str, agent_dir: str | Path, codebook: CodebookArtifact | None = None,
                       model: str | None = None, temperature: float | None = None, seed: int = 0,
-                      **options) -> "LLMPolicy":
+                      guidance: float | None = None, **options) -> "LLMPolicy":
         """The same agent served by an OpenAI-compatible server (`vllm serve AGENT_DIR`); agent_dir
-        gives the tokenizer, the persona map and the sampling settings, as for from_dir."""
+        gives the tokenizer, the persona map and the sampling settings, as for from_dir. An endpoint
+        returns answers, not the neutral prompt's log-probabilities, so it cannot sample under
+        persona guidance: an agent dir that records one is refused unless `guidance` is 1."""
         persona_map = checked_persona_map(agent_dir, codebook)
-        return cls(load_endpoint(base_url, agent_dir, model), persona_map,
-                   generation=sampling_settings(persona_map, temperature, seed), **options)
+        generation = sampling_settings(persona_map, temperature, seed, guidance)
+        if generation.guidance != 1.0:
+            raise ValueError(f"{agent_dir} samples under persona guidance {generation.guidance:g} (persona.json), "
+                             "which an endpoint cannot do: run the agent dir in this process, or pass guidance 1")
+        return cls(load_endpoint(base_url, agent_dir, model), persona_map, generation=generation, **options)
 
-    def prompts(self, turns: list[BuyerTurn]) -> list[str]:
+    def prompts(self, turns: list[BuyerTurn], neutral: bool = False) -> list[str]:
         return [
-            fit_prompt(self.backend.tokenizer, self.persona_map.token_for(turn.code, self.neutral),
+            fit_prompt(self.backend.tokenizer, self.persona_map.token_for(turn.code, self.neutral or neutral),
                        turn.observation, turn.history, self.prompt_config, self.persona_map.prompt_tokens, turn.goal)
             for turn in turns
         ]
+
+    def contrast_prompts(self, turns: list[BuyerTurn]) -> list[str] | None:
+        """The prompts with the neutral token that persona guidance draws against (None: unguided)."""
+        return self.prompts(turns, neutral=True) if self.generation.guidance != 1.0 else None
 
     def act(self, turns: list[BuyerTurn]) -> list[str]:
         return [decision.action for decision in self.decide(turns)]
@@ -118,9 +136,10 @@ class LLMPolicy:
     def decide(self, turns: list[BuyerTurn]) -> list[Decision]:
         if not turns:
             return []
-        prompts = self.prompts(turns)
+        prompts, contrast = self.prompts(turns), self.contrast_prompts(turns)
         seeds = [turn.seed * 7919 + len(turn.history) for turn in turns]  # per buyer and per step
-        first = self.backend.generate(prompts, self.generation, seeds, extra_processors=self.first_pass_processors)
+        first = self.backend.generate(prompts, self.generation, seeds, extra_processors=self.first_pass_processors,
+                                      contrast_prompts=contrast)
         decisions = []
         for row, turn in enumerate(turns):
             decision = Decision(first.texts[row], first.texts[row], first.latency_s, first.prompt_tokens[row], first.completion_tokens[row])
@@ -131,15 +150,16 @@ class LLMPolicy:
             decisions.append(decision)
         failed = [row for row, decision in enumerate(decisions) if decision.error is not None]
         if failed:
-            self._retry(turns, prompts, decisions, failed, seeds)
+            self._retry(turns, prompts, contrast, decisions, failed, seeds)
         return decisions
 
-    def _retry(self, turns, prompts, decisions, failed, seeds) -> None:
-        # Drawn like the first answer (same temperature, the buyer's own stream): a greedy retry
-        # would send every buyer whose first answer failed down the one likeliest path.
+    def _retry(self, turns, prompts, contrast, decisions, failed, seeds) -> None:
+        # Drawn like the first answer (same temperature and guidance, the buyer's own stream): a
+        # greedy retry would send every buyer whose first answer failed down the one likeliest path.
         choices = [candidate_actions(turns[row].observation) for row in failed]
         retry = self.backend.generate([prompts[row] for row in failed], self.generation,
-                                      [seeds[row] + 1 for row in failed], choices=choices)
+                                      [seeds[row] + 1 for row in failed], choices=choices,
+                                      contrast_prompts=None if contrast is None else [contrast[row] for row in failed])
         for index, row in enumerate(failed):
             decision = decisions[row]
             decision.retried = True

@@ -57,6 +57,7 @@ class Backend(Protocol):
         row_seeds: list[int] | None = None,
         choices: list[list[str] | None] | None = None,
         extra_processors: list = (),
+        contrast_prompts: list[str] | None = None,
     ) -> GenerationResult: ...
 
 
@@ -74,11 +75,12 @@ class LocalModel:
     def device(self) -> torch.device:
         return self.model.device
 
-    def generate(self, prompts, settings=GenerationSettings(), row_seeds=None, choices=None, extra_processors=()) -> GenerationResult:
+    def generate(self, prompts, settings=GenerationSettings(), row_seeds=None, choices=None, extra_processors=(),
+                 contrast_prompts=None) -> GenerationResult:
         self.model.eval()
         with autocast_context(self.device, self.autocast):
             return generate_batch(self.model, self.tokenizer, prompts, settings, row_seeds, choices, extra_processors,
-                                  self.prefix_cache)
+                                  self.prefix_cache, contrast_prompts)
 
 
 # --- tiny random model --------------------------------------------------------------------------
@@ -398,9 +400,13 @@ class OpenAIEndpoint:
             self._client.close()
             self._client = None
 
-    def generate(self, prompts, settings=GenerationSettings(), row_seeds=None, choices=None, extra_processors=()) -> GenerationResult:
+    def generate(self, prompts, settings=GenerationSettings(), row_seeds=None, choices=None, extra_processors=(),
+                 contrast_prompts=None) -> GenerationResult:
         if extra_processors:
             raise ValueError("an HTTP endpoint cannot run local logits processors")
+        if settings.guidance != 1.0:
+            raise ValueError(f"persona guidance {settings.guidance:g} needs each step's log-probabilities under the "
+                             "neutral token as well, which an HTTP endpoint does not return: sample with guidance 1")
         started = time.perf_counter()
         deadline = started + self.config.deadline_s
         seeds = row_seeds if row_seeds is not None else list(range(len(prompts)))

@@ -81,6 +81,7 @@ class Sampling:
 
     temperature: float = 1.0
     chosen_by: str = "default"  # or how a calibration chose it
+    guidance: float = 1.0  # persona guidance (agent.generate.GenerationSettings.guidance); 1: off
 
 
 @dataclass
@@ -133,8 +134,8 @@ class PersonaMap:
         """The same map, recording the codebook and the traces the agent was trained on."""
         return replace(self, codebook=codebook, traces=traces)
 
-    def with_sampling(self, temperature: float, chosen_by: str) -> PersonaMap:
-        return replace(self, sampling=Sampling(float(temperature), chosen_by))
+    def with_sampling(self, temperature: float, chosen_by: str, guidance: float = 1.0) -> PersonaMap:
+        return replace(self, sampling=Sampling(float(temperature), chosen_by, float(guidance)))
 
     def save(self, directory: str | Path) -> Path:
         path = Path(directory) / PERSONA_JSON

@@ -226,6 +226,64 @@ def test_prompts_without_a_shared_opening_are_prefilled_whole(tiny):
     assert cache.misses == cache.hits == 0
 
 
+# --- persona guidance ------------------------------------------------------------------------------
+
+
+def test_persona_guidance_draws_from_the_persona_log_probabilities_pushed_away_from_the_neutral_ones(tiny):
+    local, persona_map = tiny
+    turns = _turns(8)
+    policy = LLMPolicy(local, persona_map)
+    prompts, neutral = policy.prompts(turns), policy.prompts(turns, neutral=True)
+    assert all(persona_map.neutral in text and persona_map.token_for(turn.code) not in text for text, turn in zip(neutral, turns))
+    persona_scores = torch.log_softmax(_first_scores(local, prompts).float(), dim=-1)
+    neutral_scores = torch.log_softmax(_first_scores(local, neutral).float(), dim=-1)
+    scale = 4.0
+    expected = neutral_scores + scale * (persona_scores - neutral_scores)
+    hook = FirstScores()  # runs after the guidance: it sees what the answer is drawn from
+    guided = generate_batch(local.model, local.tokenizer, prompts, GenerationSettings(max_new_tokens=1, guidance=scale),
+                            extra_processors=[hook], contrast_prompts=neutral)
+    assert hook.scores.shape[0] == 2 * len(prompts)  # each prompt beside its neutral one
+    assert torch.allclose(hook.scores[:8], expected, atol=1e-4) and torch.equal(hook.scores[:8], hook.scores[8:])
+    assert not torch.allclose(expected, persona_scores, atol=1e-3)  # the guidance moves the distribution
+    assert guided.texts == [local.tokenizer.decode([token], skip_special_tokens=True).strip()
+                            for token in expected.argmax(dim=-1).tolist()]
+    assert guided.prompt_tokens == [len(local.tokenizer(p, add_special_tokens=False).input_ids) for p in prompts]
+
+
+def test_a_guided_buyer_draws_alike_whatever_the_batch_and_the_cache(tiny):
+    local, persona_map = tiny
+    policy = LLMPolicy(local, persona_map)
+    turns = _turns(6)
+    prompts, neutral = policy.prompts(turns), policy.prompts(turns, neutral=True)
+    # The random tiny model's persona tokens barely move its (near uniform) distribution: a large
+    # scale makes the guidance show in the draws.
+    settings = GenerationSettings(max_new_tokens=6, temperature=1.5, seed=3, guidance=50.0)
+    plain = generate_batch(local.model, local.tokenizer, prompts, settings, list(range(6)), contrast_prompts=neutral)
+    cached = local.generate(prompts, settings, list(range(6)), contrast_prompts=neutral)
+    alone = local.generate([prompts[4]], settings, [4], contrast_prompts=[neutral[4]])
+    assert cached.texts == plain.texts and alone.texts[0] == plain.texts[4]
+    unguided = generate_batch(local.model, local.tokenizer, prompts, replace(settings, guidance=1.0), list(range(6)))
+    assert plain.texts != unguided.texts
+    # At 1 the neutral prompts change nothing; without them guidance cannot run.
+    assert local.generate(prompts, replace(settings, guidance=1.0), list(range(6)), contrast_prompts=neutral).texts == unguided.texts
+    with pytest.raises(ValueError, match="needs one neutral prompt per prompt"):
+        local.generate(prompts, settings, list(range(6)))
+
+
+def test_the_policy_guides_its_first_answer_and_its_retry_alike(tiny):
+    local, persona_map = tiny
+    turns = _turns(4)
+    policy = LLMPolicy(local, persona_map, generation=GenerationSettings(temperature=1.0, seed=5, guidance=3.0))
+    seeds = [turn.seed * 7919 + len(turn.history) for turn in turns]
+    expected = local.generate(policy.prompts(turns), policy.generation, seeds, contrast_prompts=policy.contrast_prompts(turns))
+    assert [decision.raw_output for decision in policy.decide(turns)] == expected.texts
+    assert LLMPolicy(local, persona_map).contrast_prompts(turns) is None  # unguided: nothing drawn beside
+    forced = LLMPolicy(local, persona_map, generation=policy.generation,
+                       first_pass_processors=[ForceText(local.tokenizer, "click [999]")])
+    assert all(decision.retried and decision.action in candidate_actions(turn.observation)
+               for decision, turn in zip(forced.decide(turns), turns))
+
+
 # --- policy: retry and fallback ---------------------------------------------------------------------
 
 

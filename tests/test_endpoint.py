@@ -154,6 +154,10 @@ def test_sampled_rows_keep_one_request_each_with_their_own_seed(tiny, server):
     sampled = GenerationSettings(max_new_tokens=4, temperature=1.0, seed=3)
     result = endpoint.generate(["a", "b", "c"], sampled, row_seeds=[1, 2, 3])
     assert server.prompts_per_request == [1, 1, 1] and result.errors == [None] * 3
+    # Persona guidance needs the neutral prompt's log-probabilities at every step: refused, unsent.
+    with pytest.raises(ValueError, match="persona guidance 2 needs .* which an HTTP endpoint does not return"):
+        endpoint.generate(["a"], GenerationSettings(max_new_tokens=4, guidance=2.0), contrast_prompts=["b"])
+    assert server.prompts_per_request == [1, 1, 1]
     endpoint.close()
 
 

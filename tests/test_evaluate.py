@@ -334,6 +334,17 @@ def test_the_agent_precision_reaches_every_simulating_row_and_is_checked(tmp_pat
         config_on_empty_input(tmp_path, agent_precision="fp16")
 
 
+def test_persona_guidance_reaches_every_agent_row_but_the_neutral_one(tmp_path):
+    config = config_on_empty_input(tmp_path, guidance=2.0)
+    guidance = {name: row_spec(name, tmp_path, config).guidance for name in ("persona", "mismatched", "neutral")}
+    # The neutral row's prompt is its own neutral prompt: guidance would change nothing but the cost.
+    assert guidance == {"persona": 2.0, "mismatched": 2.0, "neutral": 1.0}
+    assert config_on_empty_input(tmp_path).guidance == 1.0  # the published five-fold figures sample unguided
+    assert EvaluateConfig.demo(tmp_path / "demo", input_dir=tmp_path).guidance == 2.0
+    with pytest.raises(ValueError, match="persona guidance must be > 0"):
+        config_on_empty_input(tmp_path, guidance=0.0)
+
+
 def test_phase_times_add_up_across_resumes_and_folds(tmp_path):
     first = PhaseTimes.load(tmp_path)
     with first.phase("simulate persona", buyers=120):
@@ -424,7 +435,7 @@ def test_end_to_end_on_a_tmall_subset(tmall_subset, tmp_path):
         folds=1, max_held_out_shops=1, buyers_per_shop=6, browser_buyers=3, codebook_size=4, codebook_epochs=2,
         embedding="hashed", traces_per_code=3, traces_per_shop=3, trace_max_steps=12, sft_stage1_epochs=1,
         sft_stage2_epochs=1, sft_max_steps=3, max_steps=4, concurrency=4, progress=False,
-        calibrate_temperatures=(1.0, 0.5), calibration_shops=1, calibration_buyers=4, baselines=BASELINES,
+        calibrate_temperatures=(1.0, 0.5), calibration_shops=1, calibration_buyers=4, baselines=BASELINES, guidance=2.0,
     )
     summary = evaluate(config)
 
@@ -462,6 +473,12 @@ def test_end_to_end_on_a_tmall_subset(tmall_subset, tmp_path):
     # ... and written into the agent dir, which also names the codebook and traces it was trained on.
     persona = json.loads((out / "paper" / "agent" / "persona.json").read_text())
     assert persona["sampling"]["temperature"] == calibration["chosen"]
+    # The calibration and the agent rows sample under the evaluation's persona guidance, as will any
+    # later command that runs the agent dir.
+    assert calibration["guidance"] == persona["sampling"]["guidance"] == result["guidance"] == 2.0
+    manifests = {name: json.loads((out / "paper" / "sim" / name / shop / "manifest.json").read_text())["policy"]
+                 for name in ("persona", "neutral")}
+    assert {name: policy.get("guidance") for name, policy in manifests.items()} == {"persona": 2.0, "neutral": None}
     assert persona["codebook"]["content_hash"] == CodebookArtifact.load(out / "paper" / "codebook").content_hash
     assert persona["traces"]["path"] == str((out / "paper" / "traces" / "traces.jsonl").resolve())
     assert (out / "paper" / "codebook" / "types.json").is_file()

@@ -286,6 +286,32 @@ def test_the_calibrated_temperature_is_what_simulate_and_ab_sample_at(work, agen
         assert json.loads(manifest.read_text())["policy"]["temperature"] == temperature, command
 
 
+def test_the_calibrated_guidance_is_how_every_command_samples(work, agent_dir, catalog_file, tmp_path):
+    guided = shutil.copytree(agent_dir, tmp_path / "agent")
+    record_calibrated_temperature(guided, {"shops": ["1001"], "chosen": 0.5}, 2.0)
+    assert PersonaMap.load(guided).sampling.guidance == 2.0
+    codebook = CodebookArtifact.load(work / "codebook")
+    assert build_policy(PolicySpec(str(guided)), codebook).generation.guidance == 2.0
+    assert build_policy(PolicySpec(str(guided), guidance=1.0), codebook).generation.guidance == 1.0
+    # An endpoint returns answers only, not the neutral prompt's log-probabilities beside them.
+    with pytest.raises(ValueError, match="persona guidance 2 .*an endpoint cannot"):
+        build_policy(PolicySpec("http://127.0.0.1:9/v1", agent_dir=guided), codebook)
+    assert build_policy(PolicySpec("http://127.0.0.1:9/v1", agent_dir=guided, guidance=1.0), codebook).generation.guidance == 1.0
+    with pytest.raises(ValueError, match="persona guidance must be > 0"):
+        check_policy(PolicySpec(str(guided), guidance=0.0), codebook)
+
+    runs = tmp_path / "runs"
+    common = ["--shop", "mixed", "--codebook", str(work / "codebook"), "--policy", str(guided), "--catalog",
+              str(catalog_file), "--catalog-shop", STORE_SHOP, "--buyers", "2", "--concurrency", "1", "--driver", "http",
+              "--max-steps", "2", "--out", str(runs)]
+    for command, run_id, options, guidance in (("simulate", "sim", [], 2.0), ("ab", "ab", [], 2.0),
+                                               ("simulate", "off", ["--guidance", "1"], None)):
+        result = CliRunner().invoke(app, [command, *common, "--run-id", run_id, *options])
+        assert result.exit_code == 0, result.output
+        manifest = runs / run_id / ("A" if command == "ab" else "") / "manifest.json"
+        assert json.loads(manifest.read_text())["policy"].get("guidance") == guidance, command
+
+
 def test_policy_spec_errors_are_specific(work):
     codebook = CodebookArtifact.load(work / "codebook")
     with pytest.raises(ValueError, match=r"'nope' is none of these"):

@@ -26,7 +26,7 @@ from rich.table import Table
 from codebook.artifact import CodebookArtifact
 from harness.cli.app import app
 from harness.cli.defaults import default_of
-from harness.cli.simulate import AGENT_DIR_HELP, POLICY_HELP, TEMPERATURE_HELP
+from harness.cli.simulate import AGENT_DIR_HELP, GUIDANCE_HELP, POLICY_HELP, TEMPERATURE_HELP
 from harness.drivers import Driver
 from harness.sim.ab import ABConfig
 from harness.sim.policies import DEFAULT_POLICY, PolicySpec, build_policy, close_policy
@@ -65,6 +65,7 @@ def ab_command(
     policy: str = typer.Option(DEFAULT_POLICY, "--policy", help=POLICY_HELP),
     agent_dir: Path = typer.Option(None, "--agent-dir", file_okay=False, help=AGENT_DIR_HELP),
     temperature: float = typer.Option(None, "--temperature", min=0.0, help=TEMPERATURE_HELP),
+    guidance: float = typer.Option(None, "--guidance", help=GUIDANCE_HELP),
     buyers: int = typer.Option(_default("buyers"), "--buyers", min=2, help="Synthetic buyers (each shops once in each arm)."),
     concurrency: int = typer.Option(_default("concurrency"), "--concurrency", min=1, help="Buyers shopping at the same time."),
     driver: Driver = typer.Option(Driver(_default("driver")), "--driver", help="http: plain HTTP, fast; browser: headless Chromium."),
@@ -92,7 +93,8 @@ def ab_command(
             aa=aa or aa_repeats > 0, alpha=alpha, out_dir=out, run_id=run_id,
         )
         # Built (and checked against the codebook) before any store is served or buyer runs.
-        chosen = build_policy(PolicySpec(policy, agent_dir=agent_dir, temperature=temperature, seed=seed), artifact)
+        chosen = build_policy(PolicySpec(policy, agent_dir=agent_dir, temperature=temperature, guidance=guidance,
+                                          seed=seed), artifact)
         try:
             if aa_repeats:
                 _calibrate(console, config, chosen, aa_repeats, artifact)

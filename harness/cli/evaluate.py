@@ -153,6 +153,10 @@ def evaluate(
     temperature: float = typer.Option(
         None, "--temperature", min=0.0,
         help="Sampling temperature of the agents (default: the one the agent dir records, which the calibration writes)."),
+    guidance: float = typer.Option(
+        None, "--guidance",
+        help="Persona guidance of the agents in the calibration and the simulations: each step's log-probabilities "
+             f"pushed away from the neutral token's by this factor (default {_default('guidance'):g}: off)."),
     fast: bool = typer.Option(False, "--fast", help="The small preset (few shops, capped buyers; minutes on a laptop)."),
     seed: int = typer.Option(_default("seed"), "--seed"),
 ) -> None:
@@ -169,7 +173,7 @@ def evaluate(
     given = dict(folds=folds, seeds=seeds, max_held_out_shops=max_held_out, buyers_per_shop=buyers_per_shop, max_buyers_per_shop=max_buyers_per_shop,
                  codebook_size=codebook_size, sft_max_steps=sft_max_steps, retrain_from=retrain_from, agent_precision=agent_precision, traces_per_code=traces_per_code,
                  concurrency=concurrency, variant=variant, calibration_shops=calibration_shops,
-                 calibration_buyers=calibration_buyers, temperature=temperature, transfer_shops=transfer_shops,
+                 calibration_buyers=calibration_buyers, temperature=temperature, guidance=guidance, transfer_shops=transfer_shops,
                  transfer_stores=tuple(part.strip() for part in transfer.split(",") if part.strip()) if transfer else None)
     options.update({k: v for k, v in given.items() if v is not None})
     if calibrate_temperatures is not None:

@@ -33,6 +33,8 @@ INTERRUPT_SIGNALS = {"SIGINT": 2, "SIGTERM": 15}  # exit status 128 + signal num
 POLICY_HELP = f"Which policy drives the buyers: {POLICY_CHOICES}."
 AGENT_DIR_HELP = "With an endpoint --policy: the agent dir it serves (tokenizer, persona.json)."
 TEMPERATURE_HELP = "Sampling temperature of an agent (default: the one its agent dir records; 0: greedy)."
+GUIDANCE_HELP = ("Persona guidance of an agent: each step's log-probabilities pushed away from the neutral token's "
+                 "by this factor (default: the one its agent dir records; 1: off).")
 
 
 def _default(name: str):
@@ -56,6 +58,7 @@ def simulate(
     policy: str = typer.Option(DEFAULT_POLICY, "--policy", help=POLICY_HELP),
     agent_dir: Path = typer.Option(None, "--agent-dir", file_okay=False, help=AGENT_DIR_HELP),
     temperature: float = typer.Option(None, "--temperature", min=0.0, help=TEMPERATURE_HELP),
+    guidance: float = typer.Option(None, "--guidance", help=GUIDANCE_HELP),
     buyers: int = typer.Option(_default("buyers"), "--buyers", min=1, help="Number of synthetic buyers."),
     concurrency: int = typer.Option(_default("concurrency"), "--concurrency", min=1, help="Buyers shopping at the same time."),
     driver: Driver = typer.Option(Driver(_default("driver")), "--driver", help="browser: headless Chromium; http: plain HTTP, no JavaScript."),
@@ -96,7 +99,7 @@ def simulate(
     console = Console()
     try:
         artifact = CodebookArtifact.load(codebook)
-        spec = PolicySpec(policy, agent_dir=agent_dir, temperature=temperature, seed=seed)
+        spec = PolicySpec(policy, agent_dir=agent_dir, temperature=temperature, guidance=guidance, seed=seed)
         check_policy(spec, artifact)  # before a store is served or a buyer runs
         _run(
             console,

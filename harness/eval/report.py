@@ -312,6 +312,11 @@ def policies_table(result: dict) -> str:
 def reading_note(result: dict) -> str:
     """How to read the headline: its sampling ceiling, the oracle ratio, who the held-out buyers are."""
     notes = []
+    if result.get("temperature") is not None:
+        guidance = result.get("guidance") or 1.0
+        notes.append(f"The persona agent samples at T = {result['temperature']:g}" + (
+            f" under persona guidance {guidance:g}: each step's log-probabilities are the neutral token's plus "
+            f"{guidance:g} × (persona − neutral)" if guidance != 1.0 else "") + ".")
     if result.get("sampling_ceiling") is not None:
         notes.append(f"Sampling ceiling {result['sampling_ceiling']:.3f}: the alignment expected when every synthetic "
                      "buyer buys with the shop's real probability, with this many buyers per shop. Quota sampling "

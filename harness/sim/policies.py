@@ -13,8 +13,9 @@ A PolicySpec names the policy as a user does on the command line:
 
 `build_policy(spec, codebook)` builds it. Every agent samples the same way wherever it runs
 (simulate, ab, evaluate, Ray shards): at the temperature its agent dir records (chosen by
-calibration on training shops, agent/persona.py), unless the spec's `temperature` overrides it,
-with the spec's `seed` mixed into each buyer's own. An agent trained for another codebook is
+calibration on training shops, agent/persona.py) and under the persona guidance it records,
+unless the spec's `temperature` or `guidance` overrides them, with the spec's `seed` mixed into
+each buyer's own. An agent trained for another codebook is
 refused by `check_policy` with an error naming both codebooks, before any buyer runs.
 
 A spec is plain data (no live object), so a Ray worker can build the policy itself.
@@ -42,6 +43,8 @@ class PolicySpec:
     policy: random | type-profile | AGENT_DIR | http(s)://ENDPOINT.
     agent_dir: for an endpoint, the agent dir it serves (tokenizer, persona.json).
     temperature: sampling temperature of an agent; None: the one its agent dir records.
+    guidance: persona guidance of an agent (agent.generate.GenerationSettings; 1: off); None: the
+        one its agent dir records.
     seed: mixed with every buyer's own seed when an agent samples; commands pass their --seed.
     neutral: give every buyer the neutral persona token (the token ablation).
     endpoint_model: the model name the endpoint serves; None: the agent dir's path.
@@ -53,6 +56,7 @@ class PolicySpec:
     policy: str
     agent_dir: Path | None = None
     temperature: float | None = None
+    guidance: float | None = None
     seed: int = 0
     neutral: bool = False
     endpoint_model: str | None = None
@@ -102,6 +106,8 @@ def check_policy(spec: PolicySpec, codebook: CodebookArtifact) -> None:
 
     if spec.temperature is not None and spec.temperature < 0:
         raise ValueError(f"temperature must be >= 0 (0: greedy), got {spec.temperature}")
+    if spec.guidance is not None and spec.guidance <= 0:
+        raise ValueError(f"persona guidance must be > 0 (1: off), got {spec.guidance}")
     if not spec.is_agent:
         return
     if spec.is_endpoint and (spec.agent_dir is None or not Path(spec.agent_dir).is_dir()):
@@ -126,8 +132,8 @@ def build_policy(spec: PolicySpec, codebook: CodebookArtifact):
         from agent.models import load_smollm2
 
         return LLMPolicy.zero_shot(load_smollm2(), temperature=spec.temperature, seed=spec.seed, name=spec.name)
-    sampling = dict(codebook=codebook, temperature=spec.temperature, seed=spec.seed, neutral=spec.neutral,
-                    name=spec.name)
+    sampling = dict(codebook=codebook, temperature=spec.temperature, guidance=spec.guidance, seed=spec.seed,
+                    neutral=spec.neutral, name=spec.name)
     if spec.is_endpoint:
         return LLMPolicy.from_endpoint(spec.policy, spec.agent_dir, model=spec.endpoint_model, **sampling)
     return LLMPolicy.from_dir(spec.policy, device=spec.device, precision=spec.precision, **sampling)
@@ -141,6 +147,8 @@ def policy_record(policy) -> dict:
     generation = getattr(policy, "generation", None)
     if generation is not None:
         record.update(temperature=generation.temperature, seed=generation.seed, neutral=getattr(policy, "neutral", False))
+        if generation.guidance != 1.0:  # unguided records stay as they were, so their runs stay resumable
+            record["guidance"] = generation.guidance
     if getattr(policy, "weights", ""):
         record["weights"] = policy.weights
     autocast = getattr(getattr(policy, "backend", None), "autocast", None)
