@@ -40,7 +40,10 @@ def kmeans_assign(scaled: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray
 
 def gmm_assign(scaled: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(codes, reconstruction) from a diagonal-covariance Gaussian mixture (k-means init)."""
-    model = GaussianMixture(n_components=k, covariance_type="diag", reg_covar=1e-4, random_state=seed).fit(scaled)
+    # In float64: a component's variance is E[x²] − mean², and where a heavy-tailed feature puts a
+    # few buyers far out (Tmall's counts, standardised), float32 cancels it below zero and the fit fails.
+    model = GaussianMixture(n_components=k, covariance_type="diag", reg_covar=1e-4,
+                            random_state=seed).fit(scaled.astype(np.float64))
     codes = model.predict(scaled).astype(np.int64)
     return codes, model.means_[codes]
 

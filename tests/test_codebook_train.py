@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from codebook.baselines import compare_baselines
+from codebook.baselines import compare_baselines, gmm_assign
 from codebook.metrics import active_codes, mean_pairwise_jsd, perplexity, shop_divergences, split_half_jsd
 from codebook.schema import FeatureColumn, write_features
 from codebook.train import TrainConfig, load_codebook, read_features, train_codebook
@@ -180,6 +180,14 @@ def test_compare_baselines_measures_all_three_methods():
     assert len(comparison.table.columns) == 4
     for metrics in comparison.metrics.values():
         assert metrics["active_codes"]["count"] >= 2 and metrics["reconstruction_mse"] is not None
+
+
+def test_the_gmm_baseline_fits_float32_features_whose_variance_float32_would_cancel():
+    rng = np.random.default_rng(0)
+    scaled = rng.normal(size=(2000, 3)).astype(np.float32)
+    scaled[:, 2] = 300.0 + (rng.random(2000) < 0.5) * 1e-3  # far out, with a spread float32 cannot hold
+    codes, reconstruction = gmm_assign(scaled, 4)
+    assert codes.shape == (2000,) and reconstruction.shape == (2000, 3)
 
 
 @pytest.mark.slow
