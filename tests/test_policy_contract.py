@@ -310,6 +310,7 @@ def test_the_calibrated_guidance_is_how_every_command_samples(work, agent_dir, c
         assert result.exit_code == 0, result.output
         manifest = runs / run_id / ("A" if command == "ab" else "") / "manifest.json"
         assert json.loads(manifest.read_text())["policy"].get("guidance") == guidance, command
+        assert ("under persona guidance 2" in result.output) == (guidance is not None) or command == "ab", result.output
 
 
 def test_policy_spec_errors_are_specific(work):

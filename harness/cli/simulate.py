@@ -195,7 +195,8 @@ def _print_summary(console: Console, run_dir: Path, summary: dict) -> None:
     console.print(f"[bold]run[/bold] {run_dir}")
     policy = json.loads(RunDir(run_dir).manifest_path.read_text()).get("policy") or {}
     if "temperature" in policy:
-        console.print(f"policy {policy['name']}, sampling at T={policy['temperature']:g} (seed {policy['seed']})")
+        guided = f" under persona guidance {policy['guidance']:g}" if "guidance" in policy else ""
+        console.print(f"policy {policy['name']}, sampling at T={policy['temperature']:g}{guided} (seed {policy['seed']})")
     console.print(
         f"buyers {summary['completed']}/{summary['buyers']}  converted {summary['converted']}"
         + (f"  rate {rate:.1%}" if rate is not None else "")
