@@ -24,7 +24,7 @@ from pathlib import Path
 
 from agent.actions import ActionError
 from agent.generate import GenerationSettings
-from agent.models import Backend, load_endpoint, load_local, weights_digest
+from agent.models import Backend, check_endpoint_settings, load_endpoint, load_local, weights_digest
 from agent.persona import PersonaMap
 from codebook.artifact import CodebookArtifact
 from agent.policy import BuyerTurn
@@ -114,9 +114,7 @@ class LLMPolicy:
         persona guidance: an agent dir that records one is refused unless `guidance` is 1."""
         persona_map = checked_persona_map(agent_dir, codebook)
         generation = sampling_settings(persona_map, temperature, seed, guidance)
-        if generation.guidance != 1.0:
-            raise ValueError(f"{agent_dir} samples under persona guidance {generation.guidance:g} (persona.json), "
-                             "which an endpoint cannot do: run the agent dir in this process, or pass guidance 1")
+        check_endpoint_settings(generation)  # before any buyer runs, not at its first step
         return cls(load_endpoint(base_url, agent_dir, model), persona_map, generation=generation, **options)
 
     def prompts(self, turns: list[BuyerTurn], neutral: bool = False) -> list[str]:

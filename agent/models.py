@@ -404,9 +404,7 @@ class OpenAIEndpoint:
                  contrast_prompts=None) -> GenerationResult:
         if extra_processors:
             raise ValueError("an HTTP endpoint cannot run local logits processors")
-        if settings.guidance != 1.0:
-            raise ValueError(f"persona guidance {settings.guidance:g} needs each step's log-probabilities under the "
-                             "neutral token as well, which an HTTP endpoint does not return: sample with guidance 1")
+        check_endpoint_settings(settings)
         started = time.perf_counter()
         deadline = started + self.config.deadline_s
         seeds = row_seeds if row_seeds is not None else list(range(len(prompts)))
@@ -503,6 +501,15 @@ class OpenAIEndpoint:
 def _with_retries(error: EndpointError, retries: int) -> EndpointError:
     error.retries = retries  # for RequestStats: a failed request's retries count too
     return error
+
+
+def check_endpoint_settings(settings: GenerationSettings) -> None:
+    """Refuse what an HTTP endpoint cannot do: it returns answers, not the neutral prompt's
+    log-probabilities that persona guidance draws against."""
+    if settings.guidance != 1.0:
+        raise ValueError(f"persona guidance {settings.guidance:g} needs each step's log-probabilities under the "
+                         "neutral token as well, which an HTTP endpoint does not return: an endpoint cannot sample "
+                         "under it; run the agent dir in this process, or sample with guidance 1")
 
 
 def load_endpoint(base_url: str, agent_dir: str | Path, model: str | None = None, **options) -> OpenAIEndpoint:

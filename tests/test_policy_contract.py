@@ -288,7 +288,7 @@ def test_the_calibrated_temperature_is_what_simulate_and_ab_sample_at(work, agen
 
 def test_the_calibrated_guidance_is_how_every_command_samples(work, agent_dir, catalog_file, tmp_path):
     guided = shutil.copytree(agent_dir, tmp_path / "agent")
-    record_calibrated_temperature(guided, {"shops": ["1001"], "chosen": 0.5}, 2.0)
+    record_calibrated_temperature(guided, {"shops": ["1001"], "chosen": 0.5, "guidance": 2.0})
     assert PersonaMap.load(guided).sampling.guidance == 2.0
     codebook = CodebookArtifact.load(work / "codebook")
     assert build_policy(PolicySpec(str(guided)), codebook).generation.guidance == 2.0

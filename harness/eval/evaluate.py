@@ -1095,7 +1095,7 @@ async def calibrate_temperature(config: EvaluateConfig, work: Path, split: ShopS
                              f"evaluation samples under {config.guidance:g}: use another --out")
         if "type_gap" in record:  # a record without the per-type check is made again (its runs are reused)
             record.setdefault("worst_type", worst_type(chosen_check(record)))
-            record_calibrated_temperature(work / "agent", record, config.guidance)
+            record_calibrated_temperature(work / "agent", record)
             return record
     seen = traced_shops(traces_path)
     shops = calibration_shop_ids(split, real, config.calibration_shops, config.seed, seen,
@@ -1125,7 +1125,7 @@ async def calibrate_temperature(config: EvaluateConfig, work: Path, split: ShopS
               "skipped_traced_shops": 0 if traced else len(seen), "traced_shops": traced, "tried": tried}
     record["type_gap"], record["worst_type"] = chosen_type_gap(record), worst_type(chosen_check(record))
     path.write_text(json.dumps(record, indent=1, default=_json_default) + "\n")
-    record_calibrated_temperature(work / "agent", record, config.guidance)
+    record_calibrated_temperature(work / "agent", record)
     console.print("calibration on training shops, |agent − traces| per type (shop alignment): " + ", ".join(
         f"T={t} {type_gap(r['type_check']):.3f} ({r['alignment']:.3f})" for t, r in tried.items()) + f"; sampling at T={chosen:g}"
         + (f" under persona guidance {config.guidance:g}" if config.guidance != 1.0 else ""))
@@ -1170,12 +1170,13 @@ def worst_type(check: dict) -> dict | None:
     return worst
 
 
-def record_calibrated_temperature(agent_dir: Path, calibration: dict, guidance: float = 1.0) -> None:
+def record_calibrated_temperature(agent_dir: Path, calibration: dict) -> None:
     """Write the calibration's temperature, and the guidance it was tried under, into the agent
     dir's persona.json (sampling): every later command samples the agent as it was calibrated."""
     from agent.persona import PersonaMap
 
     chosen_by = f"calibration on training shops {', '.join(map(str, calibration['shops']))} (closest conversion per type)"
+    guidance = calibration.get("guidance", 1.0)  # a record that names none was calibrated unguided
     PersonaMap.load(agent_dir).with_sampling(calibration["chosen"], chosen_by, guidance).save(agent_dir)
 
 
