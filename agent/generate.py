@@ -10,7 +10,8 @@ how the policy's constrained retry keeps the model to the grammar's verbs and th
 
 `PersonaGuidance` draws each answer from the persona prompt's log-probabilities pushed away from
 the same prompt's with the neutral token (classifier-free guidance, with the persona token as the
-condition): the batch holds both prompts, and each pair generates one answer.
+condition): the batch holds both prompts, and each pair generates one answer. Only the tokens the
+persona itself finds plausible are pushed (contrastive decoding's plausibility constraint).
 
 `PrefixCache` keeps the key/value states of prompt openings that many prompts share. The agent's
 prompt is its system line (one per persona token), then the page, then the buyer's own last
@@ -22,6 +23,7 @@ runs only on the rest of each prompt; the answers are the ones the full prefill 
 
 from __future__ import annotations
 
+import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -46,6 +48,11 @@ class GenerationSettings:
     # (the caller passes those as `contrast_prompts`). A small agent learns how its types differ
     # only faintly, and more so at decisions its base had a habit for; g > 1 scales the difference.
     guidance: float = 1.0
+    # Under guidance, only the tokens with at least this share of the persona's top token's probability
+    # are pushed; the rest keep the persona's own probability (0: every token is pushed). Guidance
+    # amplifies whatever the token changes, its errors included: a "stop" on the home page that a
+    # type's token raises from 0.002 to 0.06 becomes the likeliest answer there unless barred.
+    guidance_plausibility: float = 0.0
 
 
 @dataclass
@@ -117,15 +124,21 @@ class SeededSampling(LogitsProcessor):
 
 class PersonaGuidance(LogitsProcessor):
     """Rows [0, n) of the batch hold the persona prompts and rows [n, 2n) the same prompts with the
-    neutral token. Both rows of a pair get neutral + scale × (persona − neutral) in log-probabilities,
-    so that, drawing from the same random stream, they generate the same answer."""
+    neutral token. Both rows of a pair get the same log-probabilities, so that, drawing from the same
+    random stream, they generate the same answer: the persona's own outside its plausible tokens
+    (>= `plausibility` × its top token's probability); inside them, the persona's mass there
+    shared out by neutral + scale × (persona − neutral)."""
 
-    def __init__(self, scale: float):
+    def __init__(self, scale: float, plausibility: float):
         self.scale = scale
+        self.log_plausibility = math.log(plausibility) if plausibility > 0 else float("-inf")
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         persona, neutral = torch.log_softmax(scores.float(), dim=-1).chunk(2)
-        guided = neutral + self.scale * (persona - neutral)
+        plausible = persona >= persona.max(dim=-1, keepdim=True).values + self.log_plausibility
+        plausible_mass = torch.logsumexp(persona.masked_fill(~plausible, float("-inf")), dim=-1, keepdim=True)
+        pushed = (neutral + self.scale * (persona - neutral)).masked_fill(~plausible, float("-inf"))
+        guided = torch.where(plausible, torch.log_softmax(pushed, dim=-1) + plausible_mass, persona)
         return torch.cat([guided, guided]).to(scores.dtype)
 
 
@@ -265,7 +278,8 @@ def generate_batch(
     if batch is None:
         batch = tokenizer.pad({"input_ids": ids_per_row}, padding=True, return_tensors="pt").to(model.device)
     prompt_length = batch["input_ids"].shape[1]
-    processors = LogitsProcessorList(([PersonaGuidance(settings.guidance)] if guided else []) + list(extra_processors))
+    guidance = [PersonaGuidance(settings.guidance, settings.guidance_plausibility)] if guided else []
+    processors = LogitsProcessorList(guidance + list(extra_processors))
     if choices is not None:
         processors.append(ChoiceConstraint(tokenizer, choices, prompt_length))
     if settings.suppressed_ids:

@@ -44,11 +44,12 @@ def checked_persona_map(agent_dir: str | Path, codebook: CodebookArtifact | None
 
 def sampling_settings(persona_map: PersonaMap, temperature: float | None, seed: int,
                       guidance: float | None = None) -> GenerationSettings:
-    """The agent dir's recorded temperature and persona guidance unless given; `seed` is mixed with
-    each buyer's."""
+    """The agent dir's recorded temperature and persona guidance unless given, and its guidance's
+    plausibility bar; `seed` is mixed with each buyer's."""
     recorded = persona_map.sampling
     return GenerationSettings(temperature=recorded.temperature if temperature is None else temperature, seed=seed,
-                              guidance=recorded.guidance if guidance is None else guidance)
+                              guidance=recorded.guidance if guidance is None else guidance,
+                              guidance_plausibility=recorded.guidance_plausibility)
 
 
 @dataclass

@@ -82,6 +82,7 @@ class Sampling:
     temperature: float = 1.0
     chosen_by: str = "default"  # or how a calibration chose it
     guidance: float = 1.0  # persona guidance (agent.generate.GenerationSettings.guidance); 1: off
+    guidance_plausibility: float = 0.0  # which tokens guidance pushes (GenerationSettings); 0: all
 
 
 @dataclass
@@ -134,8 +135,9 @@ class PersonaMap:
         """The same map, recording the codebook and the traces the agent was trained on."""
         return replace(self, codebook=codebook, traces=traces)
 
-    def with_sampling(self, temperature: float, chosen_by: str, guidance: float = 1.0) -> PersonaMap:
-        return replace(self, sampling=Sampling(float(temperature), chosen_by, float(guidance)))
+    def with_sampling(self, temperature: float, chosen_by: str, guidance: float = 1.0,
+                      guidance_plausibility: float = 0.0) -> PersonaMap:
+        return replace(self, sampling=Sampling(float(temperature), chosen_by, float(guidance), float(guidance_plausibility)))
 
     def save(self, directory: str | Path) -> Path:
         path = Path(directory) / PERSONA_JSON

@@ -3,6 +3,7 @@ backend against a real local HTTP server that serves the tiny model."""
 
 from __future__ import annotations
 
+import math
 import socket
 import threading
 import time
@@ -238,9 +239,10 @@ def test_persona_guidance_draws_from_the_persona_log_probabilities_pushed_away_f
     persona_scores = torch.log_softmax(_first_scores(local, prompts).float(), dim=-1)
     neutral_scores = torch.log_softmax(_first_scores(local, neutral).float(), dim=-1)
     scale = 4.0
-    expected = neutral_scores + scale * (persona_scores - neutral_scores)
+    expected = torch.log_softmax(neutral_scores + scale * (persona_scores - neutral_scores), dim=-1)
     hook = FirstScores()  # runs after the guidance: it sees what the answer is drawn from
-    guided = generate_batch(local.model, local.tokenizer, prompts, GenerationSettings(max_new_tokens=1, guidance=scale),
+    every_token_plausible = GenerationSettings(max_new_tokens=1, guidance=scale, guidance_plausibility=0.0)
+    guided = generate_batch(local.model, local.tokenizer, prompts, every_token_plausible,
                             extra_processors=[hook], contrast_prompts=neutral)
     assert hook.scores.shape[0] == 2 * len(prompts)  # each prompt beside its neutral one
     assert torch.allclose(hook.scores[:8], expected, atol=1e-4) and torch.equal(hook.scores[:8], hook.scores[8:])
@@ -248,6 +250,30 @@ def test_persona_guidance_draws_from_the_persona_log_probabilities_pushed_away_f
     assert guided.texts == [local.tokenizer.decode([token], skip_special_tokens=True).strip()
                             for token in expected.argmax(dim=-1).tolist()]
     assert guided.prompt_tokens == [len(local.tokenizer(p, add_special_tokens=False).input_ids) for p in prompts]
+
+
+def test_persona_guidance_keeps_the_persona_probability_of_tokens_it_finds_implausible(tiny):
+    local, persona_map = tiny
+    turns = _turns(8)
+    policy = LLMPolicy(local, persona_map)
+    prompts, neutral = policy.prompts(turns), policy.prompts(turns, neutral=True)
+    persona_scores = torch.log_softmax(_first_scores(local, prompts).float(), dim=-1)
+    neutral_scores = torch.log_softmax(_first_scores(local, neutral).float(), dim=-1)
+    scale, plausibility = 4.0, 0.5  # the random tiny model is near uniform: a high bar splits its tokens
+    plausible = persona_scores >= persona_scores.max(dim=-1, keepdim=True).values + math.log(plausibility)
+    assert plausible.sum() >= 16 and (~plausible).any()
+    hook = FirstScores()
+    generate_batch(local.model, local.tokenizer, prompts, GenerationSettings(max_new_tokens=1, guidance=scale,
+                   guidance_plausibility=plausibility), extra_processors=[hook], contrast_prompts=neutral)
+    scores = hook.scores[:8]
+    assert torch.allclose(torch.logsumexp(scores, dim=-1), torch.zeros(8), atol=1e-4)  # a distribution
+    assert torch.allclose(scores[~plausible], persona_scores[~plausible], atol=1e-5)  # as the persona has them
+    mass = lambda s: torch.logsumexp(s.masked_fill(~plausible, float("-inf")), dim=-1)
+    assert torch.allclose(mass(scores), mass(persona_scores), atol=1e-4)  # the plausible tokens' mass is kept ...
+    pushed = neutral_scores + scale * (persona_scores - neutral_scores)
+    shift = (scores - pushed).masked_fill(~plausible, float("nan"))  # ... and shared out by the pushed scores
+    assert torch.allclose(shift.nanmean(dim=-1, keepdim=True).expand_as(shift)[plausible], shift[plausible], atol=1e-4)
+    assert not torch.allclose(scores[plausible], persona_scores[plausible], atol=1e-3)
 
 
 def test_a_guided_buyer_draws_alike_whatever_the_batch_and_the_cache(tiny):

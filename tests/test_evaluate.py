@@ -19,13 +19,17 @@ from harness.eval.evaluate import (
     agent_code_check,
     behaviour_columns,
     behaviour_measures,
+    calibration_gap,
     calibration_shop_ids,
+    candidate_key,
     evaluate,
     fold_config,
     real_buyers,
     rejection_reason,
     row_spec,
+    run_buyers,
     select_trace_buyers,
+    stratum_shares,
     traced_shops,
     type_gap,
     with_funnel_flags,
@@ -178,6 +182,24 @@ def test_the_conversion_gap_weighs_a_type_by_its_conversions_not_its_buyers():
     exact = agent_code_check(traces, {"types": {**agent["types"], "buys": {"buyers": 50, "conversion_rate": 0.4}}})
     assert conversion_gap(exact) == pytest.approx(-chance / 20)  # as close as sampling allows: at most 0
     assert conversion_gap(agent_code_check({"never": traces["never"]}, agent)) is None  # no traced conversion
+
+
+def test_the_calibration_keeps_the_candidate_nearest_the_traces_per_type_and_the_real_product_views(tmp_path):
+    traces = {"buys": {"traces": 60, "conversion_rate": 1.0}, "leaves": {"traces": 60, "conversion_rate": 0.0}}
+    def candidate(leaves_converting: float, viewed: float, real_viewed: float | None = 0.997) -> dict:
+        agent = {"types": {"buys": {"buyers": 20, "conversion_rate": 1.0},
+                           "leaves": {"buyers": 80, "conversion_rate": leaves_converting}}}
+        return {"type_check": agent_code_check(traces, agent), "strata": {"viewed": {"sim": viewed, "real": real_viewed}}}
+    # Guidance pushing every token: every type followed, a quarter of the buyers gone before a product.
+    pushed, barred = candidate(0.0, 0.74), candidate(0.05, 0.99)
+    assert type_gap(pushed["type_check"]) < type_gap(barred["type_check"])
+    assert min([pushed, barred], key=calibration_gap) is barred
+    assert calibration_gap(barred) == pytest.approx(0.8 * 0.05 + 0.007)
+    # A log that records no product views leaves the type gap alone to decide.
+    assert min([candidate(0.0, 0.74, None), candidate(0.05, 0.99, None)], key=calibration_gap)["strata"]["viewed"]["sim"] == 0.74
+    assert candidate_key(0.5, 0.0) == "0.5" and candidate_key(1.0, 0.1) == "1 p0.1"
+    with pytest.raises(ValueError, match=r"plausibility bars must lie in \[0, 1\)"):
+        config_on_empty_input(tmp_path, calibrate_plausibilities=(0.0, 1.0))
 
 
 def config_on_empty_input(tmp_path, **options) -> EvaluateConfig:
@@ -339,8 +361,7 @@ def test_persona_guidance_reaches_every_agent_row_but_the_neutral_one(tmp_path):
     guidance = {name: row_spec(name, tmp_path, config).guidance for name in ("persona", "mismatched", "neutral")}
     # The neutral row's prompt is its own neutral prompt: guidance would change nothing but the cost.
     assert guidance == {"persona": 2.0, "mismatched": 2.0, "neutral": 1.0}
-    assert config_on_empty_input(tmp_path).guidance == 1.0  # the published five-fold figures sample unguided
-    assert EvaluateConfig.demo(tmp_path / "demo", input_dir=tmp_path).guidance == 2.0
+    assert config_on_empty_input(tmp_path).guidance == EvaluateConfig.demo(tmp_path / "demo", input_dir=tmp_path).guidance == 2.0
     with pytest.raises(ValueError, match="persona guidance must be > 0"):
         config_on_empty_input(tmp_path, guidance=0.0)
 
@@ -468,17 +489,30 @@ def test_end_to_end_on_a_tmall_subset(tmall_subset, tmp_path):
     calibration = json.loads((out / "paper" / "calibration.json").read_text())
     assert calibration["shops"] and set(calibration["shops"]) <= set(split["training"])
     assert not set(calibration["shops"]) & traced_shops(out / "paper" / "traces" / "traces.jsonl")
-    assert set(calibration["tried"]) == {"1", "0.5"} and calibration["chosen"] in (1.0, 0.5)
+    # Under guidance, each temperature is tried with and without the plausibility bar.
+    assert set(calibration["tried"]) == {"1", "0.5", "1 p0.1", "0.5 p0.1"} and calibration["chosen"] in (1.0, 0.5)
+    chosen = calibration["tried"][candidate_key(calibration["chosen"], calibration["chosen_plausibility"])]
+    assert chosen == min(calibration["tried"].values(), key=calibration_gap)
     assert result["temperature"] == calibration["chosen"]
+    # Beside conversion per type, each candidate's share of buyers who viewed a product at all.
+    shown = events[events["shop_id"].isin(calibration["shops"])]
+    buyers = lambda frame: len(frame[["shop_id", "buyer_id"]].drop_duplicates())
+    real_viewed = buyers(shown[shown["event_type"] == "product_view"]) / buyers(shown)
+    assert all(tried["strata"]["viewed"]["real"] == pytest.approx(real_viewed) for tried in calibration["tried"].values())
+    assert {t: tried["strata"]["viewed"]["sim"] for t, tried in calibration["tried"].items()} == {
+        key: stratum_shares(run_buyers(out / "paper", f"calibration/T{key.replace(' ', '_')}", calibration["shops"]))["viewed"]
+        for key in calibration["tried"]}
     # ... and written into the agent dir, which also names the codebook and traces it was trained on.
     persona = json.loads((out / "paper" / "agent" / "persona.json").read_text())
     assert persona["sampling"]["temperature"] == calibration["chosen"]
+    assert persona["sampling"]["guidance_plausibility"] == calibration["chosen_plausibility"]
     # The calibration and the agent rows sample under the evaluation's persona guidance, as will any
     # later command that runs the agent dir.
     assert calibration["guidance"] == persona["sampling"]["guidance"] == result["guidance"] == 2.0
     manifests = {name: json.loads((out / "paper" / "sim" / name / shop / "manifest.json").read_text())["policy"]
                  for name in ("persona", "neutral")}
     assert {name: policy.get("guidance") for name, policy in manifests.items()} == {"persona": 2.0, "neutral": None}
+    assert manifests["persona"].get("guidance_plausibility", 0.0) == calibration["chosen_plausibility"]
     assert persona["codebook"]["content_hash"] == CodebookArtifact.load(out / "paper" / "codebook").content_hash
     assert persona["traces"]["path"] == str((out / "paper" / "traces" / "traces.jsonl").resolve())
     assert (out / "paper" / "codebook" / "types.json").is_file()
@@ -502,7 +536,7 @@ def test_an_agent_that_blurs_its_types_is_set_aside_and_trained_again_with_twice
         max_held_out_shops=1, buyers_per_shop=4, browser_check=False, codebook_size=4, codebook_epochs=2,
         traces_per_code=3, traces_per_shop=3, trace_max_steps=8, sft_max_steps=2, max_steps=4, concurrency=4,
         progress=False, calibrate_temperatures=(1.0, 0.5), calibration_shops=1, calibration_buyers=4,
-        baselines=("global_rate",),
+        baselines=("global_rate",), guidance=1.0,  # unguided: two candidates per agent suffice here
         max_type_gap=-1.0,  # every agent is over a negative limit
     )
     summary = evaluate(config)
@@ -511,7 +545,7 @@ def test_an_agent_that_blurs_its_types_is_set_aside_and_trained_again_with_twice
     calibration = json.loads((work / "calibration.json").read_text())
     rejected = calibration["rejected"]
     assert [agent["sft_max_steps"] for agent in rejected] == [2, 4] and set(rejected[0]["tried"]) == {"1", "0.5"}
-    assert rejected[0]["type_gap"] == min(t["type_check"]["weighted_mean_abs_gap"] for t in rejected[0]["tried"].values())
+    assert rejected[0]["type_gap"] == type_gap(min(rejected[0]["tried"].values(), key=calibration_gap)["type_check"])
     assert "per type is" in rejected[0]["reason"]
     for aside in ("agent_rejected", "agent_rejected_2"):
         assert (work / aside / "persona.json").is_file()

@@ -265,7 +265,7 @@ def test_the_calibrated_temperature_is_what_simulate_and_ab_sample_at(work, agen
     calibrated = shutil.copytree(agent_dir, tmp_path / "agent")
     record_calibrated_temperature(calibrated, {"shops": ["1001", "1002"], "chosen": 0.7})
     persona_map = PersonaMap.load(calibrated)
-    assert persona_map.sampling == Sampling(0.7, "calibration on training shops 1001, 1002 (closest conversion per type)")
+    assert persona_map.sampling == Sampling(0.7, "calibration on training shops 1001, 1002 (closest conversion per type and product-view share)")
     assert persona_map.codebook == PersonaMap.load(agent_dir).codebook  # the rest of persona.json is kept
 
     codebook = CodebookArtifact.load(work / "codebook")
@@ -288,10 +288,11 @@ def test_the_calibrated_temperature_is_what_simulate_and_ab_sample_at(work, agen
 
 def test_the_calibrated_guidance_is_how_every_command_samples(work, agent_dir, catalog_file, tmp_path):
     guided = shutil.copytree(agent_dir, tmp_path / "agent")
-    record_calibrated_temperature(guided, {"shops": ["1001"], "chosen": 0.5, "guidance": 2.0})
-    assert PersonaMap.load(guided).sampling.guidance == 2.0
+    record_calibrated_temperature(guided, {"shops": ["1001"], "chosen": 0.5, "chosen_plausibility": 0.1, "guidance": 2.0})
+    assert PersonaMap.load(guided).sampling.guidance == 2.0 and PersonaMap.load(guided).sampling.guidance_plausibility == 0.1
     codebook = CodebookArtifact.load(work / "codebook")
-    assert build_policy(PolicySpec(str(guided)), codebook).generation.guidance == 2.0
+    generation = build_policy(PolicySpec(str(guided)), codebook).generation
+    assert (generation.guidance, generation.guidance_plausibility) == (2.0, 0.1)
     assert build_policy(PolicySpec(str(guided), guidance=1.0), codebook).generation.guidance == 1.0
     # An endpoint returns answers only, not the neutral prompt's log-probabilities beside them.
     with pytest.raises(ValueError, match="persona guidance 2 .*an endpoint cannot"):
@@ -309,7 +310,10 @@ def test_the_calibrated_guidance_is_how_every_command_samples(work, agent_dir, c
         result = CliRunner().invoke(app, [command, *common, "--run-id", run_id, *options])
         assert result.exit_code == 0, result.output
         manifest = runs / run_id / ("A" if command == "ab" else "") / "manifest.json"
-        assert json.loads(manifest.read_text())["policy"].get("guidance") == guidance, command
+        recorded = json.loads(manifest.read_text())["policy"]
+        assert recorded.get("guidance") == guidance, command
+        # The plausibility bar changes how a guided agent samples: a guided run's resume checks it too.
+        assert recorded.get("guidance_plausibility") == (0.1 if guidance else None)
         assert ("under persona guidance 2" in result.output) == (guidance is not None) or command == "ab", result.output
 
 

@@ -156,7 +156,7 @@ def evaluate(
     guidance: float = typer.Option(
         None, "--guidance",
         help="Persona guidance of the agents in the calibration and the simulations: each step's log-probabilities "
-             f"pushed away from the neutral token's by this factor (default {_default('guidance'):g}: off)."),
+             f"pushed away from the neutral token's by this factor (default {_default('guidance'):g}; 1: off)."),
     fast: bool = typer.Option(False, "--fast", help="The small preset (few shops, capped buyers; minutes on a laptop)."),
     seed: int = typer.Option(_default("seed"), "--seed"),
 ) -> None:

@@ -149,6 +149,8 @@ def policy_record(policy) -> dict:
         record.update(temperature=generation.temperature, seed=generation.seed, neutral=getattr(policy, "neutral", False))
         if generation.guidance != 1.0:  # unguided records stay as they were, so their runs stay resumable
             record["guidance"] = generation.guidance
+            if generation.guidance_plausibility:
+                record["guidance_plausibility"] = generation.guidance_plausibility
     if getattr(policy, "weights", ""):
         record["weights"] = policy.weights
     autocast = getattr(getattr(policy, "backend", None), "autocast", None)
