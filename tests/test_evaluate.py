@@ -202,6 +202,32 @@ def test_the_calibration_keeps_the_candidate_nearest_the_traces_per_type_and_the
         config_on_empty_input(tmp_path, calibrate_plausibilities=(0.0, 1.0))
 
 
+def test_the_fold_table_names_the_chosen_bar_and_its_product_views_on_the_training_shops():
+    from harness.eval.folds import fold_line
+
+    check = agent_code_check({"0": {"traces": 5, "conversion_rate": 0.0}}, {"types": {"0": {"buyers": 9, "conversion_rate": 0.0}}})
+    viewed = lambda sim: {"viewed": {"sim": sim, "real": 0.997}}
+    calibration = {"chosen": 0.5, "chosen_plausibility": 0.1, "type_gap": 0.0,
+                   "tried": {"0.5": {"type_check": check, "strata": viewed(0.742)},
+                             "0.5 p0.1": {"type_check": check, "strata": viewed(0.998)}}}
+    line = fold_line(0, {"policies": {}, "held_out_shops": ["1"], "temperature": 0.5, "calibration": calibration})
+    assert (line["plausibility"], line["calibration_viewed"]) == (0.1, "0.998 / 0.997")
+
+
+def test_a_calibration_made_under_another_guidance_is_not_resumed(tmp_path):
+    import asyncio
+
+    from harness.eval.evaluate import CALIBRATION_FILE, calibrate_temperature
+
+    work = tmp_path / "paper"
+    work.mkdir()
+    (work / CALIBRATION_FILE).write_text(json.dumps({"shops": ["1"], "chosen": 0.5, "guidance": 1.0, "tried": {}}))
+    config = config_on_empty_input(tmp_path)  # guidance 2
+    with pytest.raises(ValueError, match=r"calibrated under persona guidance 1, this evaluation samples under 2: "
+                                         r"use another --out, or finish it with --guidance 1"):
+        asyncio.run(calibrate_temperature(config, work, None, None, None, None, None, None))
+
+
 def config_on_empty_input(tmp_path, **options) -> EvaluateConfig:
     for name in ("events.parquet", "catalog.parquet"):
         (tmp_path / name).touch()  # the config only checks that they exist

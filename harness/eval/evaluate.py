@@ -1109,7 +1109,8 @@ async def calibrate_temperature(config: EvaluateConfig, work: Path, split: ShopS
         record = json.loads(path.read_text())
         if record.get("guidance", 1.0) != config.guidance:
             raise ValueError(f"{path} was calibrated under persona guidance {record.get('guidance', 1.0):g}, this "
-                             f"evaluation samples under {config.guidance:g}: use another --out")
+                             f"evaluation samples under {config.guidance:g}: use another --out, or finish it with "
+                             f"--guidance {record.get('guidance', 1.0):g}")
         if "type_gap" in record:  # a record without the per-type check is made again (its runs are reused)
             record.setdefault("worst_type", worst_type(chosen_check(record)))
             record_calibrated_temperature(work / "agent", record)
@@ -1181,10 +1182,14 @@ def calibration_line(record: dict) -> str:
     return line + f"; sampling at T={record['chosen']:g}{guided}" + (f", plausibility bar {bar:g}" if bar else "")
 
 
+def chosen_candidate(calibration: dict) -> dict:
+    """What the calibration measured for the candidate it chose."""
+    return calibration["tried"][candidate_key(calibration["chosen"], calibration.get("chosen_plausibility") or 0.0)]
+
+
 def chosen_check(calibration: dict) -> dict:
     """agent_code_check at the calibration's chosen candidate."""
-    key = candidate_key(calibration["chosen"], calibration.get("chosen_plausibility") or 0.0)
-    return calibration["tried"][key]["type_check"]
+    return chosen_candidate(calibration)["type_check"]
 
 
 def chosen_type_gap(calibration: dict) -> float:

@@ -82,14 +82,18 @@ def rejected_gaps(agent: dict) -> str:
 def fold_line(fold: int, result: dict) -> dict:
     """What one fold chose and reached: its shops, temperature, persona and oracle alignment, and
     how closely its agent's per-type conversion follows its traces (Pearson over codes)."""
-    from harness.eval.evaluate import chosen_conversion_gap
+    from harness.eval.evaluate import chosen_candidate, chosen_conversion_gap
 
     policies = result["policies"]
     calibration = result.get("calibration") or {}
+    viewed = (chosen_candidate(calibration).get("strata") or {}).get("viewed") if calibration.get("tried") else None
     return {
         "fold": fold,
         "held_out": len(result["held_out_shops"]),
         "temperature": result.get("temperature"),
+        "plausibility": calibration.get("chosen_plausibility"),  # of the persona guidance; 0: every token pushed
+        # the share of the calibration buyers who viewed a product, the agent's / the real ones'
+        "calibration_viewed": f"{viewed['sim']:.3f} / {viewed['real']:.3f}" if viewed and viewed["real"] is not None else None,
         "calibration_shops": len(calibration.get("shops") or []),
         # the chosen temperature's per-type gap on the calibration buyers (beyond sampling), its
         # worst type's gap, its conversion gap, and the three of each agent set aside for not following its types

@@ -314,9 +314,12 @@ def reading_note(result: dict) -> str:
     notes = []
     if result.get("temperature") is not None:
         guidance = result.get("guidance") or 1.0
+        bar = (result.get("calibration") or {}).get("chosen_plausibility") or 0.0
         notes.append(f"The persona agent samples at T = {result['temperature']:g}" + (
             f" under persona guidance {guidance:g}: each step's log-probabilities are the neutral token's plus "
-            f"{guidance:g} × (persona − neutral)" if guidance != 1.0 else "") + ".")
+            f"{guidance:g} × (persona − neutral)" if guidance != 1.0 else "") + (
+            f", on the tokens with at least {bar:g} of the persona's top token's probability (the rest keep the "
+            "persona's own)" if guidance != 1.0 and bar else "") + ".")
     if result.get("sampling_ceiling") is not None:
         notes.append(f"Sampling ceiling {result['sampling_ceiling']:.3f}: the alignment expected when every synthetic "
                      "buyer buys with the shop's real probability, with this many buyers per shop. Quota sampling "
@@ -351,8 +354,12 @@ def folds_part(folds: list[dict] | None) -> str:
             "interval of the agent's; conversion gap: the same per-type differences weighed by conversions, Σ buyers·|agent "
             "− traces| beyond sampling / Σ buyers·traces, the share of the traces' conversions the agent loses or moves "
             "to other types). An agent over any of their limits (the conversion gap's under the paper protocol only) was "
-            "trained to twice the SFT steps (rejected agents: their type gap / worst type / conversion gap).</p>"
+            "trained to twice the SFT steps (rejected agents: their type gap / worst type / conversion gap). Under persona "
+            "guidance the calibration also tries each temperature with a plausibility bar (only the tokens with at least "
+            "that share of the persona's top token's probability are pushed) and weighs, beside the type gap, how far the "
+            "share of buyers who view a product lies from the real buyers'.</p>"
             + table(folds, [("fold", "fold"), ("held_out", "held-out shops"), ("temperature", "temperature"),
+                            ("plausibility", "plausibility bar"), ("calibration_viewed", "viewed a product (calibration: agent / real)"),
                             ("calibration_type_gap", "type gap (calibration)"), ("worst_type_gap", "worst type"),
                             ("calibration_conversion_gap", "conversion gap (calibration)"), ("rejected_agents", "rejected agents"),
                             ("persona", "persona alignment"), ("type_oracle", "type oracle"),
