@@ -449,14 +449,17 @@ def test_traced_shops_reads_every_trace_line(tmp_path):
     assert traced_shops(path) == frozenset({"7", "12"})
 
 
-def test_cli_rejects_bad_calibration_temperatures(tmp_path):
+def test_cli_rejects_bad_calibration_candidates(tmp_path):
     from typer.testing import CliRunner
 
     from harness.cli import app
 
-    for bad, expected in (("1,abc", "expected numbers like 1,0.7,0.5 or 'none'"), ("1,0", "must be > 0")):
+    for option, bad, expected in (("--calibrate-temperatures", "1,abc", "expected numbers like 1,0.7,0.5 or 'none'"),
+                                  ("--calibrate-temperatures", "1,0", "must be > 0"),
+                                  ("--calibrate-plausibilities", "0,x", "expected numbers like 0,0.1"),
+                                  ("--calibrate-plausibilities", "0,1", "plausibility bars must lie in [0, 1)")):
         result = CliRunner().invoke(app, ["evaluate", "--out", str(tmp_path / "eval"), "--events", __file__,
-                                          "--catalog", __file__, "--calibrate-temperatures", bad])
+                                          "--catalog", __file__, option, bad])
         assert result.exit_code != 0
         assert expected in " ".join(result.output.replace("│", " ").split()), result.output
 

@@ -143,6 +143,10 @@ def evaluate(
         None, "--calibrate-temperatures",
         help="Comma-separated sampling temperatures tried on training shops; the best is written into the agent dir "
              f"(default {','.join(f'{t:g}' for t in _default('calibrate_temperatures'))}; 'none': no calibration)."),
+    calibrate_plausibilities: str = typer.Option(
+        None, "--calibrate-plausibilities",
+        help="Comma-separated plausibility bars of the persona guidance, each tried with each temperature "
+             f"(default {','.join(f'{p:g}' for p in _default('calibrate_plausibilities'))}; 0: every token pushed)."),
     calibration_shops: int = typer.Option(
         None, "--calibration-shops", min=1,
         help=f"Training shops the temperatures are tried on (shops with >= {_default('calibration_min_purchases')} "
@@ -182,6 +186,11 @@ def evaluate(
             options["calibrate_temperatures"] = () if names == ["none"] else tuple(float(name) for name in names)
         except ValueError:
             raise typer.BadParameter(f"--calibrate-temperatures: expected numbers like 1,0.7,0.5 or 'none', got {calibrate_temperatures!r}") from None
+    if calibrate_plausibilities is not None:
+        try:
+            options["calibrate_plausibilities"] = tuple(float(name) for name in calibrate_plausibilities.split(",") if name.strip())
+        except ValueError:
+            raise typer.BadParameter(f"--calibrate-plausibilities: expected numbers like 0,0.1, got {calibrate_plausibilities!r}") from None
     if baselines is not None:
         options["baselines"] = tuple(name.strip() for name in baselines.split(",") if name.strip())
     try:
