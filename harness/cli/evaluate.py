@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from harness.cli.app import app
-from harness.cli.defaults import default_of
+from harness.cli.defaults import comma_joined, comma_numbers, default_of
 from harness.drivers import Driver
 from harness.eval.evaluate import BASELINES, EvaluateConfig, EvaluationInterrupted
 
@@ -142,11 +142,11 @@ def evaluate(
     calibrate_temperatures: str = typer.Option(
         None, "--calibrate-temperatures",
         help="Comma-separated sampling temperatures tried on training shops; the best is written into the agent dir "
-             f"(default {','.join(f'{t:g}' for t in _default('calibrate_temperatures'))}; 'none': no calibration)."),
+             f"(default {comma_joined(_default('calibrate_temperatures'))}; 'none': no calibration)."),
     calibrate_plausibilities: str = typer.Option(
         None, "--calibrate-plausibilities",
         help="Comma-separated plausibility bars of the persona guidance, each tried with each temperature "
-             f"(default {','.join(f'{p:g}' for p in _default('calibrate_plausibilities'))}; 0: every token pushed)."),
+             f"(default {comma_joined(_default('calibrate_plausibilities'))}; 0: every token pushed)."),
     calibration_shops: int = typer.Option(
         None, "--calibration-shops", min=1,
         help=f"Training shops the temperatures are tried on (shops with >= {_default('calibration_min_purchases')} "
@@ -181,16 +181,10 @@ def evaluate(
                  transfer_stores=tuple(part.strip() for part in transfer.split(",") if part.strip()) if transfer else None)
     options.update({k: v for k, v in given.items() if v is not None})
     if calibrate_temperatures is not None:
-        names = [name.strip() for name in calibrate_temperatures.split(",") if name.strip()]
-        try:
-            options["calibrate_temperatures"] = () if names == ["none"] else tuple(float(name) for name in names)
-        except ValueError:
-            raise typer.BadParameter(f"--calibrate-temperatures: expected numbers like 1,0.7,0.5 or 'none', got {calibrate_temperatures!r}") from None
+        options["calibrate_temperatures"] = () if calibrate_temperatures.strip() == "none" else comma_numbers(
+            calibrate_temperatures, float, "--calibrate-temperatures", "1,0.7,0.5 or 'none'")
     if calibrate_plausibilities is not None:
-        try:
-            options["calibrate_plausibilities"] = tuple(float(name) for name in calibrate_plausibilities.split(",") if name.strip())
-        except ValueError:
-            raise typer.BadParameter(f"--calibrate-plausibilities: expected numbers like 0,0.1, got {calibrate_plausibilities!r}") from None
+        options["calibrate_plausibilities"] = comma_numbers(calibrate_plausibilities, float, "--calibrate-plausibilities", "0,0.1")
     if baselines is not None:
         options["baselines"] = tuple(name.strip() for name in baselines.split(",") if name.strip())
     try:

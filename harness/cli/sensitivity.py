@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from harness.cli.app import app
-from harness.cli.defaults import default_of
+from harness.cli.defaults import comma_joined, comma_numbers, default_of
 from harness.eval.sensitivity import TABLE_HEADER, SensitivityConfig, table_rows
 
 
@@ -24,25 +24,14 @@ class Protocol(str, Enum):
     strict = "strict"
 
 
-def _numbers(text: str, kind: type, option: str) -> tuple:
-    try:
-        return tuple(kind(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise typer.BadParameter(f"{option}: expected comma-separated numbers, got {text!r}") from None
-
-
-def _joined(values: tuple) -> str:
-    return ",".join(f"{value:g}" for value in values)
-
-
 @app.command()
 def sensitivity(
     input_dir: Path = typer.Option(..., "--input", exists=True, file_okay=False,
                                    help="An ingested directory holding events.parquet and catalog.parquet."),
     out: Path = typer.Option(..., "--out", help="Output directory (rerun with the same one to resume)."),
     folds: int = typer.Option(_default("folds"), "--folds", min=2, help="Merchant-disjoint cross-validation folds."),
-    sizes: str = typer.Option(_joined(_default("sizes")), "--sizes", help="Comma-separated codebook sizes K."),
-    commitment: str = typer.Option(_joined(_default("commitment_weights")), "--commitment",
+    sizes: str = typer.Option(comma_joined(_default("sizes")), "--sizes", help="Comma-separated codebook sizes K."),
+    commitment: str = typer.Option(comma_joined(_default("commitment_weights")), "--commitment",
                                    help="Comma-separated commitment weights."),
     protocol: Protocol = typer.Option(Protocol(_default("protocol")), "--protocol",
                                       help="paper: types from all features; strict: browse-only."),
@@ -56,8 +45,9 @@ def sensitivity(
 
     console = Console()
     try:
-        config = SensitivityConfig(out_dir=out, input_dir=input_dir, sizes=_numbers(sizes, int, "--sizes"),
-                                   commitment_weights=_numbers(commitment, float, "--commitment"), folds=folds,
+        config = SensitivityConfig(out_dir=out, input_dir=input_dir, sizes=comma_numbers(sizes, int, "--sizes", comma_joined(_default("sizes"))),
+                                   commitment_weights=comma_numbers(
+                                       commitment, float, "--commitment", comma_joined(_default("commitment_weights"))), folds=folds,
                                    protocol=protocol.value, min_buyers=min_buyers, codebook_epochs=epochs, seed=seed)
     except (ValueError, FileNotFoundError) as error:
         raise typer.BadParameter(str(error)) from None
