@@ -214,6 +214,27 @@ def test_the_fold_table_names_the_chosen_bar_and_its_product_views_on_the_traini
     assert (line["plausibility"], line["calibration_viewed"]) == (0.1, "0.998 / 0.997")
 
 
+def test_buyers_who_act_against_their_type_are_counted_and_shown_per_fold():
+    from harness.eval.evaluate import per_type_behaviour
+    from harness.eval.folds import fold_line
+    from harness.eval.report import folds_part
+
+    # Type 1's traces always buy: one of its buyers carted and left, one never carted. Type 0's never buy: one bought.
+    frame = pd.DataFrame({"code": [1, 1, 1, 1, 0, 0], "steps": [7, 7, 3, 2, 2, 9], "product_views": [1, 1, 1, 1, 1, 3],
+                          "carted": [True, True, True, False, False, True],
+                          "purchased": [True, True, False, False, False, True]})
+    behaviour = per_type_behaviour(frame)
+    assert (behaviour["types"]["1"]["abandoned_cart_rate"], behaviour["types"]["0"]["abandoned_cart_rate"]) == (0.25, 0.0)
+    traces = {"1": {"traces": 60, "conversion_rate": 1.0}, "0": {"traces": 60, "conversion_rate": 0.0}}
+    check = agent_code_check(traces, behaviour)
+    assert check["against_type"] == {"buyers": 6, "missed": 2, "left_a_cart": 1, "bought": 1}
+    line = fold_line(0, {"policies": {}, "held_out_shops": ["1"], "agent_check": check})
+    assert "3 of 6: 2 of buying types bought nothing (1 left a cart), 1 of a type that never buys bought" in folds_part([line])
+    # A type that buys half the time: no buyer is against it, and the column stays empty.
+    mixed = agent_code_check({**traces, "1": {"traces": 60, "conversion_rate": 0.5}}, behaviour)
+    assert mixed["against_type"] is None and fold_line(0, {"policies": {}, "held_out_shops": ["1"], "agent_check": mixed})["against_type"] is None
+
+
 def test_a_calibration_made_under_another_guidance_is_not_resumed(tmp_path):
     import asyncio
 

@@ -1,7 +1,9 @@
 """harness.eval.verdicts: plain sentences over hand-made summaries."""
 
+from harness.eval.metrics import buyers_against_type
 from harness.eval.verdicts import (
     ab_verdicts,
+    against_type_text,
     alignment_verdicts,
     collapse_verdicts,
     evaluation_verdicts,
@@ -86,17 +88,29 @@ def test_agent_level_with_a_baseline_is_neither_ahead_nor_behind():
 
 
 def test_pure_types_make_the_type_profile_a_ceiling_and_count_the_buyers_against_their_type():
-    per_code = {"2": {"agent_buyers": 6, "agent_conversion": 0.5, "trace_conversion": 1.0},
-                "4": {"agent_buyers": 38, "agent_conversion": 1 / 38, "trace_conversion": 0.0},
+    per_code = {"2": {"agent_buyers": 6, "agent_conversion": 0.5, "agent_abandoned_cart_rate": 1 / 3, "trace_conversion": 1.0},
+                "4": {"agent_buyers": 38, "agent_conversion": 1 / 38, "agent_abandoned_cart_rate": 0.0, "trace_conversion": 0.0},
                 "8": {"agent_buyers": 3, "agent_conversion": 0.0, "trace_conversion": None}}
-    result = {"policies": {"type_profile": {"alignment": 0.92}}, "agent_check": {"per_code": per_code}}
+    counts = buyers_against_type({"per_code": per_code})
+    assert counts == {"buyers": 44, "missed": 3, "left_a_cart": 2, "bought": 1}
+    result = {"policies": {"type_profile": {"alignment": 0.92}}, "agent_check": {"per_code": per_code, "against_type": counts}}
     assert pure_type_verdicts(result) == [
         "every type converts at 0 % or 100 % in its traces, so the type_profile baseline buys for exactly the buyers "
         "of buying types: an agent that follows its types can tie it, not pass it; the persona agent acted against "
-        "its type for 4 of 44 held-out buyers"]
+        "its type for 4 of 44 held-out buyers: 3 of buying types bought nothing (2 left a cart), 1 of a type that "
+        "never buys bought"]
+    # Five folds: every fold's buyers added up, whether or not the type_profile row ran.
+    folds = {"policies": {}, "folds": [{"against_type": counts}, {"against_type": {**counts, "missed": 0, "left_a_cart": 0}}]}
+    assert pure_type_verdicts(folds)[0].endswith("acted against its type for 5 of 88 held-out buyers: 3 of buying types "
+                                                 "bought nothing (2 left a cart), 2 of a type that never buys bought")
+    assert pure_type_verdicts({"folds": [{"against_type": counts}, {"against_type": None}]}) == []
+    # A type that converts in between has no buyer against it; rows without cart figures leave the carts out.
     mixed = {**per_code, "5": {"agent_buyers": 4, "agent_conversion": 0.5, "trace_conversion": 0.4}}
-    assert pure_type_verdicts({**result, "agent_check": {"per_code": mixed}}) == []
-    assert pure_type_verdicts({"policies": {}, "agent_check": {"per_code": per_code}}) == []
+    assert buyers_against_type({"per_code": mixed}) is None
+    no_carts = {code: {k: v for k, v in row.items() if k != "agent_abandoned_cart_rate"} for code, row in per_code.items()}
+    assert against_type_text(buyers_against_type({"per_code": no_carts})) == (
+        "4 of 44: 3 of buying types bought nothing, 1 of a type that never buys bought")
+    assert pure_type_verdicts({"policies": {}, "agent_check": {"per_code": mixed, "against_type": None}}) == []
 
 
 def test_an_agent_kept_although_it_fails_its_type_check_is_named_before_its_alignment():

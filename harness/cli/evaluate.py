@@ -13,6 +13,7 @@ from harness.cli.app import app
 from harness.cli.defaults import comma_joined, comma_numbers, default_of
 from harness.drivers import Driver
 from harness.eval.evaluate import BASELINES, EvaluateConfig, EvaluationInterrupted
+from harness.eval.verdicts import against_type_text, buyers_against_type_of
 
 
 def _default(name: str):
@@ -69,6 +70,9 @@ def print_result(console: Console, protocol: str, result: dict, driver: str) -> 
         console.print(f"sampling ceiling (every buyer buying with the shop's real probability; quota-sampled "
                       f"types can pass it): {ceiling:.3f}; "
                       f"persona / type oracle: {_number(result.get('persona_vs_oracle'))}")
+    against = against_type_text(buyers_against_type_of(result), " held-out buyers")
+    if against:
+        console.print(f"persona against its type (every type converts at 0 % or 100 %): {against}")
     if result.get("people_overlap") is not None:
         console.print(f"held-out shops are not held-out people: {result['people_overlap']:.0%} of their buyers also shop in training shops")
     strata = (result.get("strata") or {}).get("persona") or {}

@@ -71,6 +71,7 @@ from harness.eval.metrics import (
     alignment_term,
     behaviour_figures,
     behaviour_summary,
+    buyers_against_type,
     buyers_needed,
     conversion_gap,
     correlations,
@@ -801,8 +802,9 @@ def per_type_distances(simulated: pd.DataFrame, codes: pd.DataFrame, real_frame:
 
 
 def per_type_behaviour(frame: pd.DataFrame) -> dict:
-    """Per code, pooled over the shops' runs (run_buyers): buyers, mean steps, mean product views and
-    cart rate (from the store's own event log), conversion; Kruskal–Wallis of each across codes."""
+    """Per code, pooled over the shops' runs (run_buyers): buyers, mean steps, mean product views,
+    cart rate and the share who carted and left without buying (from the store's own event log),
+    conversion; Kruskal–Wallis of each across codes."""
     from codebook.metrics import kruskal_across_types
 
     if frame.empty:
@@ -812,6 +814,7 @@ def per_type_behaviour(frame: pd.DataFrame) -> dict:
         str(code): {"buyers": len(g), "mean_steps": float(g["steps"].mean()),
                     "mean_product_views": float(g["product_views"].mean()),
                     "viewed_rate": float((g["product_views"] > 0).mean()), "cart_rate": float(g["carted"].mean()),
+                    "abandoned_cart_rate": float((g["carted"].astype(bool) & ~g["converted"].astype(bool)).mean()),
                     "conversion_rate": float(g["converted"].mean())}
         for code, g in frame.groupby("code")
     }
@@ -851,13 +854,14 @@ def agent_code_check(trace_rates: dict, behaviour: dict) -> dict:
     conversion of that code's training traces; the agent should reproduce the latter. The gap
     (buyer-weighted mean |agent − traces|) comes with the gap that buyers converting exactly at the
     traces' rates would show by chance (sampling_gap); metrics.conversion_gap weighs the same differences
-    by what they do to conversion."""
+    by what they do to conversion; with types that convert at 0 % or 100 %, the buyers against their type."""
     from harness.eval.metrics import expected_rate_gap
 
     rows, agent, traced, weights, chance = {}, [], [], [], []
     for code, entry in behaviour.get("types", {}).items():
         trace = trace_rates.get(code)
         rows[code] = {"agent_buyers": entry["buyers"], "agent_conversion": entry["conversion_rate"],
+                      "agent_abandoned_cart_rate": entry.get("abandoned_cart_rate"),
                       "trace_count": trace["traces"] if trace else 0,
                       "trace_conversion": trace["conversion_rate"] if trace else None}
         if trace:
@@ -865,7 +869,8 @@ def agent_code_check(trace_rates: dict, behaviour: dict) -> dict:
             chance.append(expected_rate_gap(trace["conversion_rate"], entry["buyers"]))
     gap = float(np.average(np.abs(np.array(agent) - np.array(traced)), weights=weights)) if agent else None
     sampling_gap = float(np.average(chance, weights=weights)) if agent else None
-    return {"per_code": rows, "weighted_mean_abs_gap": gap, "sampling_gap": sampling_gap, **correlations(agent, traced)}
+    return {"per_code": rows, "weighted_mean_abs_gap": gap, "sampling_gap": sampling_gap, **correlations(agent, traced),
+            "against_type": buyers_against_type({"per_code": rows})}
 
 
 # ---------------------------------------------------------------------------------------------

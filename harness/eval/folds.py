@@ -106,6 +106,8 @@ def fold_line(fold: int, result: dict) -> dict:
         "type_oracle": (policies.get("type_oracle") or {}).get("alignment"),
         "persona_vs_oracle": result.get("persona_vs_oracle"),
         "per_type_pearson": (result.get("agent_check") or {}).get("pearson"),
+        # types converting at 0 % or 100 % only: the held-out buyers whose agent acted against its type
+        "against_type": (result.get("agent_check") or {}).get("against_type"),
         "people_overlap": result.get("people_overlap"),
     }
 

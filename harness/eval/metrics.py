@@ -222,3 +222,30 @@ def conversion_gap(check: dict) -> float | None:
     misplaced = sum(row["agent_buyers"] * abs(row["agent_conversion"] - row["trace_conversion"]) for row in rows)
     chance = sum(row["agent_buyers"] * expected_rate_gap(row["trace_conversion"], row["agent_buyers"]) for row in rows)
     return (misplaced - chance) / traced
+
+
+def buyers_against_type(check: dict) -> dict | None:
+    """When every traced type converts at 0 % or 100 % (harness.eval.evaluate.agent_code_check's
+    per-type rows), the buyers whose agent acted against its type, by how: `missed` bought nothing
+    although their type always buys (`left_a_cart`: of them, those who carted and left before
+    paying, None where the rows carry no cart figure), `bought` bought although their type never
+    does. A type that converts in between has no buyer against it: None."""
+    rows = [row for row in check["per_code"].values() if row["trace_conversion"] is not None and row["agent_buyers"]]
+    if not rows or any(row["trace_conversion"] not in (0.0, 1.0) for row in rows):
+        return None
+    buying = [row for row in rows if row["trace_conversion"] == 1.0]
+    abandoned = [row.get("agent_abandoned_cart_rate") for row in buying]
+    count = lambda rates_and_buyers: round(sum(rate * buyers for rate, buyers in rates_and_buyers))
+    return {"buyers": sum(row["agent_buyers"] for row in rows),
+            "missed": count((1 - row["agent_conversion"], row["agent_buyers"]) for row in buying),
+            "left_a_cart": None if None in abandoned else count(zip(abandoned, (row["agent_buyers"] for row in buying))),
+            "bought": count((row["agent_conversion"], row["agent_buyers"]) for row in rows if row["trace_conversion"] == 0.0)}
+
+
+def added_against_type(counts: list[dict | None]) -> dict | None:
+    """buyers_against_type of several folds added up; None when any fold has none (a mixed type)."""
+    if not counts or None in counts:
+        return None
+    left = [c["left_a_cart"] for c in counts]
+    return {"buyers": sum(c["buyers"] for c in counts), "missed": sum(c["missed"] for c in counts),
+            "left_a_cart": None if None in left else sum(left), "bought": sum(c["bought"] for c in counts)}

@@ -357,14 +357,19 @@ def folds_part(folds: list[dict] | None) -> str:
             "trained to twice the SFT steps (rejected agents: their type gap / worst type / conversion gap). Under persona "
             "guidance the calibration also tries each temperature with a plausibility bar (only the tokens with at least "
             "that share of the persona's top token's probability are pushed) and weighs, beside the type gap, how far the "
-            "share of buyers who view a product lies from the real buyers'.</p>"
-            + table(folds, [("fold", "fold"), ("held_out", "held-out shops"), ("temperature", "temperature"),
-                            ("plausibility", "plausibility bar"), ("calibration_viewed", "viewed a product (calibration: agent / real)"),
-                            ("calibration_type_gap", "type gap (calibration)"), ("worst_type_gap", "worst type"),
-                            ("calibration_conversion_gap", "conversion gap (calibration)"), ("rejected_agents", "rejected agents"),
-                            ("persona", "persona alignment"), ("type_oracle", "type oracle"),
-                            ("persona_vs_oracle", "persona / oracle"), ("per_type_pearson", "per-type Pearson (agent vs traces)"),
-                            ("people_overlap", "buyers also in training shops")]))
+            "share of buyers who view a product lies from the real buyers'. Held-out buyers against their type (when "
+            "every type converts at 0 % or 100 %): buyers of buying types who bought nothing, and buyers of types that "
+            "never buy who bought; the type profile buys for exactly the buyers of buying types, so these buyers are "
+            "what keeps the agent behind it.</p>"
+            + table([{**fold, "against_type": verdicts.against_type_text(fold.get("against_type"))} for fold in folds],
+                    [("fold", "fold"), ("held_out", "held-out shops"), ("temperature", "temperature"),
+                     ("plausibility", "plausibility bar"), ("calibration_viewed", "viewed a product (calibration: agent / real)"),
+                     ("calibration_type_gap", "type gap (calibration)"), ("worst_type_gap", "worst type"),
+                     ("calibration_conversion_gap", "conversion gap (calibration)"), ("rejected_agents", "rejected agents"),
+                     ("persona", "persona alignment"), ("type_oracle", "type oracle"),
+                     ("persona_vs_oracle", "persona / oracle"), ("per_type_pearson", "per-type Pearson (agent vs traces)"),
+                     ("against_type", "held-out buyers against their type"),
+                     ("people_overlap", "buyers also in training shops")], left=("against_type",)))
 
 
 def phases_part(phases: dict | None) -> str:

@@ -132,18 +132,35 @@ def type_check_verdicts(result: dict, agent: str = AGENT) -> list[str]:
 def pure_type_verdicts(result: dict, agent: str = AGENT) -> list[str]:
     """When every traced type converts at 0 % or 100 %, the type profile buys for exactly the buyers
     of buying types: the ceiling of an agent that follows its types, which can tie it, never pass
-    it. Says so, with the held-out buyers whose agent acted against its type."""
-    rows = [row for row in ((result.get("agent_check") or {}).get("per_code") or {}).values()
-            if row.get("trace_conversion") is not None and row.get("agent_buyers")]
-    if not rows or "type_profile" not in (result.get("policies") or {}):
+    it. Says so, with the held-out buyers whose agent acted against its type (every fold's added up)."""
+    counts = buyers_against_type_of(result)
+    if counts is None:
         return []
-    if any(row["trace_conversion"] not in (0.0, 1.0) for row in rows):
-        return []
-    buyers = sum(row["agent_buyers"] for row in rows)
-    against = round(sum(row["agent_buyers"] * abs(row["agent_conversion"] - row["trace_conversion"]) for row in rows))
     return [f"every type converts at 0 % or 100 % in its traces, so the type_profile baseline buys for exactly the "
             f"buyers of buying types: an agent that follows its types can tie it, not pass it; the {agent} agent "
-            f"acted against its type for {against} of {buyers} held-out buyers"]
+            f"acted against its type for {against_type_text(counts, ' held-out buyers')}"]
+
+
+def buyers_against_type_of(result: dict) -> dict | None:
+    """metrics.buyers_against_type of one split's agent check, or of every fold's added up."""
+    from harness.eval.metrics import added_against_type
+
+    if result.get("folds"):
+        return added_against_type([fold.get("against_type") for fold in result["folds"]])
+    return (result.get("agent_check") or {}).get("against_type")
+
+
+def against_type_text(counts: dict | None, unit: str = "") -> str | None:
+    """'4 of 44<unit>: 3 of buying types bought nothing (2 left a cart), 1 of a type that never buys bought'."""
+    if counts is None:
+        return None
+    how = []
+    if counts["missed"]:
+        left = counts["left_a_cart"]
+        how.append(f"{counts['missed']:,} of buying types bought nothing" + (f" ({left:,} left a cart)" if left else ""))
+    if counts["bought"]:
+        how.append(f"{counts['bought']:,} of a type that never buys bought")
+    return f"{counts['missed'] + counts['bought']:,} of {counts['buyers']:,}{unit}" + (": " + ", ".join(how) if how else "")
 
 
 def strict_verdicts(result: dict, agent: str = AGENT) -> list[str]:
