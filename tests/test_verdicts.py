@@ -111,6 +111,7 @@ def test_pure_types_make_the_type_profile_a_ceiling_and_count_the_buyers_against
     assert against_type_text(buyers_against_type({"per_code": no_carts})) == (
         "4 of 44: 3 of buying types bought nothing, 1 of a type that never buys bought")
     assert pure_type_verdicts({"policies": {}, "agent_check": {"per_code": mixed, "against_type": None}}) == []
+    assert pure_type_verdicts({"agent_check": {"per_code": per_code}}) == pure_type_verdicts(result)  # an older results.json
 
 
 def test_an_agent_kept_although_it_fails_its_type_check_is_named_before_its_alignment():

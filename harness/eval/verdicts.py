@@ -142,12 +142,14 @@ def pure_type_verdicts(result: dict, agent: str = AGENT) -> list[str]:
 
 
 def buyers_against_type_of(result: dict) -> dict | None:
-    """metrics.buyers_against_type of one split's agent check, or of every fold's added up."""
-    from harness.eval.metrics import added_against_type
+    """metrics.buyers_against_type of one split's agent check (counted from its per-type rows, so a
+    results.json written before the check stored them counts too), or of every fold's added up."""
+    from harness.eval.metrics import added_against_type, buyers_against_type
 
     if result.get("folds"):
         return added_against_type([fold.get("against_type") for fold in result["folds"]])
-    return (result.get("agent_check") or {}).get("against_type")
+    check = result.get("agent_check")
+    return buyers_against_type(check) if check and check.get("per_code") else None
 
 
 def against_type_text(counts: dict | None, unit: str = "") -> str | None:
