@@ -1112,10 +1112,11 @@ async def calibrate_temperature(config: EvaluateConfig, work: Path, split: ShopS
     path = work / CALIBRATION_FILE
     if path.is_file():
         record = json.loads(path.read_text())
-        if record.get("guidance", 1.0) != config.guidance:
-            raise ValueError(f"{path} was calibrated under persona guidance {record.get('guidance', 1.0):g}, this "
+        recorded_guidance = record.get("guidance", 1.0)
+        if recorded_guidance != config.guidance:
+            raise ValueError(f"{path} was calibrated under persona guidance {recorded_guidance:g}, this "
                              f"evaluation samples under {config.guidance:g}: use another --out, or finish it with "
-                             f"--guidance {record.get('guidance', 1.0):g}")
+                             f"--guidance {recorded_guidance:g}")
         if "type_gap" in record:  # a record without the per-type check is made again (its runs are reused)
             record.setdefault("worst_type", worst_type(chosen_check(record)))
             record_calibrated_temperature(work / "agent", record)

@@ -234,12 +234,13 @@ def buyers_against_type(check: dict) -> dict | None:
     if not rows or any(row["trace_conversion"] not in (0.0, 1.0) for row in rows):
         return None
     buying = [row for row in rows if row["trace_conversion"] == 1.0]
-    abandoned = [row.get("agent_abandoned_cart_rate") for row in buying]
-    count = lambda rates_and_buyers: round(sum(rate * buyers for rate, buyers in rates_and_buyers))
+    never = [row for row in rows if row["trace_conversion"] == 0.0]
+    carts_known = all(row.get("agent_abandoned_cart_rate") is not None for row in buying)
     return {"buyers": sum(row["agent_buyers"] for row in rows),
-            "missed": count((1 - row["agent_conversion"], row["agent_buyers"]) for row in buying),
-            "left_a_cart": None if None in abandoned else count(zip(abandoned, (row["agent_buyers"] for row in buying))),
-            "bought": count((row["agent_conversion"], row["agent_buyers"]) for row in rows if row["trace_conversion"] == 0.0)}
+            "missed": round(sum(row["agent_buyers"] * (1 - row["agent_conversion"]) for row in buying)),
+            "left_a_cart": round(sum(row["agent_buyers"] * row["agent_abandoned_cart_rate"] for row in buying))
+            if carts_known else None,
+            "bought": round(sum(row["agent_buyers"] * row["agent_conversion"] for row in never))}
 
 
 def added_against_type(counts: list[dict | None]) -> dict | None:
