@@ -379,12 +379,22 @@ def test_mismatched_buyers_see_another_types_token_for_their_whole_visit():
     assert policy.other_code(BuyerTurn(0, 5, "", seed=1)) in mix  # a code outside the mix still gets one
 
 
-def test_seed_spread_is_mean_and_sd_per_policy():
-    spread = seed_spread({0: {"paper": {"persona": 0.8, "global_rate": 0.5}},
-                          1: {"paper": {"persona": 0.9, "global_rate": 0.5}}})
+def test_seed_spread_keeps_each_seeds_interval_and_the_report_shows_it():
+    from harness.eval.report import seeds_part
+
+    def pooled(persona: float, interval: list) -> dict:
+        return {"paper": {"policies": {"persona": {"alignment": persona, "alignment_ci": interval},
+                                       "global_rate": {"alignment": 0.5, "alignment_ci": [0.4, 0.6]}}}}
+
+    spread = seed_spread({0: pooled(0.8, [0.7, 0.85]), 1: pooled(0.9, [0.85, 0.95])})
     assert spread["paper"]["persona"]["mean"] == pytest.approx(0.85)
     assert spread["paper"]["persona"]["sd"] == pytest.approx(np.std([0.8, 0.9], ddof=1))
     assert spread["paper"]["global_rate"]["sd"] == 0.0 and spread["paper"]["persona"]["per_seed"] == {"0": 0.8, "1": 0.9}
+    assert spread["paper"]["persona"]["per_seed_ci"] == {"0": [0.7, 0.85], "1": [0.85, 0.95]}
+    shown = seeds_part(spread["paper"])
+    assert "0.800 [0.700, 0.850]" in shown and "0.900 [0.850, 0.950]" in shown
+    del spread["paper"]["persona"]["per_seed_ci"]  # a summary written before intervals were kept
+    assert "<td>0.800</td>" in seeds_part(spread["paper"])
 
 
 def test_the_browser_check_runs_in_the_first_fold_of_the_first_seed_only(tmp_path):

@@ -1325,13 +1325,12 @@ def evaluate(config: EvaluateConfig, console: Console | None = None) -> dict:
         pooled[seed] = {protocol: results[0] if len(results) == 1 else pool_folds(results, seed, policy_figures)
                         for protocol, results in by_protocol.items()}
     protocols = pooled[config.seed]
-    headlines = {seed: headline(result) for seed, result in pooled.items()}
     summary = {
         "config": {k: _json_default(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
         "split": split_summary(splits),
         "protocols": protocols,
-        "headline": headlines[config.seed],
-        "seeds": seed_spread(headlines) if config.seeds > 1 else None,
+        "headline": headline(protocols),
+        "seeds": seed_spread(pooled) if config.seeds > 1 else None,
         "seconds": round(time.perf_counter() - started, 1),
     }
     (config.out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=1, default=_json_default) + "\n")

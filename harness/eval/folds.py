@@ -6,7 +6,7 @@ the other shops only. Each fold writes its own results.json (harness.eval.evalua
 this module reads nothing from disk: it pools those results into the same shape, so the report
 and the CLI table read a pooled result like a single split's, plus a `folds` list with what each
 fold chose (its temperature) and how its agent followed its types. With `--seeds S` the pooled
-headline of each seed is summarised as mean ± sd.
+headline of each seed is kept with its interval over shops and summarised as mean ± sd.
 
 Per-type figures (funnels, agent vs traces) stay per fold: each fold has its own codebook, so code 3
 of one fold is not code 3 of another.
@@ -112,13 +112,16 @@ def fold_line(fold: int, result: dict) -> dict:
     }
 
 
-def seed_spread(headlines: dict[int, dict]) -> dict:
-    """Per protocol and policy, the headline alignment of each seed and its mean ± sd (ddof 1)."""
+def seed_spread(pooled: dict[int, dict[str, dict]]) -> dict:
+    """Per protocol and policy, each seed's headline alignment with its interval over shops, and
+    their mean ± sd (ddof 1). `pooled`: seed → protocol → the seed's (pooled) result."""
     spread: dict = {}
-    for seed, protocols in headlines.items():
-        for protocol, policies in protocols.items():
-            for policy, value in policies.items():
-                spread.setdefault(protocol, {}).setdefault(policy, {"per_seed": {}})["per_seed"][str(seed)] = value
+    for seed, protocols in pooled.items():
+        for protocol, result in protocols.items():
+            for policy, figures in result["policies"].items():
+                entry = spread.setdefault(protocol, {}).setdefault(policy, {"per_seed": {}, "per_seed_ci": {}})
+                entry["per_seed"][str(seed)] = figures.get("alignment")
+                entry["per_seed_ci"][str(seed)] = figures.get("alignment_ci")
     for policies in spread.values():
         for entry in policies.values():
             values = [v for v in entry["per_seed"].values() if v is not None]
