@@ -13,7 +13,7 @@ from harness.cli.app import app
 from harness.cli.defaults import comma_joined, comma_numbers, default_of
 from harness.drivers import Driver
 from harness.eval.evaluate import BASELINES, EvaluateConfig, EvaluationInterrupted
-from harness.eval.report import alignment_with_interval
+from harness.eval.report import figure_with_interval
 from harness.eval.verdicts import against_type_text, buyers_against_type_of
 
 
@@ -208,7 +208,7 @@ def evaluate(
         for policy, entry in policies.items():
             if entry["sd"] is not None:
                 console.print(f"  {policy} {entry['mean']:.3f} ± {entry['sd']:.3f} (" + "; ".join(
-                    f"seed {seed} {alignment_with_interval(value, (entry.get('per_seed_ci') or {}).get(seed))}"
+                    f"seed {seed} {figure_with_interval(value, (entry.get('per_seed_ci') or {}).get(seed))}"
                     for seed, value in entry["per_seed"].items()) + ")")
     console.print(f"summary: {out / 'summary.json'}\nreport: [bold]{out / 'report.html'}[/]")
 

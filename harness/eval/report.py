@@ -337,9 +337,8 @@ def seeds_part(seeds: dict | None) -> str:
     if not seeds:
         return ""
     names = sorted({seed for entry in seeds.values() for seed in entry["per_seed"]}, key=int)
-    rows = [{"policy": policy, "mean": entry["mean"], "sd": entry["sd"],
-             **{f"s{n}": alignment_with_interval(entry["per_seed"].get(n), entry.get("per_seed_ci", {}).get(n))
-                for n in names}}
+    rows = [{"policy": policy, "mean": figure_with_interval(entry["mean"]), "sd": figure_with_interval(entry["sd"]),
+             **{f"s{n}": figure_with_interval(entry["per_seed"].get(n), entry.get("per_seed_ci", {}).get(n)) for n in names}}
             for policy, entry in seeds.items()]
     return ("<h4>Over seeds</h4><p class='note'>Each seed's alignment with its 95 % bootstrap interval over shops; "
             "mean and sd over the seeds.</p>"
@@ -347,8 +346,9 @@ def seeds_part(seeds: dict | None) -> str:
                            *((f"s{n}", f"seed {n}") for n in names)]))
 
 
-def alignment_with_interval(value: float | None, interval=None) -> str:
-    """'0.918 [0.903, 0.932]'; a plain string so that table() shows it as it is."""
+def figure_with_interval(value: float | None, interval=None) -> str:
+    """'0.918 [0.903, 0.932]': three decimals, and the interval when there is one; a plain string so
+    that table() shows it as it is."""
     if value is None:
         return "—"
     return f"{value:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
