@@ -338,7 +338,7 @@ def seeds_part(seeds: dict | None) -> str:
         return ""
     names = sorted({seed for entry in seeds.values() for seed in entry["per_seed"]}, key=int)
     rows = [{"policy": policy, "mean": figure_with_interval(entry["mean"]), "sd": figure_with_interval(entry["sd"]),
-             **{f"s{n}": figure_with_interval(entry["per_seed"].get(n), entry.get("per_seed_ci", {}).get(n)) for n in names}}
+             **{f"s{n}": figure_with_interval(entry["per_seed"].get(n), (entry.get("per_seed_ci") or {}).get(n)) for n in names}}
             for policy, entry in seeds.items()]
     return ("<h4>Over seeds</h4><p class='note'>Each seed's alignment with its 95 % bootstrap interval over shops; "
             "mean and sd over the seeds.</p>"
