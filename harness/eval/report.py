@@ -337,13 +337,17 @@ def seeds_part(seeds: dict | None) -> str:
     if not seeds:
         return ""
     names = sorted({seed for entry in seeds.values() for seed in entry["per_seed"]}, key=int)
-    rows = [{"policy": policy, "mean": figure_with_interval(entry["mean"]), "sd": figure_with_interval(entry["sd"]),
-             **{f"s{n}": figure_with_interval(entry["per_seed"].get(n), (entry.get("per_seed_ci") or {}).get(n)) for n in names}}
-            for policy, entry in seeds.items()]
+    rows = [seed_row(policy, entry, names) for policy, entry in seeds.items()]
     return ("<h4>Over seeds</h4><p class='note'>Each seed's alignment with its 95 % bootstrap interval over shops; "
             "mean and sd over the seeds.</p>"
             + table(rows, [("policy", "policy"), ("mean", "mean alignment"), ("sd", "sd"),
                            *((f"s{n}", f"seed {n}") for n in names)]))
+
+
+def seed_row(policy: str, entry: dict, names: list[str]) -> dict:
+    intervals = entry.get("per_seed_ci") or {}  # none in a summary written before they were kept
+    return {"policy": policy, "mean": figure_with_interval(entry["mean"]), "sd": figure_with_interval(entry["sd"]),
+            **{f"s{n}": figure_with_interval(entry["per_seed"].get(n), intervals.get(n)) for n in names}}
 
 
 def figure_with_interval(value: float | None, interval=None) -> str:
