@@ -9,7 +9,7 @@ from harness.cli import agent  # noqa: F401  (train-agent)
 from harness.cli import serve  # noqa: F401  (serve-agent)
 from harness.cli import ab  # noqa: F401  (ab: A/B and A/A what-if runs)
 from harness.cli import replay  # noqa: F401  (make-traces)
-from harness.cli import evaluate  # noqa: F401  (evaluate: held-out shops; report)
+from harness.cli import evaluate  # noqa: F401  (evaluate: held-out shops; report; compare)
 from harness.cli import sensitivity  # noqa: F401  (sensitivity: codebook size and commitment weight)
 from harness.cli import tasks  # noqa: F401  (tasks: goal-oriented task benchmark)
 

@@ -223,3 +223,28 @@ def report(run_dir: Path = typer.Argument(..., exists=True, file_okay=False, hel
     except ReportError as error:
         raise typer.BadParameter(str(error)) from None
     Console().print(f"report: [bold]{path}[/]")
+
+
+@app.command()
+def compare(
+    base: Path = typer.Argument(..., exists=True, file_okay=False, help="An evaluation directory (or its seed<s>/)."),
+    other: Path = typer.Argument(..., exists=True, file_okay=False, help="Another evaluation of the same shops."),
+) -> None:
+    """Two evaluations of the same held-out shops, shop by shop: OTHER − BASE alignment with a paired interval."""
+    from harness.eval.compare import CompareError, compare_evaluations
+
+    try:
+        comparison = compare_evaluations(base, other)
+    except CompareError as error:
+        raise typer.BadParameter(str(error)) from None
+    console = Console()
+    console.print(f"alignment shop by shop, OTHER − BASE (95 % bootstrap interval over shops)\n"
+                  f"BASE  {base}\nOTHER {other}")
+    for protocol, policies in comparison.items():
+        for policy, paired in policies.items():
+            low, high = paired["difference_ci"]
+            scored = ("" if paired["base_shops"] == paired["other_shops"] == paired["shops"]
+                      else f" (of {paired['base_shops']} in BASE, {paired['other_shops']} in OTHER)")
+            console.print(f"{protocol} · {policy}: {paired['shops']} shops{scored}, {paired['base']:.3f} → {paired['other']:.3f}, "
+                          f"Δ {paired['difference']:+.3f} [{low:+.3f}, {high:+.3f}]; OTHER closer in {paired['closer']}, "
+                          f"further in {paired['further']}, equal in {paired['equal']}")
