@@ -696,6 +696,34 @@ def test_folds_score_every_eligible_shop_once_with_intervals_strata_and_a_mismat
 
 
 @pytest.mark.slow
+def test_each_seed_gets_its_own_summary_and_report_and_two_seeds_compare_shop_by_shop(tmall_subset, tmp_path):
+    from harness.eval.compare import compare_evaluations
+
+    out = tmp_path / "seeds"
+    config = EvaluateConfig(
+        out_dir=out, input_dir=tmall_subset, protocol="paper", agent_base="tiny", min_buyers=50, folds=2, seeds=2, seed=3,
+        buyers_per_shop=4, browser_check=False, codebook_size=4, codebook_epochs=2, traces_per_code=2, traces_per_shop=2,
+        trace_max_steps=8, sft_max_steps=2, max_steps=3, concurrency=4, progress=False, calibrate_temperatures=(),
+        baselines=("global_rate",),
+    )
+    summary = evaluate(config)
+
+    spread = summary["seeds"]["paper"]["persona"]
+    for seed in ("3", "4"):
+        own = json.loads((out / f"seed{seed}" / "summary.json").read_text())
+        persona = own["protocols"]["paper"]["policies"]["persona"]
+        assert own["config"]["seed"] == int(seed) and own["seeds"] is None and len(own["protocols"]["paper"]["folds"]) == 2
+        assert spread["per_seed"][seed] == persona["alignment"] and spread["per_seed_ci"][seed] == persona["alignment_ci"]
+        assert "Per fold" in (out / f"seed{seed}" / "report.html").read_text()
+    first_seed = json.loads((out / "seed3" / "summary.json").read_text())["protocols"]
+    assert json.loads((out / "summary.json").read_text())["protocols"] == first_seed  # the top one shows the first seed
+    paired = compare_evaluations(out / "seed3", out / "seed4")["paper"]
+    assert paired["persona"]["shops"] == 2
+    assert paired["persona"]["difference"] == pytest.approx(spread["per_seed"]["4"] - spread["per_seed"]["3"])
+    assert paired["global_rate"]["difference"] == 0.0  # no simulation: the same in every seed
+
+
+@pytest.mark.slow
 def test_themed_traces_and_the_same_buyers_on_oscar(tmall_subset, tmp_path):
     pytest.importorskip("storefronts.oscar")
     from agent.traces import read_traces

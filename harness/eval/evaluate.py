@@ -21,7 +21,8 @@ into `out_dir`, so a rerun skips the steps already done (resumable):
 
 With --folds K > 1 (the default on a real log) every eligible shop is held out once: fold k keeps
 shop_split_fold<k>.json beside the features and its own fold<k>/<protocol>/ steps, and summary.json
-pools the folds (harness.eval.folds). With --seeds S > 1 each seed's folds live under seed<s>/.
+pools the folds (harness.eval.folds). With --seeds S > 1 each seed's folds live under seed<s>/, with
+the seed's own summary.json and report.html; the top ones show the first seed and the spread over seeds.
 
 Protocols: "paper" builds types from all features (codes carry purchase information), "strict"
 from browse-only features (codebook.features browse_only=True; no purchase information).
@@ -1312,8 +1313,9 @@ def evaluate(config: EvaluateConfig, console: Console | None = None) -> dict:
     splits = fold_splits(config)
     real = real_conversion(config.events)
     prepare_agent_base(config, console)
-    pooled = {}
+    pooled, seconds = {}, {}
     for seed in range(config.seed, config.seed + config.seeds):
+        seed_started = time.perf_counter()
         by_protocol = {protocol: [] for protocol in config.protocols}
         for fold, split in enumerate(splits):
             if config.folds > 1:
@@ -1324,19 +1326,30 @@ def evaluate(config: EvaluateConfig, console: Console | None = None) -> dict:
                 by_protocol[protocol].append(result)
         pooled[seed] = {protocol: results[0] if len(results) == 1 else pool_folds(results, seed, policy_figures)
                         for protocol, results in by_protocol.items()}
-    protocols = pooled[config.seed]
+        seconds[seed] = time.perf_counter() - seed_started
+    if config.seeds > 1:  # each seed's own summary and report in seed<s>/, beside its folds
+        for seed, protocols in pooled.items():
+            write_summary(config.out_dir / f"seed{seed}", replace(config, seed=seed, seeds=1), splits, protocols,
+                          seconds[seed])
+    return write_summary(config.out_dir, config, splits, pooled[config.seed], time.perf_counter() - started,
+                         seed_spread(pooled) if config.seeds > 1 else None)
+
+
+def write_summary(directory: Path, config: EvaluateConfig, splits: list[ShopSplit], protocols: dict,
+                  seconds: float, seeds: dict | None = None) -> dict:
+    """summary.json and report.html of one evaluation (or of one of its seeds)."""
+    from harness.eval.report import write_report
+
     summary = {
         "config": {k: _json_default(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
         "split": split_summary(splits),
         "protocols": protocols,
         "headline": headline(protocols),
-        "seeds": seed_spread(pooled) if config.seeds > 1 else None,
-        "seconds": round(time.perf_counter() - started, 1),
+        "seeds": seeds,
+        "seconds": round(seconds, 1),
     }
-    (config.out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=1, default=_json_default) + "\n")
-    from harness.eval.report import write_report
-
-    write_report(config.out_dir)
+    (directory / SUMMARY_FILE).write_text(json.dumps(summary, indent=1, default=_json_default) + "\n")
+    write_report(directory)
     return summary
 
 
