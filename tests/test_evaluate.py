@@ -379,7 +379,7 @@ def test_mismatched_buyers_see_another_types_token_for_their_whole_visit():
     assert policy.other_code(BuyerTurn(0, 5, "", seed=1)) in mix  # a code outside the mix still gets one
 
 
-def test_seed_spread_keeps_each_seeds_interval_and_the_report_shows_it():
+def test_seed_spread_keeps_each_seeds_interval_and_the_report_shows_it(tmp_path):
     from harness.eval.report import seeds_part
 
     def pooled(persona: float, interval: list) -> dict:
@@ -391,10 +391,14 @@ def test_seed_spread_keeps_each_seeds_interval_and_the_report_shows_it():
     assert spread["paper"]["persona"]["sd"] == pytest.approx(np.std([0.8, 0.9], ddof=1))
     assert spread["paper"]["global_rate"]["sd"] == 0.0 and spread["paper"]["persona"]["per_seed"] == {"0": 0.8, "1": 0.9}
     assert spread["paper"]["persona"]["per_seed_ci"] == {"0": [0.7, 0.85], "1": [0.85, 0.95]}
-    shown = seeds_part(spread["paper"])
+    (tmp_path / "seed1").mkdir()
+    (tmp_path / "seed1" / "report.html").write_text("<html></html>")
+    shown = seeds_part(spread["paper"], tmp_path)
     assert "0.800 [0.700, 0.850]" in shown and "0.900 [0.850, 0.950]" in shown
+    assert "tables of this report are seed 0's" in shown
+    assert "<a href='seed1/report.html'>seed 1</a>" in shown and "seed0/report.html" not in shown  # only reports there
     del spread["paper"]["persona"]["per_seed_ci"]  # a summary written before intervals were kept
-    assert "<td>0.800</td>" in seeds_part(spread["paper"])
+    assert "<td>0.800</td>" in seeds_part(spread["paper"], tmp_path)
 
 
 def test_the_browser_check_runs_in_the_first_fold_of_the_first_seed_only(tmp_path):

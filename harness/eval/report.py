@@ -278,7 +278,7 @@ def evaluation_section(summary: dict, plots: Path) -> str:
         parts.append(f"<h3>Protocol: {html.escape(protocol)}</h3>")
         parts.append(policies_table(result))
         parts.append(reading_note(result))
-        parts.append(seeds_part((summary.get("seeds") or {}).get(protocol)))
+        parts.append(seeds_part((summary.get("seeds") or {}).get(protocol), plots.parent))
         parts.append(folds_part(result.get("folds")))
         parts.append(conversion_figures(protocol, result, plots))
         parts.append(strata_part(result))
@@ -333,13 +333,15 @@ def reading_note(result: dict) -> str:
     return f"<p class='note'>{' '.join(html.escape(n) for n in notes)}</p>" if notes else ""
 
 
-def seeds_part(seeds: dict | None) -> str:
+def seeds_part(seeds: dict | None, run_dir: Path) -> str:
     if not seeds:
         return ""
     names = sorted({seed for entry in seeds.values() for seed in entry["per_seed"]}, key=int)
     rows = [seed_row(policy, entry, names) for policy, entry in seeds.items()]
-    return ("<h4>Over seeds</h4><p class='note'>Each seed's alignment with its 95 % bootstrap interval over shops; "
-            "mean and sd over the seeds.</p>"
+    reports = [f"<a href='seed{n}/{REPORT_FILE}'>seed {n}</a>" for n in names if (run_dir / f"seed{n}" / REPORT_FILE).is_file()]
+    return (f"<h4>Over seeds</h4><p class='note'>Each seed's alignment with its 95 % bootstrap interval over shops; "
+            f"mean and sd over the seeds. The other tables of this report are seed {names[0]}'s"
+            + (f"; each seed's own report: {', '.join(reports)}" if reports else "") + ".</p>"
             + table(rows, [("policy", "policy"), ("mean", "mean alignment"), ("sd", "sd"),
                            *((f"s{n}", f"seed {n}") for n in names)]))
 
