@@ -231,7 +231,7 @@ def compare(
     other: Path = typer.Argument(..., exists=True, file_okay=False, help="Another evaluation of the same shops."),
 ) -> None:
     """Two evaluations of the same held-out shops, shop by shop: OTHER − BASE alignment with a paired interval."""
-    from harness.eval.compare import CompareError, compare_evaluations
+    from harness.eval.compare import CompareError, compare_evaluations, comparison_line
 
     try:
         comparison = compare_evaluations(base, other)
@@ -242,9 +242,4 @@ def compare(
                   f"BASE  {base}\nOTHER {other}")
     for protocol, policies in comparison.items():
         for policy, paired in policies.items():
-            low, high = paired["difference_ci"]
-            scored = ("" if paired["base_shops"] == paired["other_shops"] == paired["shops"]
-                      else f" (of {paired['base_shops']} in BASE, {paired['other_shops']} in OTHER)")
-            console.print(f"{protocol} · {policy}: {paired['shops']} shops{scored}, {paired['base']:.3f} → {paired['other']:.3f}, "
-                          f"Δ {paired['difference']:+.3f} [{low:+.3f}, {high:+.3f}]; OTHER closer in {paired['closer']}, "
-                          f"further in {paired['further']}, equal in {paired['equal']}")
+            console.print(comparison_line(protocol, policy, paired), markup=False)

@@ -75,3 +75,13 @@ def compare_evaluations(base_dir: Path, other_dir: Path) -> dict:
         raise CompareError(f"{base_dir} and {other_dir}: no held-out shop scored by the same protocol and policy in both; "
                            "compare evaluations of the same shops (the same --folds and first --seed)")
     return comparison
+
+
+def comparison_line(protocol: str, policy: str, paired: dict) -> str:
+    """'paper · persona: 137 shops, 0.918 → 0.896, Δ -0.022 [-0.045, -0.002]; OTHER closer in 22, …'."""
+    low, high = paired["difference_ci"]
+    scored = ("" if paired["base_shops"] == paired["other_shops"] == paired["shops"]
+              else f" (of {paired['base_shops']} in BASE, {paired['other_shops']} in OTHER)")
+    return (f"{protocol} · {policy}: {paired['shops']} shops{scored}, {paired['base']:.3f} → {paired['other']:.3f}, "
+            f"Δ {paired['difference']:+.3f} [{low:+.3f}, {high:+.3f}]; OTHER closer in {paired['closer']}, "
+            f"further in {paired['further']}, equal in {paired['equal']}")
