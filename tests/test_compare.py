@@ -48,7 +48,8 @@ def test_only_shops_both_scored_are_paired_and_the_counts_say_so():
     paired = paired_difference({"a": 0.5, "b": 0.9, "c": 1.0}, {"b": 0.7, "c": 1.0, "e": 0.2})
     assert (paired["shops"], paired["base_shops"], paired["other_shops"]) == (2, 3, 3)
     assert paired["difference"] == pytest.approx(np.mean([-0.2, 0.0]))
-    assert "paper · persona: 2 shops (of 3 in BASE, 3 in OTHER), 0.950 → 0.850, Δ -0.100" in comparison_line("paper", "persona", paired)
+    line = comparison_line("paper", "persona", paired)
+    assert "paper · persona: 2 shops (of 3 in BASE, 3 in OTHER), 0.950 → 0.850, Δ -0.100" in line
 
 
 def test_compare_refuses_what_is_not_two_evaluations_of_the_same_shops(tmp_path):
